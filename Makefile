@@ -1,0 +1,29 @@
+# One target per habit: install, test, lint, lab, bench.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint lab bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check clusterlab tests examples
+	$(VENV)/bin/mypy
+
+lab: install
+	$(VENV)/bin/clusterlab run scenarios/quick.toml
+
+clean:
+	rm -rf $(VENV) build *.egg-info

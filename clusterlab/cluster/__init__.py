@@ -1,0 +1,147 @@
+"""`cluster`: Node.js's `node:cluster`, spelled the Python way.
+
+This module object is the `cluster` of the contract: `from clusterlab import cluster`, then
+`cluster.fork()`, `cluster.on('exit', ...)`, `cluster.scheduling_policy = cluster.SCHED_NONE`.
+Whether this process is the primary or a worker is settled when the module is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import types
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from . import _child
+from ._endpoint import Address, resolve
+from ._events import EventEmitter
+from ._primary import SCHED_NONE, SCHED_REUSEPORT, SCHED_RR, Primary
+from ._worker import Worker
+
+__all__ = [
+    "SCHED_NONE",
+    "SCHED_RR",
+    "SCHED_REUSEPORT",
+    "Address",
+    "Worker",
+    "fork",
+    "setup_primary",
+    "disconnect",
+    "run",
+    "listen",
+]
+
+_runtime = _child.start_from_env() if "CLUSTERLAB_WORKER_ID" in os.environ else _child.runtime()
+
+
+class _ClusterModule(types.ModuleType, EventEmitter):
+    """Gives the module Node's read-only and frozen properties."""
+
+    @property
+    def is_primary(self) -> bool:
+        return _runtime is None
+
+    @property
+    def is_master(self) -> bool:
+        """Deprecated alias of `is_primary`."""
+        return _runtime is None
+
+    @property
+    def is_worker(self) -> bool:
+        return _runtime is not None
+
+    @property
+    def worker(self) -> Worker | None:
+        """This process's Worker, inside a worker; None in the primary."""
+        return _runtime.worker if _runtime is not None else None
+
+    @property
+    def workers(self) -> dict[int, Worker] | None:
+        """Live workers by id, in the primary; None inside a worker."""
+        return _primary.workers if _primary is not None else None
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        if _primary is None:
+            return MappingProxyType({})
+        return MappingProxyType(_primary.settings)
+
+    @property
+    def scheduling_policy(self) -> int:
+        return _primary.policy if _primary is not None else SCHED_RR
+
+    @scheduling_policy.setter
+    def scheduling_policy(self, value: int) -> None:
+        if _primary is None:
+            raise RuntimeError("scheduling_policy is set in the primary")
+        _primary.set_policy(value)
+
+
+_module = sys.modules[__name__]
+_module.__class__ = _ClusterModule
+EventEmitter.__init__(_module)  # type: ignore[arg-type]
+_events: EventEmitter = _module  # type: ignore[assignment]
+_primary: Primary | None = Primary(_events) if _runtime is None else None
+
+
+def _need_primary(name: str) -> Primary:
+    if _primary is None:
+        raise RuntimeError(f"cluster.{name}() can only be called in the primary")
+    return _primary
+
+
+def setup_primary(settings: Mapping[str, Any] | None = None, **kw: Any) -> None:
+    """Set defaults for later forks (cumulative) and emit 'setup' with a copy."""
+    given = dict(settings or {})
+    given.update(kw)
+    _need_primary("setup_primary").setup_primary(given)
+
+
+setup_master = setup_primary
+
+
+def fork(env: Mapping[str, Any] | None = None) -> Worker:
+    """Start a worker running `settings['exec']` with `os.environ` plus `env`."""
+    return _need_primary("fork").fork(dict(env) if env is not None else None)
+
+
+def disconnect(callback: Callable[[], Any] | None = None) -> None:
+    """Disconnect every worker; `callback()` once all have disconnected and exited."""
+    _need_primary("disconnect").disconnect_all(callback)
+
+
+def run() -> None:
+    """Run the primary's loop until no worker is alive and nothing is pending."""
+    _need_primary("run").run()
+
+
+def listen(
+    port: int = 0,
+    host: str | None = None,
+    *,
+    backlog: int = 511,
+    path: str | os.PathLike[str] | None = None,
+    udp: bool = False,
+    ipv6_only: bool = False,
+    exclusive: bool = False,
+) -> socket.socket:
+    """A listening socket for the endpoint, shared with the other workers per the policy.
+
+    In the primary this is a plain bound socket. Bind errors raise OSError with their errno.
+    """
+    endpoint = resolve(port, host, backlog=backlog, path=path, udp=udp, ipv6_only=ipv6_only)
+    if _runtime is not None:
+        return _runtime.listen(endpoint, exclusive)
+    from ._endpoint import bind
+
+    return bind(endpoint)
+
+
+def _register_server(close_gracefully: Callable[[], None]) -> Callable[[], None]:
+    """For `clusterlab.servers`: have disconnect close this server gracefully (worker only)."""
+    if _runtime is None:
+        return lambda: None
+    return _runtime.register_server(close_gracefully)

@@ -1,0 +1,509 @@
+"""The worker's side: its channel to the primary, `cluster.listen`, and graceful disconnect.
+
+A daemon thread reads the channel and runs `cluster.worker` listeners one at a time, so
+messages arrive and an orphaned worker exits even while the main thread is busy serving.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import os
+import queue
+import selectors
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from . import _channel
+from ._channel import ChannelError, FrameReader
+from ._endpoint import Endpoint, bind, resolve
+from ._worker import CurrentProcess, Worker
+
+_FD_SPACE = socket.CMSG_SPACE(4 * 4)
+_RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+    os._exit(code)
+
+
+class ListenerClosedError(ConnectionAbortedError):
+    """accept() on a cluster listener that was closed (by a disconnect, or by the primary)."""
+
+
+class ClusterSocket(socket.socket):
+    """A listening socket obtained through the cluster; closing it tells the primary."""
+
+    _cluster_runtime: ChildRuntime | None = None
+    _cluster_key: str | None = None
+    _cluster_index: tuple[str, int] | None = None
+    _cluster_address: Any = None
+
+    def _real_close(self, _ss: Any = socket.socket) -> None:  # type: ignore[override]
+        runtime, self._cluster_runtime = self._cluster_runtime, None
+        try:
+            super()._real_close()  # type: ignore[misc]
+        finally:
+            if runtime is not None:
+                runtime.listener_closed(self)
+
+
+class RoundRobinSocket(ClusterSocket):
+    """SCHED_RR in a worker: connections handed over by the primary, one per accept().
+
+    The descriptor is the worker's end of a private hand-off pair, so `selectors`,
+    `socketserver` and the default asyncio loop see it become readable when a connection waits.
+    """
+
+    _conn_family: int = socket.AF_INET
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        while True:
+            data, ancdata, _, _ = self.recvmsg(1, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+            if not data:
+                raise ListenerClosedError("this cluster listener was closed")
+            fds: list[int] = []
+            for level, kind, payload in ancdata:
+                if (level, kind) == _RIGHTS:
+                    fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+            if fds:
+                break
+        for extra in fds[1:]:
+            os.close(extra)
+        try:
+            self.send(b"\x01", socket.MSG_DONTWAIT)  # taken: the primary may hand over another
+        except OSError:
+            pass
+        conn = socket.socket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fds[0])
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            conn.setblocking(True)
+        try:
+            address = conn.getpeername()
+        except OSError:
+            address = ("", 0) if self._conn_family != socket.AF_UNIX else ""
+        return conn, address
+
+    def listen(self, backlog: int = 0, /) -> None:
+        """The primary listens; accepted for compatibility (the backlog went with the request)."""
+
+    def getsockname(self) -> Any:
+        return self._cluster_address
+
+    def dup(self) -> socket.socket:
+        raise OSError("a round-robin cluster listener cannot be duplicated")
+
+
+class _Indexes:
+    """Node's per-endpoint listen counters: the Nth listen on a key gets index N-1."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[list[int], set[int]]] = {}
+
+    def acquire(self, key: str) -> int:
+        counter, used = self._keys.setdefault(key, ([0], set()))
+        index = counter[0]
+        counter[0] += 1
+        used.add(index)
+        return index
+
+    def release(self, key: str, index: int) -> None:
+        entry = self._keys.get(key)
+        if entry is None:
+            return
+        entry[1].discard(index)
+        if not entry[1]:
+            del self._keys[key]
+
+
+class ChildRuntime:
+    """The worker process's end of the cluster."""
+
+    def __init__(self, worker_id: int, fd: int, serialization: str, inspect_port: int | None) -> None:
+        self.serialization = serialization
+        self.sock = socket.socket(fileno=fd)
+        self.sock.set_inheritable(False)
+        self.sock.setblocking(True)
+        self.worker = Worker(id=worker_id, process=CurrentProcess(), state="online")
+        self.worker.inspect_port = inspect_port  # type: ignore[attr-defined]
+        self.worker._link = self  # type: ignore[assignment]
+        self.connected = True
+        self.disconnected = threading.Event()
+        self._reader = FrameReader()
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._seq = 0
+        self._requests: dict[int, Future[tuple[dict[str, Any], list[int]]]] = {}
+        self._posted: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._indexes = _Indexes()
+        self._listeners: list[ClusterSocket] = []
+        self._servers: list[Callable[[], None]] = []
+        self._disconnecting = False
+        self._deferred: list[tuple[int, bytes, list[int]]] | None = None
+        self._thread = threading.Thread(target=self._run, name="clusterlab-channel", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._write(_channel.internal_frame({"act": "online"}), [])
+
+    # --- Worker methods (worker side) ------------------------------------------------------
+
+    def send(self, message: Any, handle: Any, callback: Callable[[BaseException | None], Any] | None) -> bool:
+        kind, payload = _channel.encode_user(message, self.serialization)
+        fds = [_channel.handle_fd(handle)] if handle is not None else []
+        data = _channel.frame(kind, payload, len(fds))
+        if not self.connected:
+            if callback is not None:
+                self.post(callback, ConnectionError("the channel to the primary is closed"))
+            return False
+        try:
+            self._write(data, fds)
+        except OSError as exc:
+            if callback is not None:
+                self.post(callback, exc)
+            return False
+        if callback is not None:
+            self.post(callback, None)
+        return True
+
+    def kill(self, signal: str | int = "SIGTERM") -> None:
+        """Inside a worker the signal is ignored (as Node): disconnect gracefully, then exit 0."""
+        if not self.connected:
+            _exit_now(0)
+        self._start_disconnect(from_primary=False, then_exit=True)
+
+    def disconnect(self) -> None:
+        self._start_disconnect(from_primary=False, then_exit=False)
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def is_dead(self) -> bool:
+        return False
+
+    # --- servers ---------------------------------------------------------------------------
+
+    def register_server(self, close_gracefully: Callable[[], None]) -> Callable[[], None]:
+        """Have disconnect call `close_gracefully()` (which may block until in-flight work ends).
+
+        Returns a function that unregisters it.
+        """
+        self._servers.append(close_gracefully)
+
+        def unregister() -> None:
+            if close_gracefully in self._servers:
+                self._servers.remove(close_gracefully)
+
+        return unregister
+
+    def listen(self, endpoint: Endpoint, exclusive: bool) -> socket.socket:
+        if exclusive:
+            sock = bind(endpoint)
+            self._report_listening(endpoint, sock.getsockname())
+            return sock
+        base = endpoint.base_key
+        index = self._indexes.acquire(base)
+        try:
+            reply, fds = self.request({"act": "queryServer", "index": index, **endpoint.to_message()})
+        except BaseException:
+            self._indexes.release(base, index)
+            raise
+        if reply.get("errno"):
+            for fd in fds:
+                os.close(fd)
+            self._indexes.release(base, index)
+            code = int(reply["errno"])
+            raise OSError(code, f"{os.strerror(code)}: cannot listen on {endpoint.describe()}")
+        sock = self._make_socket(endpoint, reply, fds)
+        sock._cluster_key = str(reply["key"])
+        sock._cluster_index = (base, index)
+        sock._cluster_runtime = self
+        self._listeners.append(sock)
+        self._report_listening(endpoint, sock.getsockname())
+        return sock
+
+    def _make_socket(self, endpoint: Endpoint, reply: dict[str, Any], fds: list[int]) -> ClusterSocket:
+        mode = reply.get("mode")
+        kind = socket.SOCK_DGRAM if endpoint.udp else socket.SOCK_STREAM
+        if mode == "rr":
+            sock: ClusterSocket = RoundRobinSocket(endpoint.family, socket.SOCK_STREAM, 0, fileno=fds[0])
+            sock._conn_family = endpoint.family  # type: ignore[attr-defined]
+            if endpoint.path is not None:
+                sock._cluster_address = endpoint.path
+            elif endpoint.family == socket.AF_INET6:
+                sock._cluster_address = (endpoint.bind_host, int(reply["port"]), 0, 0)
+            else:
+                sock._cluster_address = (endpoint.bind_host, int(reply["port"]))
+            return sock
+        if mode == "shared":
+            sock = ClusterSocket(endpoint.family, kind, 0, fileno=fds[0])
+            if not endpoint.udp:
+                sock.listen(endpoint.backlog)
+            return sock
+        if mode == "reuseport":
+            own = bind(dataclasses.replace(endpoint, port=int(reply["port"])), reuseport=True)
+            sock = ClusterSocket(endpoint.family, kind, 0, fileno=own.detach())
+            return sock
+        raise ChannelError(f"unknown listen mode {mode!r} from the primary")
+
+    def _report_listening(self, endpoint: Endpoint, sockname: Any) -> None:
+        port = int(sockname[1]) if isinstance(sockname, tuple) else -1
+        address = endpoint.report(port)
+        self._write(
+            _channel.internal_frame(
+                {
+                    "act": "listening",
+                    "address": address.address,
+                    "port": address.port,
+                    "address_type": address.address_type,
+                    "fd": None,
+                }
+            ),
+            [],
+        )
+
+    def listener_closed(self, sock: ClusterSocket) -> None:
+        if sock in self._listeners:
+            self._listeners.remove(sock)
+        if sock._cluster_index is not None:
+            self._indexes.release(*sock._cluster_index)
+        if self.connected and sock._cluster_key is not None:
+            try:
+                self._write(_channel.internal_frame({"act": "close", "key": sock._cluster_key}), [])
+            except OSError:
+                pass
+
+    # --- disconnect ------------------------------------------------------------------------
+
+    def _start_disconnect(self, from_primary: bool, then_exit: bool) -> None:
+        with self._state_lock:
+            if self._disconnecting or not self.connected:
+                return
+            self._disconnecting = True
+        self.worker.exited_after_disconnect = True
+        self.worker.state = "disconnecting" if not then_exit else "destroying"
+        threading.Thread(
+            target=self._disconnect, args=(from_primary, then_exit), name="clusterlab-disconnect", daemon=True
+        ).start()
+
+    def _disconnect(self, from_primary: bool, then_exit: bool) -> None:
+        try:
+            for close in list(self._servers):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - one server's failure must not stop the rest
+                    traceback.print_exc()
+            self._servers.clear()
+            for sock in list(self._listeners):
+                sock.close()
+            if not from_primary and self.connected:
+                try:
+                    self.request({"act": "exitedAfterDisconnect"})
+                except (OSError, ChannelError):
+                    pass
+        finally:
+            self._close_channel()
+            if then_exit:
+                self.disconnected.wait(5)
+                _exit_now(0)
+
+    def _close_channel(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # --- the channel -----------------------------------------------------------------------
+
+    def _write(self, data: bytes, fds: list[int]) -> None:
+        with self._write_lock:
+            if fds:
+                sent = self.sock.sendmsg([data], _channel.fds_ancillary(fds))
+                if sent < len(data):
+                    self.sock.sendall(data[sent:])
+            else:
+                self.sock.sendall(data)
+
+    def request(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        """Send an internal request and wait for the primary's answer."""
+        future: Future[tuple[dict[str, Any], list[int]]] = Future()
+        with self._state_lock:
+            self._seq += 1
+            seq = self._seq
+            self._requests[seq] = future
+        self._write(_channel.internal_frame({**message, "seq": seq}), [])
+        if threading.current_thread() is self._thread:
+            self._pump_until(future)  # called from a listener: read inline, or we would deadlock
+        return future.result()
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the channel thread."""
+        self._posted.put((fn, args))
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.sock, selectors.EVENT_READ, "channel")
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while self.connected:
+                for key, _ in selector.select():
+                    if key.data == "wake":
+                        self._run_posted()
+                    elif not self._read_once():
+                        break
+            self._run_posted()
+        except BaseException:  # noqa: BLE001 - a listener's exception ends the worker, as Node
+            traceback.print_exc()
+            _exit_now(1)
+        finally:
+            selector.close()
+
+    def _run_posted(self) -> None:
+        try:
+            self._wake_r.recv(4096)
+        except OSError:
+            pass
+        while True:
+            try:
+                fn, args = self._posted.get_nowait()
+            except queue.Empty:
+                return
+            fn(*args)
+
+    def _pump_until(self, future: Future[Any]) -> None:
+        self._deferred = []
+        try:
+            while not future.done() and self.connected:
+                self._read_once()
+        finally:
+            deferred, self._deferred = self._deferred, None
+        for frame in deferred:
+            self._dispatch(*frame)
+
+    def _read_once(self) -> bool:
+        try:
+            data, fds = _channel.recv_some(self.sock)
+        except ChannelError as exc:
+            print(f"clusterlab: worker channel: {exc}", file=sys.stderr)
+            data, fds = b"", []
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            self._on_channel_closed()
+            return False
+        self._reader.feed(data, fds)
+        try:
+            for frame in self._reader.frames():
+                self._dispatch(*frame)
+        except ChannelError as exc:
+            print(f"clusterlab: worker channel: {exc}", file=sys.stderr)
+            self._close_channel()
+        return True
+
+    def _dispatch(self, kind: int, payload: bytes, fds: list[int]) -> None:
+        if kind == _channel.INTERNAL:
+            message = _channel.decode_internal(payload)
+            act = message["act"]
+            if act == "ack":
+                future = self._requests.pop(int(message.get("seq") or 0), None)
+                if future is not None:
+                    future.set_result((message, fds))
+                    return
+            elif act == "disconnect":
+                self._start_disconnect(from_primary=True, then_exit=False)
+            for fd in fds:
+                os.close(fd)
+            return
+        if self._deferred is not None:
+            self._deferred.append((kind, payload, fds))
+            return
+        try:
+            message = _channel.decode_user(kind, payload, self.serialization)
+        except ChannelError as exc:
+            for fd in fds:
+                os.close(fd)
+            print(f"clusterlab: worker channel: {exc}", file=sys.stderr)
+            return
+        handle = _channel.socket_from_fd(fds[0]) if fds else None
+        for extra in fds[1:]:
+            os.close(extra)
+        self.worker.emit("message", message, handle)
+
+    def _on_channel_closed(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        for future in self._requests.values():
+            future.set_exception(ConnectionError("the channel to the primary closed"))
+        self._requests.clear()
+        self._reader.close()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.worker.state = "disconnected"
+        try:
+            self.worker.emit("disconnect")
+        finally:
+            self.disconnected.set()
+            if not self.worker.exited_after_disconnect:
+                _exit_now(0)  # the primary is gone (or cut us off): never outlive it
+
+
+_runtime: ChildRuntime | None = None
+
+
+def runtime() -> ChildRuntime | None:
+    return _runtime
+
+
+def start_from_env() -> ChildRuntime | None:
+    """Become a worker if this process was started by `cluster.fork()`; idempotent."""
+    global _runtime
+    if _runtime is not None:
+        return _runtime
+    worker_id = os.environ.pop("CLUSTERLAB_WORKER_ID", None)
+    fd = os.environ.pop("CLUSTERLAB_CHANNEL_FD", None)
+    serialization = os.environ.pop("CLUSTERLAB_SERIALIZATION", "json")
+    inspect_port = os.environ.pop("CLUSTERLAB_INSPECT_PORT", "")
+    inspect = os.environ.pop("CLUSTERLAB_INSPECT", "")
+    if worker_id is None or fd is None:
+        return None
+    port = int(inspect_port) if inspect_port else None
+    _runtime = ChildRuntime(int(worker_id), int(fd), serialization, port)
+    _runtime.start()
+    if inspect and port is not None:
+        _start_debugger(port)
+    return _runtime
+
+
+def _start_debugger(port: int) -> None:
+    """Listen for a debugger on the worker's inspect port when debugpy is installed."""
+    try:
+        import debugpy  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    try:
+        debugpy.listen(("127.0.0.1", port))
+    except Exception as exc:  # noqa: BLE001 - a debugger problem must not stop the worker
+        print(f"clusterlab: worker debugger on port {port}: {exc}", file=sys.stderr)
+
+
+def resolve_listen(**kwargs: Any) -> Endpoint:
+    return resolve(**kwargs)

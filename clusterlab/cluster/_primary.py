@@ -1,0 +1,721 @@
+"""The primary's side: forking workers, their channels, exit bookkeeping and shared handles.
+
+Everything runs on one asyncio loop in one thread: the caller's running loop when `fork()` is
+called from asyncio code, otherwise a private loop that runs when the main script ends (or in
+`cluster.run()`). Signal handlers only schedule work on that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import errno as errno_mod
+import os
+import signal as signal_mod
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+from . import _channel, _settings
+from ._channel import ChannelError, FrameReader
+from ._endpoint import Address, Endpoint
+from ._events import EventEmitter
+from ._reuseport_handle import ReusePortHandle
+from ._round_robin import RoundRobinHandle
+from ._shared_handle import SharedHandle
+from ._worker import Worker
+
+SCHED_NONE = 1
+SCHED_RR = 2
+SCHED_REUSEPORT = 3
+_POLICY_NAMES = {"rr": SCHED_RR, "none": SCHED_NONE, "reuseport": SCHED_REUSEPORT}
+_WORKER_ID_VAR = "CLUSTERLAB_WORKER_ID"
+#: Seconds a worker gets to finish after SIGINT/SIGTERM to the primary before it is killed.
+SHUTDOWN_GRACE = float(os.environ.get("CLUSTERLAB_SHUTDOWN_GRACE", "10"))
+
+Handle = RoundRobinHandle | SharedHandle | ReusePortHandle
+
+
+def policy_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
+    raw = environ.get("CLUSTERLAB_SCHED_POLICY")
+    if raw is None or raw == "":
+        return SCHED_RR
+    try:
+        return _POLICY_NAMES[raw.strip().lower()]
+    except KeyError:
+        print(
+            f"clusterlab: ignoring CLUSTERLAB_SCHED_POLICY={raw!r} (expected rr, none or reuseport)",
+            file=sys.stderr,
+        )
+        return SCHED_RR
+
+
+def _signal_number(sig: str | int) -> int:
+    if isinstance(sig, int):
+        return sig
+    name = sig.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal_mod.Signals[name])
+    except KeyError:
+        raise ValueError(f"unknown signal {sig!r}") from None
+
+
+class _Link:
+    """The primary's end of one worker: process, channel and its place in shared handles."""
+
+    def __init__(self, primary: Primary, worker: Worker, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.primary = primary
+        self.worker = worker
+        self.proc = proc
+        self.sock = sock
+        self.reader = FrameReader()
+        self.connected = True
+        self.dead = False
+        self.keys: set[str] = set()
+        self._out: list[tuple[memoryview, list[int], Callable[[BaseException | None], Any] | None]] = []
+        self._writing = False
+        loop = primary.loop
+        loop.add_reader(sock.fileno(), primary.guard(self._on_readable))
+        self.pidfd: int | None = None
+        try:
+            self.pidfd = os.pidfd_open(proc.pid)
+            loop.add_reader(self.pidfd, primary.guard(self._on_exit))
+        except (AttributeError, OSError):  # no pidfd: poll for the exit instead
+            primary.poll_exit(self)
+
+    # --- Worker methods (primary side) -----------------------------------------------------
+
+    def send(self, message: Any, handle: Any, callback: Callable[[BaseException | None], Any] | None) -> bool:
+        kind, payload = _channel.encode_user(message, self.primary.serialization_of(self))
+        fds = [os.dup(_channel.handle_fd(handle))] if handle is not None else []
+        return self.write(_channel.frame(kind, payload, len(fds)), fds, callback)
+
+    def kill(self, sig: str | int) -> None:
+        number = _signal_number(sig)
+        if self.dead or self.proc.returncode is not None:
+            return
+        try:
+            if self.pidfd is not None:
+                signal_mod.pidfd_send_signal(self.pidfd, number)
+            else:
+                self.proc.send_signal(number)
+        except ProcessLookupError:
+            pass
+
+    def disconnect(self) -> None:
+        if not self.connected:
+            return
+        self.worker.exited_after_disconnect = True
+        self.write(_channel.internal_frame({"act": "disconnect"}), [], None)
+        self.primary.remove_handles(self)
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    def is_dead(self) -> bool:
+        return self.dead
+
+    # --- the channel -----------------------------------------------------------------------
+
+    def write(self, data: bytes, fds: list[int], callback: Callable[[BaseException | None], Any] | None) -> bool:
+        loop = self.primary.loop
+        if not self.connected:
+            for fd in fds:
+                os.close(fd)
+            if callback is not None:
+                loop.call_soon(self.primary.guard(callback), ChannelClosed())
+            return False
+        self._out.append((memoryview(data), fds, callback))
+        if not self._writing:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        loop = self.primary.loop
+        out = self._out
+        while out:
+            view, fds, callback = out[0]
+            if not fds and len(out) > 1 and not out[1][1]:
+                self._coalesce()
+                view, fds, callback = out[0]
+            try:
+                if fds:
+                    sent = self.sock.sendmsg([view], _channel.fds_ancillary(fds))
+                else:
+                    sent = self.sock.send(view)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._fail_writes(exc)
+                return
+            if fds:
+                for fd in fds:
+                    os.close(fd)
+                out[0] = (view[sent:], [], callback)
+            else:
+                out[0] = (view[sent:], fds, callback)
+            if sent < len(view):
+                break
+            out.pop(0)
+            if callback is not None:
+                loop.call_soon(self.primary.guard(callback), None)
+        want = bool(out)
+        if want != self._writing:
+            if want:
+                loop.add_writer(self.sock.fileno(), self.primary.guard(self._flush))
+            else:
+                loop.remove_writer(self.sock.fileno())
+            self._writing = want
+
+    def _coalesce(self) -> None:
+        """Join queued frames without descriptors into one write (up to 1 MiB)."""
+        out = self._out
+        parts: list[memoryview] = []
+        callbacks: list[Callable[[BaseException | None], Any]] = []
+        size = 0
+        while out and not out[0][1] and size < 1 << 20:
+            view, _, cb = out.pop(0)
+            parts.append(view)
+            size += len(view)
+            if cb is not None:
+                callbacks.append(cb)
+
+        def done(error: BaseException | None) -> None:
+            for cb in callbacks:
+                cb(error)
+
+        out.insert(0, (memoryview(b"".join(parts)), [], done if callbacks else None))
+
+    def _fail_writes(self, exc: BaseException) -> None:
+        loop = self.primary.loop
+        for _, fds, callback in self._out:
+            for fd in fds:
+                os.close(fd)
+            if callback is not None:
+                loop.call_soon(self.primary.guard(callback), exc)
+        self._out.clear()
+        if self._writing:
+            loop.remove_writer(self.sock.fileno())
+            self._writing = False
+
+    def _on_readable(self) -> None:
+        self._read_once()
+
+    def _read_once(self) -> bool:
+        """Read and dispatch what is there; False when nothing could be read."""
+        try:
+            data, fds = _channel.recv_some(self.sock)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except ChannelError as exc:
+            self.primary.channel_error(self, exc, fatal=True)
+            return False
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            self._on_disconnect()
+            return False
+        self.reader.feed(data, fds)
+        try:
+            for kind, payload, frame_fds in self.reader.frames():
+                self.primary.dispatch(self, kind, payload, frame_fds)
+        except ChannelError as exc:
+            self.primary.channel_error(self, exc, fatal=True)
+            return False
+        return True
+
+    def close_channel(self) -> None:
+        """Close our end; the worker sees the channel close."""
+        if self.sock.fileno() >= 0:
+            loop = self.primary.loop
+            loop.remove_reader(self.sock.fileno())
+            if self._writing:
+                loop.remove_writer(self.sock.fileno())
+                self._writing = False
+            self.sock.close()
+        self.reader.close()
+
+    def _on_disconnect(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        self._fail_writes(ChannelClosed())
+        self.close_channel()
+        self.primary.on_disconnect(self)
+
+    def _on_exit(self) -> None:
+        if self.dead:
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        # Whatever the worker wrote before dying is read first; its end closed when it died,
+        # so the channel ends here too (even if a descendant inherited a copy of it).
+        while self.connected and self._read_once():
+            pass
+        self._on_disconnect()
+        self.dead = True
+        if self.pidfd is not None:
+            self.primary.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+        sig_name = None
+        exit_code: int | None = code
+        if code < 0:
+            exit_code = None
+            try:
+                sig_name = signal_mod.Signals(-code).name
+            except ValueError:
+                sig_name = f"SIG{-code}"
+        self.primary.on_exit(self, exit_code, sig_name)
+
+
+class ChannelClosed(ConnectionError):
+    """The worker's channel is closed."""
+
+    def __init__(self) -> None:
+        super().__init__(errno_mod.EPIPE, "channel closed")
+
+
+class Primary:
+    """State and behaviour of `cluster` in the primary."""
+
+    def __init__(self, events: EventEmitter) -> None:
+        self.events = events
+        self.policy = policy_from_env()
+        self.frozen = False
+        self.settings: dict[str, Any] = {}
+        self.workers: dict[int, Worker] = {}
+        self.handles: dict[str, Handle] = {}
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._owns_loop = False
+        self._next_id = 0
+        self._inspect_offset = 0
+        self._links: dict[int, _Link] = {}
+        self._serialization: dict[int, str] = {}
+        self._pending = 0
+        self._idle: asyncio.Future[None] | None = None
+        self._disconnect_callbacks: list[Callable[[], Any]] = []
+        self._stopping: int | None = None
+        self._signals_installed = False
+        self._shutdown_started = False
+        self._thread = threading.get_ident()
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self.loop is None or (self.loop.is_closed() and not self._links):
+            if running is not None:
+                self.loop, self._owns_loop = running, False
+            else:
+                self.loop, self._owns_loop = asyncio.new_event_loop(), True
+                atexit.register(self._at_exit)
+            self._thread = threading.get_ident()
+        elif running is not None and running is not self.loop:
+            raise RuntimeError("the cluster is bound to another event loop: fork() from one loop only")
+        return self.loop
+
+    def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a loop callback: an exception escaping it is the primary's uncaught exception."""
+
+        def guarded(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - Node's uncaught-exception semantics
+                self.fatal(exc)
+
+        return guarded
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the loop soon; the loop counts it as pending work."""
+        self._pending += 1
+
+        def run() -> None:
+            self._pending -= 1
+            try:
+                fn(*args)
+            finally:
+                self._check_idle()
+
+        self.loop.call_soon(self.guard(run))
+
+    def fatal(self, exc: BaseException) -> None:
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
+            code = exc.code if isinstance(exc, SystemExit) else 130
+            self._hard_exit(code if isinstance(code, int) else 1)
+        traceback.print_exception(exc)
+        self._hard_exit(1)
+
+    def _hard_exit(self, code: int) -> None:
+        """Close every channel (workers exit when theirs closes) and leave now."""
+        for link in list(self._links.values()):
+            link.close_channel()
+        for handle in list(self.handles.values()):
+            handle.close()
+        _flush_stdio()
+        os._exit(code)
+
+    def run(self) -> None:
+        """Run the loop until no worker is alive and nothing is pending."""
+        if self.loop is None:
+            return
+        if self.loop.is_running():
+            raise RuntimeError("cluster.run() cannot be called while the cluster's loop is running")
+        self._install_signals()
+        self.loop.run_until_complete(self._until_idle())
+
+    async def _until_idle(self) -> None:
+        self._idle = self.loop.create_future()
+        self._check_idle()
+        try:
+            await self._idle
+        finally:
+            self._idle = None
+        if self._stopping is not None:
+            _flush_stdio()
+            os._exit(self._stopping)
+
+    def _check_idle(self) -> None:
+        if self._idle is not None and not self._idle.done() and not self._links and self._pending == 0:
+            self._idle.set_result(None)
+
+    def _at_exit(self) -> None:
+        if not self._links and self._pending == 0:
+            return
+        last = getattr(sys, "last_value", None)
+        if last is not None and not isinstance(last, KeyboardInterrupt):
+            self._hard_exit(1)  # the main script died: take the workers down with it
+        if isinstance(last, KeyboardInterrupt):
+            self._stopping = 130
+        if self.loop.is_closed() or self.loop.is_running():
+            self._hard_exit(1)
+        if self._stopping is not None:
+            self.loop.call_soon(self._begin_shutdown, self._stopping)
+        self.run()
+
+    # --- signals ---------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if self._signals_installed or threading.current_thread() is not threading.main_thread():
+            return
+        self._signals_installed = True
+        for signum, code in ((signal_mod.SIGINT, 130), (signal_mod.SIGTERM, 143)):
+            current = signal_mod.getsignal(signum)
+            if current in (signal_mod.SIG_DFL, signal_mod.default_int_handler):
+                signal_mod.signal(signum, self._make_handler(code))
+
+    def _make_handler(self, code: int) -> Callable[[int, Any], None]:
+        def handler(signum: int, frame: Any) -> None:
+            if self.loop is not None and self.loop.is_running():
+                self.loop.call_soon_threadsafe(self._begin_shutdown, code)
+                return
+            # The main script is still running: stop it; the exit hook shuts the cluster down.
+            self._stopping = code
+            if signum == signal_mod.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(code)
+
+        return handler
+
+    def _begin_shutdown(self, code: int) -> None:
+        """SIGINT/SIGTERM: disconnect every worker, kill stragglers after the grace period.
+
+        A second signal kills the remaining workers at once.
+        """
+        if self._stopping is not None and self._shutdown_started:
+            self._kill_stragglers()
+            return
+        self._stopping = code
+        self._shutdown_started = True
+        for link in list(self._links.values()):
+            link.disconnect()
+        self.loop.call_later(SHUTDOWN_GRACE, self.guard(self._kill_stragglers))
+        if self._idle is None:
+            self.loop.create_task(self._until_idle())
+        self._check_idle()
+
+    def _kill_stragglers(self) -> None:
+        for link in list(self._links.values()):
+            link.kill("SIGKILL")
+
+    def poll_exit(self, link: _Link) -> None:
+        def check() -> None:
+            if link.proc.poll() is not None:
+                link._on_exit()
+            else:
+                self.loop.call_later(0.05, self.guard(check))
+
+        self.loop.call_later(0.05, self.guard(check))
+
+    # --- settings and policy ---------------------------------------------------------------
+
+    def set_policy(self, value: int) -> None:
+        if self.frozen:
+            raise RuntimeError("cluster.scheduling_policy is frozen after the first fork() or setup_primary()")
+        if value not in (SCHED_NONE, SCHED_RR, SCHED_REUSEPORT):
+            raise ValueError(f"scheduling_policy must be SCHED_RR, SCHED_NONE or SCHED_REUSEPORT, got {value!r}")
+        self.policy = value
+
+    def setup_primary(self, given: dict[str, Any]) -> None:
+        merged = _settings.merge(self.settings, given)
+        self._ensure_loop()
+        self.settings = merged
+        self.frozen = True
+        snapshot = MappingProxyType(dict(merged))
+        self.later(self.events.emit, "setup", snapshot)
+
+    def serialization_of(self, link: _Link) -> str:
+        return self._serialization.get(link.worker.id, "json")
+
+    # --- fork ------------------------------------------------------------------------------
+
+    def fork(self, env: dict[str, Any] | None) -> Worker:
+        if env is not None and not isinstance(env, dict):
+            raise TypeError(f"fork(env) expects a dict, got {env!r}")
+        self.setup_primary({})
+        settings = self.settings
+        if settings["exec"] is None:
+            raise RuntimeError(
+                "cannot tell what workers should run (the primary was not started from a file): "
+                "call cluster.setup_primary(exec='path/to/script.py') first"
+            )
+        self._next_id += 1
+        worker_id = self._next_id
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = self._spawn(worker_id, settings, env or {}, theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        worker = Worker(id=worker_id, process=proc, state="none")
+        link = _Link(self, worker, proc, ours)
+        worker._link = link
+        self._links[worker_id] = link
+        self._serialization[worker_id] = settings["serialization"]
+        self.workers[worker_id] = worker
+        self._install_signals()
+        self.later(self.events.emit, "fork", worker)
+        return worker
+
+    def _spawn(self, worker_id: int, settings: dict[str, Any], env: dict[str, Any], fd: int) -> subprocess.Popen[bytes]:
+        child_env = dict(os.environ)
+        child_env.update({str(k): str(v) for k, v in env.items()})
+        self._inspect_offset += 1
+        child_env.update(
+            {
+                _WORKER_ID_VAR: str(worker_id),
+                "CLUSTERLAB_CHANNEL_FD": str(fd),
+                "CLUSTERLAB_SERIALIZATION": settings["serialization"],
+                "CLUSTERLAB_INSPECT_PORT": str(
+                    _settings.inspect_port_for(settings["inspect_port"], self._inspect_offset)
+                ),
+                "CLUSTERLAB_INSPECT": "1" if settings["inspect_port"] is not None else "",
+            }
+        )
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        boot = (
+            f"import sys;sys.path.insert(0,{package_root!r});"
+            "from clusterlab.cluster._boot import main;main()"
+        )
+        cmd = [sys.executable, *settings["exec_argv"], "-c", boot, settings["exec"], *settings["args"]]
+        stdio = settings["stdio"]
+        if stdio is not None:
+            stdin, stdout, stderr = stdio
+        elif settings["silent"]:
+            stdin, stdout, stderr = subprocess.PIPE, subprocess.PIPE, subprocess.PIPE
+        else:
+            stdin = stdout = stderr = None
+        return subprocess.Popen(
+            cmd,
+            env=child_env,
+            cwd=settings["cwd"],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=(fd,),
+            user=settings["uid"],
+            group=settings["gid"],
+            process_group=0,
+        )
+
+    # --- messages from workers -------------------------------------------------------------
+
+    def dispatch(self, link: _Link, kind: int, payload: bytes, fds: list[int]) -> None:
+        worker = link.worker
+        if kind == _channel.INTERNAL:
+            try:
+                message = _channel.decode_internal(payload)
+                self._internal(link, message, fds)
+            except (ChannelError, ValueError) as exc:
+                for fd in fds:
+                    os.close(fd)
+                self.channel_error(link, exc)
+            return
+        try:
+            message = _channel.decode_user(kind, payload, self.serialization_of(link))
+        except ChannelError as exc:
+            for fd in fds:
+                os.close(fd)
+            self.channel_error(link, exc)
+            return
+        handle = _channel.socket_from_fd(fds[0]) if fds else None
+        for extra in fds[1:]:
+            os.close(extra)
+        worker.emit("message", message, handle)
+        self.events.emit("message", worker, message, handle)
+
+    def channel_error(self, link: _Link, exc: Exception, fatal: bool = False) -> None:
+        """A bad frame from a worker: report it as the worker's 'error'; the primary carries on."""
+        worker = link.worker
+        if worker.listener_count("error"):
+            worker.emit("error", exc)
+        else:
+            print(f"clusterlab: worker {worker.id}: {exc}", file=sys.stderr)
+        if fatal:  # the stream can't be trusted any more: drop the channel
+            link._on_disconnect()
+
+    def _internal(self, link: _Link, message: dict[str, Any], fds: list[int]) -> None:
+        act = message["act"]
+        worker = link.worker
+        if act == "online":
+            worker.state = "online"
+            worker.emit("online")
+            self.events.emit("online", worker)
+        elif act == "queryServer":
+            self._query_server(link, message)
+        elif act == "listening":
+            address = Address(
+                message.get("address"), int(message["port"]), message["address_type"], message.get("fd")
+            )
+            worker.state = "listening"
+            worker.emit("listening", address)
+            self.events.emit("listening", worker, address)
+        elif act == "close":
+            self._close_handle(link, str(message["key"]))
+        elif act == "exitedAfterDisconnect":
+            worker.exited_after_disconnect = True
+            link.write(_channel.internal_frame({"act": "ack", "seq": message.get("seq")}), [], None)
+        else:
+            raise ValueError(f"unknown internal message {act!r}")
+        for fd in fds:
+            os.close(fd)
+
+    def _query_server(self, link: _Link, message: dict[str, Any]) -> None:
+        if link.worker.exited_after_disconnect:
+            return  # a disconnecting worker gets no new servers (as Node)
+        endpoint = Endpoint.from_message(message)
+        key = f"{endpoint.base_key}:{int(message['index'])}"
+        reply: dict[str, Any] = {"act": "ack", "seq": message.get("seq"), "key": key, "errno": 0}
+        fds: list[int] = []
+        handle = self.handles.get(key)
+        try:
+            if handle is None:
+                handle = self._new_handle(key, endpoint)
+                self.handles[key] = handle
+            fields, handle_fds = handle.add(link)
+            link.keys.add(key)
+            reply.update(fields, mode=handle.mode)
+            fds = [os.dup(fd) for fd in handle_fds]
+        except OSError as exc:
+            reply["errno"] = exc.errno or errno_mod.EINVAL
+            reply["error"] = exc.strerror or str(exc)
+        link.write(_channel.internal_frame(reply, len(fds)), fds, None)
+
+    def _new_handle(self, key: str, endpoint: Endpoint) -> Handle:
+        if endpoint.udp or (self.policy == SCHED_REUSEPORT and endpoint.path is not None):
+            return SharedHandle(key, endpoint)
+        if self.policy == SCHED_RR:
+            return RoundRobinHandle(key, endpoint, self.loop)
+        if self.policy == SCHED_REUSEPORT:
+            return ReusePortHandle(key, endpoint)
+        return SharedHandle(key, endpoint)
+
+    def _close_handle(self, link: _Link, key: str) -> None:
+        link.keys.discard(key)
+        handle = self.handles.get(key)
+        if handle is not None and handle.has(link) and handle.remove(link):
+            del self.handles[key]
+
+    def remove_handles(self, link: _Link) -> None:
+        for key in list(link.keys):
+            self._close_handle(link, key)
+
+    # --- disconnect and exit ---------------------------------------------------------------
+
+    def _remove(self, link: _Link) -> None:
+        self.workers.pop(link.worker.id, None)
+        self._links.pop(link.worker.id, None)
+        self._serialization.pop(link.worker.id, None)
+
+    def on_disconnect(self, link: _Link) -> None:
+        worker = link.worker
+        self.remove_handles(link)
+        if link.dead:
+            self._remove(link)
+        worker.exited_after_disconnect = bool(worker.exited_after_disconnect)
+        worker.state = "disconnected"
+        try:
+            worker.emit("disconnect")
+            self.events.emit("disconnect", worker)
+        finally:
+            self._after_removal()
+
+    def on_exit(self, link: _Link, code: int | None, sig: str | None) -> None:
+        worker = link.worker
+        if not link.connected:
+            self.remove_handles(link)
+            self._remove(link)
+        worker.exited_after_disconnect = bool(worker.exited_after_disconnect)
+        worker.state = "dead"
+        try:
+            worker.emit("exit", code, sig)
+            self.events.emit("exit", worker, code, sig)
+        finally:
+            self._after_removal()
+
+    def _after_removal(self) -> None:
+        if not self._links and self._disconnect_callbacks:
+            callbacks, self._disconnect_callbacks = self._disconnect_callbacks, []
+            for cb in callbacks:
+                self.later(cb)
+        self._check_idle()
+
+    def disconnect_all(self, callback: Callable[[], Any] | None) -> None:
+        self._ensure_loop()
+        links = [link for link in self._links.values() if link.connected]
+        for link in links:
+            link.disconnect()
+        if callback is None:
+            return
+        if not self._links:
+            self.later(callback)
+        else:
+            self._disconnect_callbacks.append(callback)
+
+    def listen(self, endpoint: Endpoint, exclusive: bool) -> socket.socket:
+        """In the primary, `cluster.listen` binds a plain socket of its own."""
+        from ._endpoint import bind
+
+        return bind(endpoint)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass

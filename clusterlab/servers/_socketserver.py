@@ -1,0 +1,103 @@
+"""`socketserver`/`http.server` classes whose listening socket is shared through the cluster.
+
+On disconnect the server stops accepting, lets in-flight requests finish (threads are joined),
+and `serve_forever()` returns, so the worker's main code ends and the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import socketserver
+import threading
+from typing import Any
+
+from .. import cluster
+
+
+class _ClusterServerMixin:
+    """Binds through `cluster.listen` instead of binding its own socket."""
+
+    socket: socket.socket
+    server_address: Any
+    request_queue_size: int
+    address_family: int
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Any, bind_and_activate: bool = True) -> None:
+        socketserver.BaseServer.__init__(self, server_address, RequestHandlerClass)  # type: ignore[arg-type]
+        self._serving = threading.Event()
+        self._closed = False
+        self._unregister = lambda: None
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    def server_bind(self) -> None:
+        host, port = _split_address(self.server_address)
+        self.socket = cluster.listen(port=port, host=host or None, backlog=self.request_queue_size)
+        self.address_family = self.socket.family
+        self.server_address = self.socket.getsockname()
+        self._unregister = cluster._register_server(self._close_gracefully)
+
+    def server_activate(self) -> None:
+        """The socket is already listening (in the worker or in the primary)."""
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._serving.set()
+        try:
+            super().serve_forever(poll_interval)  # type: ignore[misc]
+        finally:
+            self._serving.clear()
+
+    def server_close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._unregister()
+        if hasattr(self, "socket"):
+            super().server_close()  # type: ignore[misc]
+
+    def _close_gracefully(self) -> None:
+        """Disconnect: stop serving, close the listener, wait for in-flight requests."""
+        if self._serving.is_set():
+            self.shutdown()  # type: ignore[attr-defined]
+        self.server_close()
+
+
+def _split_address(address: Any) -> tuple[str, int]:
+    if not isinstance(address, tuple) or len(address) < 2:
+        raise TypeError(f"server_address must be (host, port), got {address!r}")
+    return str(address[0] or ""), int(address[1])
+
+
+class TCPServer(_ClusterServerMixin, socketserver.TCPServer):
+    """`socketserver.TCPServer` on a cluster-shared port."""
+
+
+class ThreadingTCPServer(_ClusterServerMixin, socketserver.ThreadingTCPServer):
+    """`socketserver.ThreadingTCPServer` on a cluster-shared port."""
+
+    daemon_threads = False  # in-flight requests finish on disconnect
+    block_on_close = True
+
+
+class HTTPServer(_ClusterServerMixin, http.server.HTTPServer):
+    """`http.server.HTTPServer` on a cluster-shared port."""
+
+    def server_bind(self) -> None:
+        _ClusterServerMixin.server_bind(self)
+        host, port = self.server_address[:2]
+        # Not socket.getfqdn(): a reverse lookup may wait on an unreachable resolver.
+        self.server_name = host if host not in ("", "0.0.0.0", "::") else socket.gethostname()
+        self.server_port = port
+
+
+class ThreadingHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
+    """`http.server.ThreadingHTTPServer` on a cluster-shared port."""
+
+    daemon_threads = False
+    block_on_close = True
