@@ -7,6 +7,7 @@ disconnected; an exception in the program exits 1.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import runpy
 import sys
@@ -22,9 +23,10 @@ def main() -> None:
         raise SystemExit("clusterlab: this program is started by cluster.fork(), not by hand")
     try:
         _run_program(sys.argv[1], sys.argv[2:])
-    except _child.ListenerClosedError:
-        # A program blocked in accept() on a listener that a graceful disconnect closed has
-        # ended the way Node's would: normally. Any other time it is a real error.
+    except (_child.ListenerClosedError, asyncio.CancelledError):
+        # A program whose server a graceful disconnect closed (a raw accept() that found its
+        # listener closed, asyncio's serve_forever() cancelled) has ended the way Node's would:
+        # normally. Any other time these are real errors.
         if not runtime.worker.exited_after_disconnect:
             raise
     # The program returned: stay up until the channel closes (disconnect, or the primary left).

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from types import MappingProxyType
@@ -79,6 +80,7 @@ class _Link:
         self.connected = True
         self.dead = False
         self.keys: set[str] = set()
+        self._retired: list[socket.socket] = []
         self._out: list[tuple[memoryview, list[int], Callable[[BaseException | None], Any] | None]] = []
         self._writing = False
         loop = primary.loop
@@ -118,6 +120,18 @@ class _Link:
 
     def is_connected(self) -> bool:
         return self.connected
+
+    def retire(self, sock: socket.socket) -> None:
+        """Keep a socket open until this worker is gone (see RoundRobinHandle._release)."""
+        if self.connected and not self.dead:
+            self._retired.append(sock)
+        else:
+            sock.close()
+
+    def close_retired(self) -> None:
+        for sock in self._retired:
+            sock.close()
+        self._retired.clear()
 
     def is_dead(self) -> bool:
         return self.dead
@@ -306,6 +320,7 @@ class Primary:
         self._stopping: int | None = None
         self._signals_installed = False
         self._shutdown_started = False
+        self._shutdown_started_at = 0.0
         self._thread = threading.get_ident()
 
     # --- the loop --------------------------------------------------------------------------
@@ -431,13 +446,17 @@ class Primary:
     def _begin_shutdown(self, code: int) -> None:
         """SIGINT/SIGTERM: disconnect every worker, kill stragglers after the grace period.
 
-        A second signal kills the remaining workers at once.
+        A second signal (a second later or more: tools like `timeout` signal the process and
+        its group at once) kills the remaining workers at once.
         """
+        now = time.monotonic()
         if self._stopping is not None and self._shutdown_started:
-            self._kill_stragglers()
+            if now - self._shutdown_started_at >= 1.0:
+                self._kill_stragglers()
             return
         self._stopping = code
         self._shutdown_started = True
+        self._shutdown_started_at = now
         for link in list(self._links.values()):
             link.disconnect()
         self.loop.call_later(SHUTDOWN_GRACE, self.guard(self._kill_stragglers))
@@ -664,6 +683,7 @@ class Primary:
     def on_disconnect(self, link: _Link) -> None:
         worker = link.worker
         self.remove_handles(link)
+        link.close_retired()
         if link.dead:
             self._remove(link)
         worker.exited_after_disconnect = bool(worker.exited_after_disconnect)

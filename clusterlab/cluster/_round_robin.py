@@ -192,11 +192,15 @@ class RoundRobinHandle:
             self._reading = False
 
     def _release(self, slot: _Slot) -> None:
-        """Take back what the worker never took, then close the pair."""
+        """Take back what the worker never took and stop handing it any more.
+
+        Our end stays open until the worker itself is gone, so a worker that is still closing
+        its servers does not see its listener fail under it.
+        """
         self._loop.remove_reader(slot.ours.fileno())
         self._queue.extend(_drain(slot.theirs))
-        slot.ours.close()
         slot.theirs.close()
+        slot.link.retire(slot.ours)
 
 
 def _drain(sock: socket.socket) -> list[int]:

@@ -1,0 +1,58 @@
+"""Serve a WSGI app through waitress on a cluster-shared port.
+
+waitress does the HTTP; the cluster gives it the socket. On disconnect it stops accepting,
+lets requests in progress finish, closes idle keep-alive connections and returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .. import cluster
+
+try:
+    import waitress
+except ImportError:  # pragma: no cover - waitress is in the `servers` extra
+    waitress = None  # type: ignore[assignment]
+
+
+def serve_wsgi(app: Any, host: str | None = None, port: int = 8000, *, backlog: int = 511, **waitress_kwargs: Any) -> None:
+    """Serve the WSGI callable `app` until the worker is disconnected or signalled.
+
+    Extra keyword arguments are waitress adjustments (e.g. `threads=8`).
+    """
+    if waitress is None:
+        raise ImportError("serve_wsgi needs waitress: pip install 'clusterlab[servers]'")
+    sock = cluster.listen(port=port, host=host or None, backlog=backlog)
+    waitress_kwargs.setdefault("ident", "clusterlab")
+    server = waitress.create_server(app, sockets=[sock], backlog=backlog, **waitress_kwargs)
+    finished = threading.Event()
+
+    def stop_accepting() -> None:
+        server.accepting = False
+        server.del_channel()
+        sock.close()
+        for channel in list(server.active_channels.values()):
+            if not channel.requests:
+                channel.will_close = True  # idle keep-alive connections: close them
+
+    def close_gracefully() -> None:
+        if finished.is_set():
+            return
+        server.trigger.pull_trigger(stop_accepting)
+        while server.active_channels and not finished.is_set():
+            time.sleep(0.02)
+            server.trigger.pull_trigger()
+        server.trigger.pull_trigger(server.close)
+        finished.wait(5)
+
+    unregister = cluster._register_server(close_gracefully)
+    try:
+        server.run()
+    finally:
+        finished.set()
+        unregister()
+        server.task_dispatcher.shutdown()
+        sock.close()
