@@ -99,7 +99,7 @@ class RoundRobinSocket(ClusterSocket):
     def getsockname(self) -> Any:
         return self._cluster_address
 
-    def dup(self) -> socket.socket:
+    def dup(self) -> RoundRobinSocket:
         raise OSError("a round-robin cluster listener cannot be duplicated")
 
 

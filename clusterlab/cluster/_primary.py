@@ -374,10 +374,7 @@ class Primary:
 
     def _hard_exit(self, code: int) -> None:
         """Close every channel (workers exit when theirs closes) and leave now."""
-        for link in list(self._links.values()):
-            link.close_channel()
-        for handle in list(self.handles.values()):
-            handle.close()
+        self._abandon()
         _flush_stdio()
         os._exit(code)
 
@@ -406,18 +403,29 @@ class Primary:
             self._idle.set_result(None)
 
     def _at_exit(self) -> None:
+        """The main script ended: keep serving the workers, as Node's primary does."""
         if not self._links and self._pending == 0:
             return
         last = getattr(sys, "last_value", None)
         if last is not None and not isinstance(last, KeyboardInterrupt):
-            self._hard_exit(1)  # the main script died: take the workers down with it
+            self._abandon()  # the main script died: take the workers down with it
+            return
         if isinstance(last, KeyboardInterrupt):
             self._stopping = 130
         if self.loop.is_closed() or self.loop.is_running():
-            self._hard_exit(1)
+            self._abandon()  # the caller's own loop is gone: nothing can serve the workers
+            return
         if self._stopping is not None:
             self.loop.call_soon(self._begin_shutdown, self._stopping)
         self.run()
+
+    def _abandon(self) -> None:
+        """Close every channel and handle; each worker exits when its channel closes."""
+        for link in list(self._links.values()):
+            link.close_channel()
+        for handle in list(self.handles.values()):
+            handle.close()
+        self.handles.clear()
 
     # --- signals ---------------------------------------------------------------------------
 
@@ -568,6 +576,8 @@ class Primary:
             pass_fds=(fd,),
             user=settings["uid"],
             group=settings["gid"],
+            # As libuv does: a worker switched to another user keeps none of our groups.
+            extra_groups=[] if (settings["uid"] is not None or settings["gid"] is not None) and os.geteuid() == 0 else None,
             process_group=0,
         )
 
@@ -725,12 +735,6 @@ class Primary:
             self.later(callback)
         else:
             self._disconnect_callbacks.append(callback)
-
-    def listen(self, endpoint: Endpoint, exclusive: bool) -> socket.socket:
-        """In the primary, `cluster.listen` binds a plain socket of its own."""
-        from ._endpoint import bind
-
-        return bind(endpoint)
 
 
 def _flush_stdio() -> None:

@@ -45,7 +45,7 @@ class _Tracker:
             original = protocol.connection_lost
             tracker = self
 
-            def connection_lost(exc: BaseException | None) -> None:
+            def connection_lost(exc: Exception | None) -> None:
                 try:
                     original(exc)
                 finally:

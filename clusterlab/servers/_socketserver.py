@@ -24,7 +24,7 @@ class _ClusterServerMixin:
     address_family: int
 
     def __init__(self, server_address: Any, RequestHandlerClass: Any, bind_and_activate: bool = True) -> None:
-        socketserver.BaseServer.__init__(self, server_address, RequestHandlerClass)  # type: ignore[arg-type]
+        socketserver.BaseServer.__init__(self, server_address, RequestHandlerClass)  # type: ignore[arg-type, type-var]
         self._serving = threading.Event()
         self._closed = False
         self._unregister = lambda: None
