@@ -30,6 +30,7 @@ def main() -> None:
         if not runtime.worker.exited_after_disconnect:
             raise
     # The program returned: stay up until the channel closes (disconnect, or the primary left).
+    runtime.program_returned()
     runtime.disconnected.wait()
 
 

@@ -25,6 +25,7 @@ from ._endpoint import Endpoint, bind, resolve
 from ._worker import CurrentProcess, Worker
 
 _FD_SPACE = socket.CMSG_SPACE(4 * 4)
+_EARLY_LIMIT = 100_000
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 
 
@@ -152,6 +153,10 @@ class ChildRuntime:
         self._servers: list[Callable[[], None]] = []
         self._disconnecting = False
         self._deferred: list[tuple[int, bytes, list[int]]] | None = None
+        # Messages that came before the program added a 'message' listener (it may be still
+        # starting up: the primary can answer 'online' before the worker's code has run).
+        self._early: list[tuple[Any, Any]] | None = []
+        self.worker._listener_added = self._on_listener_added  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._run, name="clusterlab-channel", daemon=True)
 
     def start(self) -> None:
@@ -443,7 +448,27 @@ class ChildRuntime:
         handle = _channel.socket_from_fd(fds[0]) if fds else None
         for extra in fds[1:]:
             os.close(extra)
+        if self._early is not None and (self._early or not self.worker.listener_count("message")):
+            if len(self._early) < _EARLY_LIMIT:
+                self._early.append((message, handle))
+            return
         self.worker.emit("message", message, handle)
+
+    def _on_listener_added(self, event: str) -> None:
+        if event == "message" and self._early:
+            self.post(self._deliver_early)
+
+    def _deliver_early(self) -> None:
+        early, self._early = self._early or [], []
+        for message, handle in early:
+            self.worker.emit("message", message, handle)
+
+    def program_returned(self) -> None:
+        """The worker's program returned: from now on a message nobody listens for is dropped."""
+        self.post(self._stop_holding)
+
+    def _stop_holding(self) -> None:
+        self._early = None
 
     def _on_channel_closed(self) -> None:
         if not self.connected:

@@ -38,6 +38,7 @@ class EventEmitter:
         if not callable(fn):
             raise TypeError(f"listener for {event!r} must be callable, got {fn!r}")
         self._listeners.setdefault(event, []).append(fn)
+        self._listener_added(event)
         return self
 
     add_listener = on
@@ -47,7 +48,11 @@ class EventEmitter:
         if not callable(fn):
             raise TypeError(f"listener for {event!r} must be callable, got {fn!r}")
         self._listeners.setdefault(event, []).append(_Once(self, event, fn))
+        self._listener_added(event)
         return self
+
+    def _listener_added(self, event: str) -> None:
+        """Hook for subclasses: a listener for `event` was just added."""
 
     def off(self, event: str, fn: Listener) -> EventEmitter:
         """Remove the most recently added registration of `fn` for `event`."""
