@@ -10,6 +10,7 @@ import array
 import dataclasses
 import os
 import queue
+import select
 import selectors
 import socket
 import sys
@@ -43,18 +44,62 @@ class ListenerClosedError(ConnectionAbortedError):
 
 
 class ClusterSocket(socket.socket):
-    """A listening socket obtained through the cluster; closing it tells the primary."""
+    """A listening socket obtained through the cluster; closing it tells the primary.
+
+    A blocking `accept()` waits on the socket and on a private wake-up pipe, so closing the
+    listener (a graceful disconnect) releases a thread blocked in it with ListenerClosedError.
+    A shared socket's descriptor is non-blocking underneath (its flags are shared with every
+    worker, as libuv's are); another worker winning the race just means waiting again.
+    """
 
     _cluster_runtime: ChildRuntime | None = None
     _cluster_key: str | None = None
     _cluster_index: tuple[str, int] | None = None
     _cluster_address: Any = None
+    _cluster_wake: tuple[int, int] | None = None
+
+    def _cluster_prepare(self) -> None:
+        self._cluster_wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.type == socket.SOCK_STREAM:
+            os.set_blocking(self.fileno(), False)
+
+    def _cluster_wait(self) -> bool:
+        """In blocking mode, wait until readable; ListenerClosedError if closed meanwhile.
+
+        False (without waiting) in non-blocking or timeout mode: the caller acts as usual.
+        """
+        wake = self._cluster_wake
+        if wake is None or self.gettimeout() is not None:
+            return False
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLIN)
+        poller.register(wake[0], select.POLLIN)
+        events = dict(poller.poll())
+        if wake[0] in events or self._cluster_wake is None:
+            raise ListenerClosedError("this cluster listener was closed")
+        return True
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        while True:
+            waited = self._cluster_wait()
+            try:
+                return super().accept()
+            except (BlockingIOError, InterruptedError):
+                if not waited:
+                    raise  # non-blocking mode: the caller's loop waits
+                # another worker took it: wait again
 
     def _real_close(self, _ss: Any = socket.socket) -> None:  # type: ignore[override]
         runtime, self._cluster_runtime = self._cluster_runtime, None
+        wake, self._cluster_wake = self._cluster_wake, None
+        if wake is not None:
+            os.write(wake[1], b"\0")
         try:
             super()._real_close()  # type: ignore[misc]
         finally:
+            if wake is not None:
+                os.close(wake[0])
+                os.close(wake[1])
             if runtime is not None:
                 runtime.listener_closed(self)
 
@@ -70,7 +115,13 @@ class RoundRobinSocket(ClusterSocket):
 
     def accept(self) -> tuple[socket.socket, Any]:
         while True:
-            data, ancdata, _, _ = self.recvmsg(1, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+            waited = self._cluster_wait()
+            try:
+                data, ancdata, _, _ = self.recvmsg(1, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                if not waited:
+                    raise
+                continue
             if not data:
                 raise ListenerClosedError("this cluster listener was closed")
             fds: list[int] = []
@@ -160,8 +211,11 @@ class ChildRuntime:
         self._thread = threading.Thread(target=self._run, name="clusterlab-channel", daemon=True)
 
     def start(self) -> None:
+        try:
+            self._write(_channel.internal_frame({"act": "online"}), [])
+        except OSError:
+            pass  # the primary is already gone: the channel thread sees it and exits
         self._thread.start()
-        self._write(_channel.internal_frame({"act": "online"}), [])
 
     # --- Worker methods (worker side) ------------------------------------------------------
 
@@ -218,10 +272,18 @@ class ChildRuntime:
             sock = bind(endpoint)
             self._report_listening(endpoint, sock.getsockname())
             return sock
+        if self._disconnecting or not self.connected:
+            # As Node, a disconnecting worker gets no new servers; its program ends normally.
+            raise ListenerClosedError("this worker is disconnecting: no new cluster listeners")
         base = endpoint.base_key
         index = self._indexes.acquire(base)
         try:
             reply, fds = self.request({"act": "queryServer", "index": index, **endpoint.to_message()})
+        except (OSError, ConnectionError) as exc:
+            self._indexes.release(base, index)
+            if self._disconnecting or not self.connected:
+                raise ListenerClosedError("this worker is disconnecting: no new cluster listeners") from exc
+            raise
         except BaseException:
             self._indexes.release(base, index)
             raise
@@ -245,6 +307,7 @@ class ChildRuntime:
         if mode == "rr":
             sock: ClusterSocket = RoundRobinSocket(endpoint.family, socket.SOCK_STREAM, 0, fileno=fds[0])
             sock._conn_family = endpoint.family  # type: ignore[attr-defined]
+            sock._cluster_prepare()
             if endpoint.path is not None:
                 sock._cluster_address = endpoint.path
             elif endpoint.family == socket.AF_INET6:
@@ -256,10 +319,13 @@ class ChildRuntime:
             sock = ClusterSocket(endpoint.family, kind, 0, fileno=fds[0])
             if not endpoint.udp:
                 sock.listen(endpoint.backlog)
+                sock._cluster_prepare()
             return sock
         if mode == "reuseport":
             own = bind(dataclasses.replace(endpoint, port=int(reply["port"])), reuseport=True)
             sock = ClusterSocket(endpoint.family, kind, 0, fileno=own.detach())
+            if not endpoint.udp:
+                sock._cluster_prepare()
             return sock
         raise ChannelError(f"unknown listen mode {mode!r} from the primary")
 
@@ -333,6 +399,8 @@ class ChildRuntime:
     # --- the channel -----------------------------------------------------------------------
 
     def _write(self, data: bytes, fds: list[int]) -> None:
+        if not self.connected:
+            raise _channel.ChannelClosedError("the channel to the primary is closed")
         with self._write_lock:
             if fds:
                 sent = self.sock.sendmsg([data], _channel.fds_ancillary(fds))
@@ -354,7 +422,10 @@ class ChildRuntime:
         return future.result()
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run `fn(*args)` on the channel thread."""
+        """Run `fn(*args)` on the channel thread (on a thread of its own once that has ended)."""
+        if not self._thread.is_alive() and self._thread.ident is not None:
+            threading.Thread(target=self._run_one, args=(fn, args), daemon=True).start()
+            return
         self._posted.put((fn, args))
         try:
             self._wake_w.send(b"\0")
@@ -378,6 +449,13 @@ class ChildRuntime:
             _exit_now(1)
         finally:
             selector.close()
+
+    def _run_one(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException:  # noqa: BLE001 - a listener's exception ends the worker, as Node
+            traceback.print_exc()
+            _exit_now(1)
 
     def _run_posted(self) -> None:
         try:
@@ -478,10 +556,9 @@ class ChildRuntime:
             future.set_exception(ConnectionError("the channel to the primary closed"))
         self._requests.clear()
         self._reader.close()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        # The socket is shut down but never closed: another thread may still be writing, and
+        # a closed descriptor number could be reused by an unrelated file.
+        self._close_channel()
         self.worker.state = "disconnected"
         try:
             self.worker.emit("disconnect")

@@ -335,7 +335,7 @@ class Primary:
                 self.loop, self._owns_loop = running, False
             else:
                 self.loop, self._owns_loop = asyncio.new_event_loop(), True
-                atexit.register(self._at_exit)
+                _register_exit_hook(self._at_exit)
             self._thread = threading.get_ident()
         elif running is not None and running is not self.loop:
             raise RuntimeError("the cluster is bound to another event loop: fork() from one loop only")
@@ -735,6 +735,21 @@ class Primary:
             self.later(callback)
         else:
             self._disconnect_callbacks.append(callback)
+
+
+def _register_exit_hook(hook: Callable[[], None]) -> None:
+    """Run `hook` when the main script ends, before non-daemon threads are joined.
+
+    A thread of the primary may be waiting for a worker's event: the loop must run meanwhile.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        atexit.register(hook)
+        return
+    try:
+        register(hook)
+    except RuntimeError:  # already shutting down
+        atexit.register(hook)
 
 
 def _flush_stdio() -> None:

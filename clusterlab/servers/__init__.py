@@ -8,11 +8,12 @@ In the primary they behave like their plain twins.
 from __future__ import annotations
 
 from ._asgi import serve_asgi
-from ._asyncio import HandoffServer, create_server, start_server
+from ._asyncio import ClusterServer, HandoffServer, create_server, start_server
 from ._socketserver import HTTPServer, TCPServer, ThreadingHTTPServer, ThreadingTCPServer
 from ._wsgi import serve_wsgi
 
 __all__ = [
+    "ClusterServer",
     "HTTPServer",
     "HandoffServer",
     "TCPServer",

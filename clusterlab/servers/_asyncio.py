@@ -135,6 +135,61 @@ async def _listen(host: str | None, port: int, backlog: int, **listen_kw: Any) -
     )
 
 
+class ClusterServer:
+    """What `create_server`/`start_server` return: an `asyncio.Server` with graceful closing.
+
+    `close()` stops accepting; `wait_closed()` then waits until every connection has closed
+    (Python 3.12's meaning, on 3.11 too); `serve_forever()` returns once the server is closed
+    and drained (asyncio's raises CancelledError), so a worker's program ends normally after a
+    graceful disconnect. Anything else is the underlying server's.
+    """
+
+    def __init__(self, server: Any, tracker: _Tracker) -> None:
+        self._server = server
+        self._tracker = tracker
+        self._closed = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+    @property
+    def sockets(self) -> Any:
+        return self._server.sockets
+
+    def is_serving(self) -> bool:
+        return bool(self._server.is_serving())
+
+    async def start_serving(self) -> None:
+        await self._server.start_serving()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._server.close()
+        asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        await self._tracker.wait_idle()
+        self._drained.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+        await self._drained.wait()
+
+    async def serve_forever(self) -> None:
+        await self.start_serving()
+        await self.wait_closed()
+
+    async def __aenter__(self) -> ClusterServer:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+        await self.wait_closed()
+
+
 async def create_server(
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     host: str | None = None,
@@ -144,25 +199,25 @@ async def create_server(
     start_serving: bool = True,
     path: str | None = None,
     **kw: Any,
-) -> Any:
+) -> ClusterServer:
     """`loop.create_server` on a cluster-shared port (or Unix `path`)."""
     loop = asyncio.get_running_loop()
     sock = await _listen(host, port, backlog, **({"path": path} if path else {}))
     tracker = _Tracker()
     factory = tracker.wrap_factory(protocol_factory)
-    server: Any
+    inner: Any
     try:
         if isinstance(sock, RoundRobinSocket) and not _is_stdlib_loop(loop):
-            server = HandoffServer(loop, factory, sock, kw)
+            inner = HandoffServer(loop, factory, sock, kw)
             if start_serving:
-                await server.start_serving()
+                await inner.start_serving()
         else:
-            server = await loop.create_server(factory, sock=sock, backlog=backlog, start_serving=start_serving, **kw)
+            inner = await loop.create_server(factory, sock=sock, backlog=backlog, start_serving=start_serving, **kw)
     except BaseException:
         sock.close()
         raise
-    unregister = cluster._register_server(lambda: _close_from_thread(loop, server, tracker))
-    _remember(server, unregister)
+    server = ClusterServer(inner, tracker)
+    server._unregister = cluster._register_server(lambda: _close_from_thread(loop, server))  # type: ignore[attr-defined]
     return server
 
 
@@ -173,7 +228,7 @@ async def start_server(
     *,
     limit: int = 2**16,
     **kw: Any,
-) -> Any:
+) -> ClusterServer:
     """`asyncio.start_server` on a cluster-shared port."""
     loop = asyncio.get_running_loop()
 
@@ -184,27 +239,18 @@ async def start_server(
     return await create_server(factory, host, port, **kw)
 
 
-def _remember(server: Any, unregister: Callable[[], None]) -> None:
-    try:
-        server._clusterlab_unregister = unregister
-    except AttributeError:
-        pass
-
-
-async def _close_gracefully(server: Any, tracker: _Tracker) -> None:
+async def _close_gracefully(server: ClusterServer) -> None:
     server.close()
-    await tracker.wait_idle()
+    await server.wait_closed()
 
 
-def _close_from_thread(loop: asyncio.AbstractEventLoop, server: Any, tracker: _Tracker) -> None:
+def _close_from_thread(loop: asyncio.AbstractEventLoop, server: ClusterServer) -> None:
     """Disconnect (on the runtime's thread): close on the server's loop, wait for connections."""
-    if loop.is_closed():
-        return
-    if not loop.is_running():
-        server.close()
+    if loop.is_closed() or not loop.is_running():
+        server._server.close()
         return
     done = threading.Event()
-    future = asyncio.run_coroutine_threadsafe(_close_gracefully(server, tracker), loop)
+    future = asyncio.run_coroutine_threadsafe(_close_gracefully(server), loop)
     future.add_done_callback(lambda _: done.set())
     while not done.wait(0.1):
         if not loop.is_running():

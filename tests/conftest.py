@@ -1,0 +1,520 @@
+"""Shared fixtures: run a cluster primary script as a real process, and make sure no test leaves a
+process behind.
+
+The pytest process becomes a child subreaper, so a worker orphaned by its primary is reparented to
+pytest (not to init): the after-test check can then see it, reap it, and name it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(err)}")
+
+
+if sys.platform.startswith("linux"):
+    _become_subreaper()
+
+
+# --------------------------------------------------------------------------------------------
+# No process left behind
+# --------------------------------------------------------------------------------------------
+
+def _reap_zombie_children() -> None:
+    """Reap every exited direct child (orphaned workers reparented to us included)."""
+    for child in psutil.Process().children(recursive=False):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.NoSuchProcess, ChildProcessError, ProcessLookupError):
+            pass
+
+
+def _identity(proc: psutil.Process) -> tuple[int, float]:
+    try:
+        return proc.pid, proc.create_time()
+    except psutil.NoSuchProcess:
+        return proc.pid, 0.0
+
+
+def _alive_descendants(exclude: frozenset[tuple[int, float]] = frozenset()
+                       ) -> list[psutil.Process]:
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and _identity(proc) not in exclude:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        cmd = " ".join(proc.cmdline()) or proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        cmd = "?"
+    return f"{proc.pid} {cmd}"
+
+
+def _kill_pids(pids: Iterable[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_no_descendants(timeout: float, exclude: frozenset[tuple[int, float]] = frozenset()
+                        ) -> list[psutil.Process]:
+    """Reap and poll until no descendant of pytest (but those in `exclude`) is alive or
+    `timeout` passes; return the survivors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap_zombie_children()
+        alive = _alive_descendants(exclude)
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """After each test: every process started during it must be gone within ~3 s, else it is
+    killed (by pid) and the test fails naming it. Processes that were already there (owned by a
+    wider-scoped fixture) are left alone."""
+    before = frozenset(_identity(p) for p in _alive_descendants())
+    yield
+    survivors = wait_no_descendants(3.0, before)
+    if not survivors:
+        return
+    names = [_describe(p) for p in survivors]
+    _kill_pids(p.pid for p in survivors)
+    wait_no_descendants(3.0, before)
+    pytest.fail("left behind: " + "; ".join(names), pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Running a primary script
+# --------------------------------------------------------------------------------------------
+
+# Prepended to every script (unless prelude=False). Both the primary and its workers run it.
+PRELUDE = '''\
+import json as _cl_json, os, socket, sys, threading, time
+from clusterlab import cluster
+
+_cl_out_lock = threading.Lock()
+
+
+def out(tag, **kw):
+    """One JSON line on stdout, tagged; safe from any thread."""
+    kw = {"tag": tag, "pid": os.getpid(), **kw}
+    line = _cl_json.dumps(kw, default=repr) + "\\n"
+    with _cl_out_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def serve_pid(sock, count=None):
+    """Accept on `sock`; answer each connection with this process's pid and close it.
+
+    Returns once `count` connections were served or the socket was closed (a disconnect
+    closes the worker's cluster listeners); polls so that a blocking accept() never hides it.
+    """
+    n = 0
+    sock.settimeout(0.1)
+    while count is None or n < count:
+        if sock.fileno() < 0:
+            return n
+        try:
+            conn, _ = sock.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return n
+        with conn:
+            conn.settimeout(5)
+            conn.sendall(f"{os.getpid()}\\n".encode())
+        n += 1
+    return n
+
+
+def wait_disconnect(timeout=15.0):
+    """In a worker: block until this worker's channel is disconnected (or `timeout`)."""
+    ev = threading.Event()
+    cluster.worker.on("disconnect", ev.set)
+    if cluster.worker.is_connected():
+        ev.wait(timeout)
+
+
+READY = "__ready__"
+
+
+def when_ready(w, fn):
+    """Primary: call fn() once worker `w` has said ready() (its listeners are attached)."""
+    def on_message(m, h):
+        if m == READY:
+            w.off("message", on_message)
+            fn()
+    w.on("message", on_message)
+
+
+def ready():
+    """Worker: tell the primary that this worker's listeners are attached."""
+    cluster.worker.send(READY)
+
+
+def fetch(port, host="127.0.0.1", family=socket.AF_INET, timeout=5.0, payload=b""):
+    """Connect, optionally send, read to EOF; return the text."""
+    with socket.socket(family, socket.SOCK_STREAM) as c:
+        c.settimeout(timeout)
+        c.connect((host, port) if family != socket.AF_UNIX else host)
+        if payload:
+            c.sendall(payload)
+        chunks = []
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    return b"".join(chunks).decode()
+
+'''
+
+
+def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERLAB_")}
+    env.pop("PYTHONSTARTUP", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+class PrimaryProcess:
+    """A primary script running in its own session, with its output collected line by line."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str], cwd: str | Path,
+                 input: str | bytes | None = None) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=str(cwd),
+            env=env,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self._cond = threading.Condition()
+        self._stdout: list[str] = []
+        self._stderr: list[str] = []
+        self._eof = {"stdout": False, "stderr": False}
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self._stdout, "stdout"),
+                             daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self._stderr, "stderr"),
+                             daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+        if input is not None:
+            data = input.encode() if isinstance(input, str) else input
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(data)
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.returncode: int | None = None
+
+    def _read(self, stream, sink: list[str], name: str) -> None:
+        for raw in iter(stream.readline, b""):
+            with self._cond:
+                sink.append(raw.decode(errors="replace"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof[name] = True
+            self._cond.notify_all()
+
+    # -- output -------------------------------------------------------------------------------
+    @property
+    def stdout(self) -> str:
+        with self._cond:
+            return "".join(self._stdout)
+
+    @property
+    def stderr(self) -> str:
+        with self._cond:
+            return "".join(self._stderr)
+
+    def records(self, tag: str | None = None) -> list[dict[str, Any]]:
+        """The JSON-object lines of stdout (those printed with `out`), optionally of one tag."""
+        with self._cond:
+            lines = list(self._stdout)
+        return _parse_records(lines, tag)
+
+    def one(self, tag: str) -> dict[str, Any]:
+        recs = self.records(tag)
+        assert len(recs) == 1, f"expected exactly one {tag!r} record, got {recs}\n{self.output()}"
+        return recs[0]
+
+    def output(self) -> str:
+        return (f"--- argv: {self.argv}\n--- returncode: {self.returncode}\n"
+                f"--- stdout:\n{self.stdout}--- stderr:\n{self.stderr}---")
+
+    # -- waiting ------------------------------------------------------------------------------
+    def wait_for(self, tag: str | Callable[[dict[str, Any]], bool], timeout: float = 10.0,
+                 count: int = 1) -> list[dict[str, Any]]:
+        """Wait until `count` records match (`tag` string or predicate); return them."""
+        pred = (lambda r: r.get("tag") == tag) if isinstance(tag, str) else tag
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [r for r in _parse_records(self._stdout, None) if pred(r)]
+                if len(found) >= count:
+                    return found[:count]
+                if self._eof["stdout"] and self.proc.poll() is not None:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.1))
+        raise AssertionError(f"timed out waiting for {count} x {tag!r}\n{self.output()}")
+
+    def wait_for_text(self, text: str, timeout: float = 10.0, stream: str = "stdout") -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                sink = self._stdout if stream == "stdout" else self._stderr
+                if text in "".join(sink):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0 or (self._eof[stream] and self.proc.poll() is not None):
+                    break
+                self._cond.wait(min(left, 0.1))
+        raise AssertionError(f"timed out waiting for {text!r} on {stream}\n{self.output()}")
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """Wait for the primary to exit (killing its tree on timeout and failing the test)."""
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_tree()
+            self.returncode = self.proc.wait(5)
+            self._join_readers(2.0)
+            pytest.fail(f"primary did not exit within {timeout}s; killed its tree\n{self.output()}",
+                        pytrace=False)
+        # A worker still holding the pipes would keep the readers waiting; the leftover check
+        # (no_process_left_behind) names such a worker, so do not block on it here.
+        self._join_readers(3.0)
+        return self.returncode
+
+    def _join_readers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self._readers:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def tree_pids(self) -> list[int]:
+        """The primary and every live process of its session or below it."""
+        pids = {self.pid}
+        try:
+            pids.update(p.pid for p in psutil.Process(self.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == self.pid:
+                    pids.add(p.pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return sorted(pids)
+
+    def kill_tree(self) -> None:
+        _kill_pids(self.tree_pids())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill_tree()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        for s in (self.proc.stdout, self.proc.stderr):
+            try:
+                s.close()
+            except Exception:
+                pass
+
+
+def _parse_records(lines: Iterable[str], tag: str | None) -> list[dict[str, Any]]:
+    recs = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and (tag is None or rec.get("tag") == tag):
+            recs.append(rec)
+    return recs
+
+
+class Result:
+    """What a finished primary left: returncode, stdout, stderr, and record helpers."""
+
+    def __init__(self, primary: PrimaryProcess) -> None:
+        self._p = primary
+        self.returncode = primary.returncode
+        self.stdout = primary.stdout
+        self.stderr = primary.stderr
+        self.pid = primary.pid
+
+    def records(self, tag: str | None = None) -> list[dict[str, Any]]:
+        return self._p.records(tag)
+
+    def one(self, tag: str) -> dict[str, Any]:
+        return self._p.one(tag)
+
+    def tags(self, who: str | None = None) -> list[str]:
+        """The tags in output order, optionally only records whose 'who' is `who`."""
+        return [r["tag"] for r in self.records() if who is None or r.get("who") == who]
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+    def output(self) -> str:
+        return self._p.output()
+
+    def check(self, returncode: int = 0) -> Result:
+        assert self.returncode == returncode, (
+            f"primary exited {self.returncode}, expected {returncode}\n{self.output()}")
+        return self
+
+    def __str__(self) -> str:
+        return self.output()
+
+
+def _write_script(directory: Path, source: str, prelude: bool, name: str = "primary.py") -> Path:
+    body = textwrap.dedent(source)
+    path = directory / name
+    path.write_text((PRELUDE + "\n" if prelude else "") + body)
+    return path
+
+
+@pytest.fixture
+def start_primary(tmp_path):
+    """Start a primary script in the background; returns a PrimaryProcess (closed at teardown).
+
+    Arguments: source (dedented; PRELUDE prepended unless prelude=False), env (added to a clean
+    environment without CLUSTERLAB_* variables), args (script arguments), python_args
+    (interpreter options), cwd (default tmp_path), script_dir (default tmp_path), input,
+    module (run `python -m module` instead of a script; source is then ignored).
+    """
+    started: list[PrimaryProcess] = []
+
+    def start(source: str = "", *, env: dict[str, str] | None = None, args: Iterable[str] = (),
+              python_args: Iterable[str] = (), cwd: str | Path | None = None,
+              script_dir: str | Path | None = None, input: str | bytes | None = None,
+              prelude: bool = True, module: str | None = None,
+              script: str | Path | None = None) -> PrimaryProcess:
+        if module is not None:
+            argv = [sys.executable, *python_args, "-m", module, *args]
+        elif script is not None:
+            argv = [sys.executable, *python_args, str(script), *args]
+        else:
+            script = _write_script(Path(script_dir or tmp_path), source, prelude)
+            argv = [sys.executable, *python_args, str(script), *args]
+        p = PrimaryProcess(argv, env=_clean_env(env), cwd=cwd or tmp_path, input=input)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+        # captured by pytest, shown only when the test fails
+        print(f"=== primary {p.pid} ===\n{p.output()}")
+
+
+@pytest.fixture
+def run_primary(start_primary):
+    """Run a primary script to completion (killing its tree after `timeout` s); return a Result."""
+
+    def run(source: str = "", *, timeout: float = 20, **kw: Any) -> Result:
+        p = start_primary(source, **kw)
+        p.wait(timeout)
+        return Result(p)
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers for tests
+# --------------------------------------------------------------------------------------------
+
+def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1",
+              kind: int = socket.SOCK_STREAM) -> int:
+    """A port that was free a moment ago (both TCP and UDP checked for stream ports)."""
+    for _ in range(50):
+        with socket.socket(family, kind) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        try:
+            with socket.socket(family, other) as s2:
+                s2.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port found")
+
+
+def has_ipv6() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    return free_port()
