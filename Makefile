@@ -1,5 +1,7 @@
 # One target per habit: install, test, lint, lab, bench.
-PYTHON ?= python3.11
+# Debian's interpreter when there is one: it lives outside /root, so tests can run workers as
+# another user (settings uid/gid); otherwise whatever python3.11 is on PATH.
+PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo python3.11)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed

@@ -309,7 +309,6 @@ class Primary:
         self.workers: dict[int, Worker] = {}
         self.handles: dict[str, Handle] = {}
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self._owns_loop = False
         self._next_id = 0
         self._inspect_offset = 0
         self._links: dict[int, _Link] = {}
@@ -319,9 +318,9 @@ class Primary:
         self._disconnect_callbacks: list[Callable[[], Any]] = []
         self._stopping: int | None = None
         self._signals_installed = False
+        self._exit_hook = False
         self._shutdown_started = False
         self._shutdown_started_at = 0.0
-        self._thread = threading.get_ident()
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -332,11 +331,12 @@ class Primary:
             running = None
         if self.loop is None or (self.loop.is_closed() and not self._links):
             if running is not None:
-                self.loop, self._owns_loop = running, False
+                self.loop = running
             else:
-                self.loop, self._owns_loop = asyncio.new_event_loop(), True
-                _register_exit_hook(self._at_exit)
-            self._thread = threading.get_ident()
+                self.loop = asyncio.new_event_loop()
+                if not self._exit_hook:
+                    _register_exit_hook(self._at_exit)
+                    self._exit_hook = True
         elif running is not None and running is not self.loop:
             raise RuntimeError("the cluster is bound to another event loop: fork() from one loop only")
         return self.loop

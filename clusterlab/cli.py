@@ -1,0 +1,178 @@
+"""The ``clusterlab`` command: run a scenario, rebuild a report, serve the built-in target, list
+scenarios, show machine facts. Exit status 0 success, 1 a run or command failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clusterlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a scenario and write its report")
+    run.add_argument("scenario", help="scenario file, or the name of a bundled scenario")
+    run.add_argument("--out", type=Path, help="report directory (must not exist)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary table")
+    report = sub.add_parser(
+        "report", help="rebuild plots, summary.json and reports from a run's tables"
+    )
+    report.add_argument("directory", type=Path)
+    serve = sub.add_parser("serve", help="serve the built-in target for curl/wrk")
+    serve.add_argument("--workers", type=int, default=None, help="default: available_parallelism()")
+    serve.add_argument("--policy", choices=["rr", "none", "reuseport"], default="rr")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1")
+    scenarios = sub.add_parser("scenarios", help="list bundled scenarios, or validate files")
+    scenarios.add_argument("files", nargs="*", type=Path)
+    sub.add_parser("info", help="machine facts as the lab records them")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "run": _run,
+        "report": _report,
+        "serve": _serve,
+        "scenarios": _scenarios,
+        "info": _info,
+    }[args.command]
+    return handler(args)
+
+
+def bundled_scenarios() -> dict[str, Path]:
+    folder = resources.files("clusterlab.lab").joinpath("scenarios")
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def _resolve(name: str) -> Path:
+    path = Path(name)
+    if not path.exists() and name in bundled_scenarios():
+        return bundled_scenarios()[name]
+    return path
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clusterlab.lab.progress import ConsoleProgress
+    from clusterlab.lab.report import build_report, markdown_table, summary_table
+    from clusterlab.lab.runner import default_out_dir, run_scenario
+    from clusterlab.lab.scenario import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(_resolve(args.scenario))
+    except ScenarioError as exc:
+        print(f"clusterlab: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = args.out or (
+        Path(scenario.report.out) if scenario.report.out else default_out_dir(scenario)
+    )
+    if out.exists():
+        print(
+            f"clusterlab: --out: expected a directory that does not exist yet, got {out}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    outcome = run_scenario(scenario, out, ConsoleProgress(quiet=args.quiet))
+    report = build_report(out)
+    if not args.quiet:
+        from clusterlab.lab.metrics import aggregate
+        from clusterlab.lab.results import load_results
+
+        results = load_results(out).results
+        table = summary_table(aggregate(results)) if not results.empty else None
+        if table is not None and not table.empty:
+            print(markdown_table(table))
+    state = "PARTIAL (interrupted) " if outcome.interrupted else ""
+    print(f"{state}report: {report} (and {report.with_suffix('.html').name}, plots, CSVs in {out})")
+    if outcome.interrupted or outcome.failed:
+        if outcome.failed:
+            print(
+                f"clusterlab: {outcome.failed} of {outcome.points} points failed", file=sys.stderr
+            )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from clusterlab.lab.report import build_report
+
+    if not (args.directory / "meta.json").is_file():
+        print(
+            f"clusterlab: {args.directory}: expected a lab run directory (with meta.json), "
+            "got none",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    print(f"report: {build_report(args.directory)}")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from clusterlab import available_parallelism
+    from clusterlab.lab import target
+
+    workers = args.workers or available_parallelism()
+    if workers < 1 or not 0 <= args.port <= 65535:
+        print(
+            "clusterlab: serve: expected --workers ≥ 1 and --port in 0..65535, "
+            f"got {workers} and {args.port}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    return target.main(
+        [
+            "--workers",
+            str(workers),
+            "--policy",
+            args.policy,
+            "--port",
+            str(args.port),
+            "--host",
+            args.host,
+        ]
+    )
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from clusterlab.lab.scenario import ScenarioError, load_scenario
+
+    files = args.files or sorted(bundled_scenarios().values())
+    status = EXIT_OK
+    for path in files:
+        try:
+            scenario = load_scenario(path)
+        except ScenarioError as exc:
+            print(f"invalid  {exc}")
+            status = EXIT_BAD_INPUT
+            continue
+        print(f"ok       {scenario.name:<10} {path}  {scenario.description}")
+    return status
+
+
+def _info(args: argparse.Namespace) -> int:
+    from clusterlab.lab.machine import machine_facts
+
+    print(json.dumps(machine_facts(), indent=2))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

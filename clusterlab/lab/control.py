@@ -1,0 +1,326 @@
+"""The runner's handles on a target: start it, wait until it listens, take per-worker count
+snapshots, list its processes, and stop it with everything it started.
+
+``ClusterTarget`` drives ``python -m clusterlab.lab.target --control`` over JSON lines (the
+channel crash injection will use); ``CommandTarget`` runs an external server; ``UrlTarget`` only
+points at one that is already running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from clusterlab.lab.scenario import Target
+
+
+class TargetError(RuntimeError):
+    """The target did not start, did not listen in time, or broke its protocol."""
+
+
+@dataclass
+class TargetConfig:
+    """What to start for one group of points."""
+
+    target: Target
+    workers: int
+    policy: str
+    log_path: Path
+
+
+@dataclass
+class _Stream:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answers: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+
+
+class ClusterTarget:
+    """A clusterlab primary started by the lab, controlled over its stdin/stdout."""
+
+    def __init__(self, config: TargetConfig) -> None:
+        self.config = config
+        self.url = ""
+        self._stream = _Stream()
+        self._next_id = 0
+        self._log = open(config.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "clusterlab.lab.target", "--control"]
+        command += ["--kind", config.target.kind, "--workers", str(config.workers)]
+        command += ["--policy", config.policy]
+        if config.target.app:
+            command += ["--app", config.target.app, "--app-dir", config.target.app_dir or "."]
+        if config.target.script:
+            command += ["--script", config.target.script]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._reader = threading.Thread(target=self._read, name="target-events", daemon=True)
+        self._reader.start()
+
+    @property
+    def primary_pid(self) -> int | None:
+        return self.process.pid
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            with self._stream.lock:
+                self._stream.events.append(event)
+            if event.get("event") in ("snapshot", "ready", "stopped"):
+                self._stream.answers.put(event)
+        self._stream.answers.put({"event": "closed"})
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._stream.lock:
+            return list(self._stream.events)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.target.ready_timeout
+        while time.monotonic() < deadline:
+            try:
+                answer = self._stream.answers.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if answer["event"] == "ready":
+                self.url = f"http://127.0.0.1:{answer['port']}"
+                return
+            if answer["event"] in ("closed", "stopped"):
+                break
+        raise TargetError(
+            f"target did not get {self.config.workers} workers listening within "
+            f"{self.config.target.ready_timeout:g} s; see {self.config.log_path}"
+        )
+
+    def worker_pids(self) -> dict[str, int]:
+        """Workers forked so far that have not exited."""
+        pids: dict[str, int] = {}
+        for event in self.events():
+            if event["event"] == "fork":
+                pids[str(event["worker"])] = event["pid"]
+            elif event["event"] == "exit":
+                pids.pop(str(event["worker"]), None)
+        return pids
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every live worker's cumulative counts, asked for now (answers within ~2 s); none for
+        a user's worker script, which is counted from its response header instead."""
+        if self.config.target.kind == "script":
+            return {}
+        self._next_id += 1
+        self._send({"cmd": "snapshot", "id": self._next_id})
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                answer = self._stream.answers.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if answer["event"] == "snapshot" and answer.get("id") == self._next_id:
+                return {k: {**v, "t": answer["t"]} for k, v in answer["workers"].items()}
+            if answer["event"] in ("closed", "stopped"):
+                break
+        raise TargetError(f"target did not answer a count snapshot; see {self.config.log_path}")
+
+    def _send(self, command: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write((json.dumps(command) + "\n").encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise TargetError(f"target control channel closed; see {self.config.log_path}") from exc
+
+    def stop(self) -> None:
+        """Ask the primary to disconnect its workers; escalate to signals; reap every worker."""
+        workers = _processes(self.worker_pids().values(), self._started_after())
+        with contextlib.suppress(TargetError):  # already gone: the escalation below still runs
+            self._send({"cmd": "stop"})
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        _end(self.process, grace=5.0)
+        _kill_all(workers)
+        self._reader.join(timeout=2.0)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._log.close()
+
+    def _started_after(self) -> float:
+        try:
+            return psutil.Process(self.process.pid).create_time()
+        except psutil.Error:
+            return time.time()
+
+
+class CommandTarget:
+    """An external server command started by the lab on a free loopback port."""
+
+    def __init__(self, config: TargetConfig) -> None:
+        self.config = config
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._port = port
+        values = {"port": str(port), "workers": str(config.workers), "policy": config.policy}
+        command = [part.format(**values) for part in config.target.command]
+        self._log = open(config.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "CLUSTERLAB_SCHED_POLICY": config.policy}
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            start_new_session=True,
+            env=env,
+        )
+        self._started = time.time()
+
+    @property
+    def primary_pid(self) -> int | None:
+        return self.process.pid
+
+    def events(self) -> list[dict[str, Any]]:
+        return []
+
+    def wait_ready(self) -> None:
+        _wait_listening(self._port, self.config.target.ready_timeout, self.process, self.config)
+
+    def worker_pids(self) -> dict[str, int]:
+        """The command's descendants, keyed by pid (its workers if it forks any)."""
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return {}
+        return {str(c.pid): c.pid for c in children}
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def stop(self) -> None:
+        descendants = _processes(self.worker_pids().values(), self._started - 1.0)
+        _end(self.process, grace=5.0, ask_first=False)
+        _kill_all(descendants)
+        self._log.close()
+
+
+class UrlTarget:
+    """A server the user runs; the lab only loads it."""
+
+    def __init__(self, config: TargetConfig) -> None:
+        self.config = config
+        self.url = (config.target.url or "").rstrip("/")
+        self.primary_pid: int | None = None
+
+    def events(self) -> list[dict[str, Any]]:
+        return []
+
+    def wait_ready(self) -> None:
+        port = int(self.url.rsplit(":", 1)[1]) if self.url.count(":") == 2 else 80
+        _wait_listening(port, self.config.target.ready_timeout, None, self.config)
+
+    def worker_pids(self) -> dict[str, int]:
+        return {}
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def stop(self) -> None:
+        return None
+
+
+TargetHandle = ClusterTarget | CommandTarget | UrlTarget
+
+
+def start_target(config: TargetConfig) -> TargetHandle:
+    """Start (or attach to) the target and wait until it listens; stopped again on failure."""
+    kinds: dict[str, type[TargetHandle]] = {"command": CommandTarget, "url": UrlTarget}
+    handle = kinds.get(config.target.kind, ClusterTarget)(config)
+    try:
+        handle.wait_ready()
+    except BaseException:
+        handle.stop()
+        raise
+    return handle
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_listening(
+    port: int, timeout: float, process: subprocess.Popen[bytes] | None, config: TargetConfig
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TargetError(
+                f"target command exited with status {process.returncode}; see {config.log_path}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TargetError(f"nothing listened on 127.0.0.1:{port} within {timeout:g} s")
+
+
+def _processes(pids: Any, started_after: float) -> list[psutil.Process]:
+    """psutil handles for pids that are still the processes we started (not reused pids)."""
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() >= started_after - 1.0:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _end(process: subprocess.Popen[bytes], grace: float, ask_first: bool = True) -> None:
+    """Wait for a child that was asked to exit (``ask_first``); then SIGTERM, then SIGKILL;
+    always reaped."""
+    for sig in ((None,) if ask_first else ()) + (signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and process.poll() is None:
+            process.send_signal(sig)
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _kill_all(processes: list[psutil.Process]) -> None:
+    for proc in processes:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(processes, timeout=3.0)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=3.0)

@@ -1,0 +1,127 @@
+"""What a lab worker serves and counts: the built-in ASGI endpoints, counting wrappers for a
+user's ASGI or WSGI app, and the uvicorn protocol that counts accepted connections.
+
+Requests are counted by the app wrapper; connections by ``connection_made`` of the HTTP protocol
+(exact, one per accepted TCP connection). WSGI apps served by waitress have no such hook, so there
+a connection is a new (client address, client port) pair: exact unless a client port is reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@dataclass
+class Counters:
+    """This worker's totals since it started; read from another thread by the reporter."""
+
+    worker_id: str = "0"
+    requests: int = 0
+    connections: int = 0
+    _clients: set[tuple[str, str]] = field(default_factory=set)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"requests": self.requests, "connections": self.connections, "t": time.time()}
+
+
+COUNTERS = Counters()
+
+
+class CountingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, counting every accepted connection."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        COUNTERS.connections += 1
+        super().connection_made(transport)
+
+
+def counting_asgi(app: AsgiApp) -> AsgiApp:
+    """Wrap an ASGI app: count HTTP requests and add an ``X-Worker-Id`` response header."""
+    header = (b"x-worker-id", COUNTERS.worker_id.encode())
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        COUNTERS.requests += 1
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        await app(scope, receive, send_with_header)
+
+    return wrapped
+
+
+def counting_wsgi(app: WsgiApp) -> WsgiApp:
+    """Wrap a WSGI app: count requests and new client (address, port) pairs, add ``X-Worker-Id``."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        COUNTERS.requests += 1
+        client = (str(environ.get("REMOTE_ADDR")), str(environ.get("REMOTE_PORT")))
+        if client not in COUNTERS._clients:
+            COUNTERS._clients.add(client)
+            COUNTERS.connections += 1
+
+        def start(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+            return start_response(status, [*headers, ("X-Worker-Id", COUNTERS.worker_id)], *exc)
+
+        return app(environ, start)
+
+    return wrapped
+
+
+def _busy(ms: float) -> None:
+    end = time.perf_counter() + ms / 1000.0
+    while time.perf_counter() < end:
+        pass
+
+
+def _number(query: dict[str, list[str]], key: str, default: float) -> float:
+    try:
+        return min(max(float(query[key][0]), 0.0), 10_000.0)
+    except (KeyError, ValueError):
+        return default
+
+
+async def builtin_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/hello``; ``/cpu?ms=`` busy CPU; ``/io?ms=`` sleep; ``/mixed?cpu=&io=`` both (1 ms, 5 ms)."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    path = scope["path"]
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    status, body = 200, b"hello world\n"
+    if path == "/cpu":
+        _busy(_number(query, "ms", 1.0))
+        body = b"cpu\n"
+    elif path == "/io":
+        await asyncio.sleep(_number(query, "ms", 1.0) / 1000.0)
+        body = b"io\n"
+    elif path == "/mixed":
+        _busy(_number(query, "cpu", 1.0))
+        await asyncio.sleep(_number(query, "io", 5.0) / 1000.0)
+        body = b"mixed\n"
+    elif path != "/hello":
+        status, body = 404, b"not found\n"
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,189 @@
+"""Load with locust, always in its own processes: start them for one point, wait, stop them,
+and read what they wrote (CSV stats, the measured window, the worker-id tally).
+
+One process runs locust alone; more run locust's master/worker mode, one ``--worker`` per process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+
+from clusterlab.lab.scenario import Load, Workload
+
+
+class LoadError(RuntimeError):
+    """Locust failed, timed out, or left no usable results."""
+
+
+@dataclass
+class LoadRun:
+    """The locust processes of one point (the first one writes the CSVs)."""
+
+    out_dir: Path
+    processes: list[subprocess.Popen[bytes]]
+    deadline: float
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    def pids(self) -> dict[tuple[str, str], int]:
+        return {("generator", str(i)): p.pid for i, p in enumerate(self.processes)}
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """What locust measured in the window after warm-up."""
+
+    stats: dict[str, float]
+    measure_start: float
+    measure_end: float
+    failures: pd.DataFrame
+    history: pd.DataFrame
+    tally: dict[str, int]
+
+    @property
+    def window_s(self) -> float:
+        return self.measure_end - self.measure_start
+
+
+def locustfile() -> Path:
+    return Path(str(resources.files("clusterlab.lab").joinpath("locustfile.py")))
+
+
+def start_load(
+    load: Load, workload: Workload, url: str, processes: int, out_dir: Path, header: str | None
+) -> LoadRun:
+    """Start locust against ``url`` (loopback only) for warm-up + duration seconds."""
+    if not url.startswith(("http://127.0.0.1", "http://localhost")):
+        raise LoadError(f"refusing to load {url}: the lab only loads loopback addresses")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The locustfile ends the run itself (exact window); -t only bounds a run that hangs.
+    grace = 1.5 if processes == 1 else 4.0
+    run_time = math.ceil(load.warmup + load.duration + grace) + 15
+    config = {
+        "out": str(out_dir),
+        "warmup": load.warmup,
+        "duration": load.duration,
+        "grace": grace,
+        "requests": [list(r) for r in workload.requests],
+        "connection": load.connection,
+        "wait": load.wait,
+        "rate_per_user": load.rate / load.users if load.rate else None,
+        "worker_header": header,
+    }
+    env = {**os.environ, "CLUSTERLAB_LAB_LOAD": json.dumps(config), "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "locust", "-f", str(locustfile()), "--loglevel", "WARNING"]
+    main = base + ["--headless", "--host", url, "-u", str(load.users)]
+    main += ["-r", str(load.spawn_rate or load.users), "-t", f"{run_time}s"]
+    main += ["--csv", str(out_dir / "locust"), "--only-summary", "--exit-code-on-error", "0"]
+    main += ["--stop-timeout", "1"]
+    commands = [main]
+    if processes > 1:
+        port = _free_port()
+        main += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)]
+        main += ["--expect-workers", str(processes), "--expect-workers-max-wait", "30"]
+        worker = base + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
+        commands += [worker] * processes
+    run = LoadRun(out_dir, [], time.monotonic() + run_time + 60.0)
+    try:
+        for i, command in enumerate(commands):
+            log = open(out_dir / f"locust-{i}.log", "ab")  # noqa: SIM115 - closed in stop_load
+            run._logs.append(log)
+            run.processes.append(
+                subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    env=env,
+                )
+            )
+    except BaseException:
+        stop_load(run)
+        raise
+    return run
+
+
+def wait_load(run: LoadRun) -> None:
+    """Wait for locust to finish; LoadError if it fails or overruns."""
+    main = run.processes[0]
+    try:
+        code = main.wait(timeout=max(0.0, run.deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise LoadError(f"locust did not finish in time; see {run.out_dir}/locust-0.log") from None
+    if code != 0:
+        raise LoadError(f"locust exited with status {code}; see {run.out_dir}/locust-0.log")
+
+
+def stop_load(run: LoadRun) -> None:
+    """Stop every locust process of the run (SIGINT, then SIGTERM, then SIGKILL) and reap it."""
+    for proc in reversed(run.processes):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=3.0)
+            except subprocess.TimeoutExpired:
+                continue
+    for log in run._logs:
+        log.close()
+
+
+def read_load(out_dir: Path) -> LoadOutcome:
+    """Parse locust's CSVs and the lab's own marks (measured window, tally) from ``out_dir``."""
+    try:
+        stats = pd.read_csv(out_dir / "locust_stats.csv")
+        phases = json.loads((out_dir / "phases.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"locust left no results in {out_dir}: {exc}") from None
+    if "measure_start" not in phases:
+        raise LoadError(f"locust stopped before its warm-up ended; see {out_dir}/locust-0.log")
+    total = stats[stats["Name"] == "Aggregated"].iloc[0]
+    failures_path = out_dir / "locust_failures.csv"
+    failures = pd.read_csv(failures_path) if failures_path.exists() else pd.DataFrame()
+    history_path = out_dir / "locust_stats_history.csv"
+    history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+    tally: dict[str, int] = {}
+    for path in out_dir.glob("tally-*.json"):
+        for worker, count in json.loads(path.read_text()).items():
+            tally[worker] = tally.get(worker, 0) + int(count)
+    return LoadOutcome(
+        stats={k: float(total[c]) for k, c in _STATS.items()},
+        measure_start=float(phases["measure_start"]),
+        measure_end=float(phases.get("stop", time.time())),
+        failures=failures,
+        history=history,
+        tally=tally,
+    )
+
+
+_STATS = {
+    "requests": "Request Count",
+    "failures": "Failure Count",
+    "avg_ms": "Average Response Time",
+    "p50_ms": "50%",
+    "p90_ms": "90%",
+    "p99_ms": "99%",
+    "p999_ms": "99.9%",
+    "max_ms": "100%",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

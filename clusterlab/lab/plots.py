@@ -1,0 +1,233 @@
+"""The report's figures (matplotlib, Agg, PNG): throughput, fairness and p99 latency against
+worker count per policy, per-worker share, and the USL fit. One function per figure; each takes
+the tables and metrics, writes one file and returns its path (or None when there is nothing to draw).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from clusterlab.lab.metrics import usl  # noqa: E402
+
+COLORS = {"rr": "tab:blue", "none": "tab:orange", "reuseport": "tab:green", "n/a": "tab:gray"}
+BOUND_NOTE = "generator-bound (hollow): load generator was the limit, not the cluster"
+
+
+def _panels(workloads: list[str], height: float = 3.6) -> tuple[Figure, list[plt.Axes]]:
+    fig, axes = plt.subplots(
+        1, len(workloads), figsize=(5.2 * len(workloads), height), squeeze=False
+    )
+    return fig, list(axes[0])
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _ok(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["status"] == "ok"]
+
+
+def _by_policy(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
+    """Per policy: per worker count, median/min/max of ``column`` and any generator-bound."""
+    out = {}
+    for policy, group in frame.groupby("policy", sort=True):
+        grouped = group.groupby("workers")
+        table = grouped[column].agg(["median", "min", "max"])
+        table["bound"] = grouped["generator_bound"].any()
+        out[str(policy)] = table.reset_index()
+    return out
+
+
+def _draw_series(ax: plt.Axes, policy: str, table: pd.DataFrame) -> None:
+    color = COLORS.get(policy, "tab:purple")
+    x = table["workers"].to_numpy(dtype=float)
+    ax.plot(x, table["median"], "-", color=color, label=policy)
+    ax.fill_between(x, table["min"], table["max"], color=color, alpha=0.15, linewidth=0)
+    bound = table["bound"].to_numpy(dtype=bool)
+    ax.plot(x[~bound], table["median"][~bound], "o", color=color)
+    if bound.any():
+        ax.plot(x[bound], table["median"][bound], "o", mfc="white", mec=color, mew=1.5)
+
+
+def throughput(results: pd.DataFrame, parallelism: int, path: Path) -> Path | None:
+    """Successful requests/s vs workers per policy: median line, min–max band over repeats,
+    dashed ideal linear scaling from the smallest worker count, dotted line at the CPU count."""
+    done = _ok(results)
+    if done.empty:
+        return None
+    workloads = sorted(done["workload"].unique())
+    fig, axes = _panels(workloads)
+    for ax, workload in zip(axes, workloads, strict=True):
+        tables = _by_policy(done[done["workload"] == workload], "rps")
+        for policy, table in tables.items():
+            _draw_series(ax, policy, table)
+        n0 = float(done["workers"].min())
+        x0 = max(float(t.loc[t["workers"] == n0, "median"].max()) for t in tables.values())
+        xs = np.array(sorted(done["workers"].unique()), dtype=float)
+        ax.plot(xs, x0 * xs / n0, "--", color="gray", linewidth=1, label="ideal linear")
+        ax.axvline(
+            parallelism,
+            color="black",
+            linestyle=":",
+            linewidth=1,
+            label=f"available_parallelism() = {parallelism}",
+        )
+        ax.set(title=workload, xlabel="workers", ylabel="successful requests/s")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.suptitle("Throughput vs workers (hollow: " + BOUND_NOTE.split(" (")[0] + ")", fontsize=10)
+    return _save(fig, path)
+
+
+def fairness(results: pd.DataFrame, path: Path) -> Path | None:
+    """Jain's index over workers vs workers per policy: requests solid, connections dashed."""
+    done = _ok(results).dropna(subset=["jain_requests"])
+    if done.empty:
+        return None
+    workloads = sorted(done["workload"].unique())
+    fig, axes = _panels(workloads)
+    for ax, workload in zip(axes, workloads, strict=True):
+        subset = done[done["workload"] == workload]
+        for policy, group in subset.groupby("policy", sort=True):
+            color = COLORS.get(str(policy), "tab:purple")
+            med = group.groupby("workers")[["jain_requests", "jain_connections"]].median()
+            ax.plot(med.index, med["jain_requests"], "o-", color=color, label=f"{policy} requests")
+            if med["jain_connections"].notna().any():
+                ax.plot(
+                    med.index,
+                    med["jain_connections"],
+                    "s--",
+                    color=color,
+                    alpha=0.7,
+                    label=f"{policy} connections",
+                )
+        xs = np.array(sorted(subset["workers"].unique()), dtype=float)
+        ax.plot(xs, 1 / xs, ":", color="gray", linewidth=1, label="worst (1/n)")
+        ax.set(title=workload, xlabel="workers", ylabel="Jain's fairness index", ylim=(0, 1.05))
+        ax.legend(fontsize=7)
+    fig.suptitle("Fairness over workers (1 = perfectly even)", fontsize=10)
+    return _save(fig, path)
+
+
+def latency(results: pd.DataFrame, path: Path) -> Path | None:
+    """p99 latency vs workers per policy, median over repeats with min–max band."""
+    done = _ok(results)
+    if done.empty:
+        return None
+    workloads = sorted(done["workload"].unique())
+    fig, axes = _panels(workloads)
+    for ax, workload in zip(axes, workloads, strict=True):
+        for policy, table in _by_policy(done[done["workload"] == workload], "p99_ms").items():
+            _draw_series(ax, policy, table)
+        ax.set(title=workload, xlabel="workers", ylabel="p99 latency (ms)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.suptitle("p99 latency vs workers (hollow: generator-bound)", fontsize=10)
+    return _save(fig, path)
+
+
+def share(results: pd.DataFrame, workers: pd.DataFrame, path: Path) -> Path | None:
+    """Each worker's share of requests at the largest worker count, per workload and policy;
+    workers sorted by share (identity does not carry over between repeats); line = fair share."""
+    done = _ok(results)
+    if done.empty or workers.empty:
+        return None
+    top = int(done["workers"].max())
+    rows = done[done["workers"] == top][["point", "repeat", "workload", "policy"]]
+    merged = workers.merge(rows, on=["point", "repeat", "workload", "policy"])
+    if merged.empty or top < 1:
+        return None
+    workloads = sorted(merged["workload"].unique())
+    policies = sorted(merged["policy"].unique())
+    fig, axes = plt.subplots(
+        len(workloads),
+        len(policies),
+        squeeze=False,
+        sharey=True,
+        figsize=(4.2 * len(policies), 2.8 * len(workloads)),
+    )
+    for i, workload in enumerate(workloads):
+        for j, policy in enumerate(policies):
+            ax = axes[i][j]
+            subset = merged[(merged["workload"] == workload) & (merged["policy"] == policy)]
+            shares = []
+            for _, group in subset.groupby(["point", "repeat"]):
+                total = group["requests"].sum()
+                if total > 0:
+                    shares.append(np.sort(group["requests"].to_numpy(dtype=float) / total)[::-1])
+            if shares:
+                width = max(len(s) for s in shares)
+                padded = np.array([np.pad(s, (0, width - len(s))) for s in shares]) * 100
+                ax.bar(
+                    np.arange(1, width + 1),
+                    padded.mean(axis=0),
+                    color=COLORS.get(policy, "tab:purple"),
+                )
+                ax.axhline(
+                    100 / width,
+                    color="black",
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"fair share {100 / width:.1f}%",
+                )
+                ax.legend(fontsize=7)
+            ax.set(
+                title=f"{workload} · {policy} · {top} workers",
+                xlabel="worker (sorted by share)",
+                ylabel="share of requests (%)",
+            )
+    return _save(fig, path)
+
+
+def usl_plot(results: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path | None:
+    """Measured throughput and the fitted Universal Scalability Law curve per policy, with the
+    predicted peak N* marked."""
+    if fits.empty:
+        return None
+    done = _ok(results)
+    workloads = sorted(fits["workload"].unique())
+    fig, axes = _panels(workloads, height=4.0)
+    for ax, workload in zip(axes, workloads, strict=True):
+        subset = done[done["workload"] == workload]
+        for fit in fits[fits["workload"] == workload].to_dict("records"):
+            policy = str(fit["policy"])
+            color = COLORS.get(policy, "tab:purple")
+            pts = subset[subset["policy"] == policy]
+            bound = pts["generator_bound"].astype(bool)
+            ax.plot(pts["workers"][~bound], pts["rps"][~bound], "o", color=color, alpha=0.7)
+            ax.plot(pts["workers"][bound], pts["rps"][bound], "o", mfc="white", mec=color)
+            top = max(float(pts["workers"].max()), float(fit["peak_workers"] or 0)) * 1.3
+            n = np.linspace(1, max(top, 2.0), 200)
+            label = f"{policy}: σ={fit['sigma']:.3f} κ={fit['kappa']:.4f} R²={fit['r2']:.2f}"
+            ax.plot(
+                n, usl(n, fit["lam"], fit["sigma"], fit["kappa"]), "-", color=color, label=label
+            )
+            if fit["peak_workers"] and np.isfinite(fit["peak_workers"]):
+                ax.axvline(fit["peak_workers"], color=color, linestyle=":", linewidth=1)
+                ax.annotate(
+                    f"N*≈{fit['peak_workers']:.1f}",
+                    (fit["peak_workers"], fit["peak_rps"]),
+                    fontsize=7,
+                    color=color,
+                )
+        ax.set(title=workload, xlabel="workers (N)", ylabel="successful requests/s")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.suptitle("Universal Scalability Law fit X(N) = λN / (1 + σ(N−1) + κN(N−1))", fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,136 @@
+"""The tidy tables of a run: written after every point so an interrupted run keeps what it
+measured, and read back into pandas with one call (``load_results``).
+
+Files: results.csv (point × repeat), workers.csv, timeseries.csv, events.csv, failures.csv, and
+meta.json (scenario, machine facts, timing, partial flag), all under the run's directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TABLES = ("results", "workers", "timeseries", "events", "failures")
+POINT_KEYS = ["point", "repeat", "workload", "policy", "workers"]
+COLUMNS: dict[str, list[str]] = {
+    "results": POINT_KEYS
+    + [
+        "status",
+        "error",
+        "started",
+        "window_s",
+        "users",
+        "processes",
+        "requests",
+        "failures",
+        "rps",
+        "fail_rps",
+        "failure_ratio",
+        "avg_ms",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+        "worker_requests",
+        "worker_connections",
+        "counts_source",
+        "primary_cpu_pct",
+        "primary_rss_mb",
+        "workers_cpu_pct",
+        "gen_cpu_pct",
+        "gen_cpu_max_pct",
+        "machine_cpu_pct",
+        "other_cpu_pct",
+        "generator_bound",
+        "bound_reason",
+        "jain_requests",
+        "cv_requests",
+        "max_mean_requests",
+        "jain_connections",
+        "cv_connections",
+        "max_mean_connections",
+    ],
+    "workers": POINT_KEYS
+    + [
+        "worker",
+        "pid",
+        "requests",
+        "connections",
+        "requests_seen_by_locust",
+        "cpu_s",
+        "cpu_pct",
+        "rss_mb",
+    ],
+    "timeseries": POINT_KEYS + ["t", "source", "key", "series", "value"],
+    "events": POINT_KEYS + ["time", "event", "worker", "pid", "detail"],
+    "failures": POINT_KEYS + ["method", "name", "error", "occurrences"],
+}
+
+
+TEXT_COLUMNS = ("error", "bound_reason", "counts_source", "detail", "worker", "key", "name")
+
+
+@dataclass
+class Results:
+    """A run's tables as DataFrames, and its meta.json."""
+
+    directory: Path
+    meta: dict[str, Any]
+    results: pd.DataFrame
+    workers: pd.DataFrame
+    timeseries: pd.DataFrame
+    events: pd.DataFrame
+    failures: pd.DataFrame
+
+
+def load_results(directory: str | Path) -> Results:
+    """Read a run directory (written by ``clusterlab run``) into pandas."""
+    directory = Path(directory)
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{directory}: not a lab run directory (no meta.json)")
+    frames = {}
+    for name in TABLES:
+        path = directory / f"{name}.csv"
+        text_columns = {c: object for c in TEXT_COLUMNS if c in COLUMNS[name]}
+        exists = path.exists() and path.stat().st_size
+        frame = pd.read_csv(path, dtype=text_columns) if exists else pd.DataFrame()
+        frames[name] = frame if not frame.empty else pd.DataFrame(columns=COLUMNS[name])
+    results = frames["results"]
+    if not results.empty:
+        results["generator_bound"] = results["generator_bound"].astype(bool)
+        results["error"] = results["error"].fillna("")
+        results["bound_reason"] = results["bound_reason"].fillna("")
+    return Results(directory, json.loads(meta_path.read_text()), **frames)
+
+
+@dataclass
+class RunTables:
+    """Rows collected during a run, rewritten to CSV after every point."""
+
+    directory: Path
+    rows: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {name: [] for name in TABLES}
+    )
+
+    def add(self, table: str, rows: list[dict[str, Any]]) -> None:
+        self.rows[table].extend(rows)
+
+    def write(self) -> None:
+        for name in TABLES:
+            frame = pd.DataFrame(self.rows[name], columns=COLUMNS[name])
+            _atomic_write(self.directory / f"{name}.csv", frame.to_csv(index=False))
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        _atomic_write(self.directory / "meta.json", json.dumps(meta, indent=2, default=str))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

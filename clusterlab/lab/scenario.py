@@ -1,0 +1,248 @@
+"""Scenario files: read a TOML file, check it against the bundled JSON Schema, return a Scenario.
+
+Every error is one ``ScenarioError`` line naming the file, the field, what was expected and what
+was found; nothing else in the lab runs before a scenario has passed here.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+
+PLOTS = ("throughput", "fairness", "latency", "share", "usl")
+TargetKind = Literal["builtin", "asgi", "wsgi", "script", "command", "url"]
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run; the message is the one line to show the user."""
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: TargetKind
+    app: str | None = None
+    app_dir: str | None = None
+    script: str | None = None
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    worker_header: str = "X-Worker-Id"
+    ready_timeout: float = 30.0
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when the lab starts a clusterlab primary itself (per-worker counts over the channel)."""
+        return self.kind in ("builtin", "asgi", "wsgi", "script")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    workers: tuple[int | str, ...]
+    policies: tuple[str, ...] = ("rr",)
+    repeats: int = 1
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    requests: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Load:
+    users: int
+    duration: float
+    spawn_rate: float | None = None
+    warmup: float = 2.0
+    model: Literal["closed", "open"] = "closed"
+    rate: float | None = None
+    wait: float = 0.0
+    connection: Literal["keep-alive", "new"] = "keep-alive"
+    processes: int | Literal["auto"] = 1
+    generator_bound_cpu: float = 85.0
+
+
+@dataclass(frozen=True)
+class Report:
+    out: str | None = None
+    plots: tuple[str, ...] = PLOTS
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario. ``faults`` is reserved for crash injection (not yet accepted)."""
+
+    name: str
+    path: str
+    target: Target
+    sweep: Sweep
+    load: Load
+    workloads: tuple[Workload, ...]
+    report: Report = field(default_factory=Report)
+    description: str = ""
+    faults: tuple[dict[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, as stored in the run's meta.json."""
+        return {
+            "name": self.name,
+            "path": self.path,
+            "description": self.description,
+            "target": _plain(self.target.__dict__),
+            "sweep": _plain(self.sweep.__dict__),
+            "load": _plain(self.load.__dict__),
+            "workloads": {w.name: dict(w.requests) for w in self.workloads},
+            "report": _plain(self.report.__dict__),
+        }
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of scenario files (also shipped as ``scenario.schema.json``)."""
+    text = resources.files("clusterlab.lab").joinpath("scenario.schema.json").read_text()
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; raise ``ScenarioError`` with one clear line."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScenarioError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{where}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{where}: not valid TOML: {exc}") from None
+    return parse_scenario(data, where, default_name=path.stem)
+
+
+def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenario") -> Scenario:
+    """Validate already-parsed TOML data; ``where`` names the source in error messages."""
+    if "faults" in data:
+        raise ScenarioError(
+            f"{where}: faults: expected no faults table (crash injection is not available yet), "
+            "got a table"
+        )
+    _check_schema(data, where)
+    target = _resolve_paths(Target(**_with_tuples(data["target"], ("command",))), where)
+    _check_target(target, where)
+    sweep_data = data["sweep"]
+    sweep = Sweep(
+        workers=tuple(sweep_data["workers"]),
+        policies=tuple(sweep_data.get("policies", ("rr",))),
+        repeats=sweep_data.get("repeats", 1),
+    )
+    load = Load(**data["load"])
+    _check_load(load, where)
+    workloads = tuple(
+        Workload(name, tuple((p, float(w)) for p, w in mix.items()))
+        for name, mix in data["workloads"].items()
+    )
+    report = Report(**_with_tuples(data.get("report", {}), ("plots",)))
+    return Scenario(
+        name=data.get("name", default_name),
+        path=where,
+        target=target,
+        sweep=sweep,
+        load=load,
+        workloads=workloads,
+        report=report,
+        description=data.get("description", ""),
+    )
+
+
+def _check_schema(data: dict[str, Any], where: str) -> None:
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise ScenarioError(f"{where}: {_describe(errors[0])}")
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    field_name = _field(error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        known = ", ".join(error.schema.get("properties", {}))
+        name = _field([*error.absolute_path, extra[0]]) if extra else field_name
+        return f"{name}: expected one of the fields {known}, got an unknown field"
+    if error.validator == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        child = error.schema.get("properties", {}).get(missing, {})
+        return f"{_field([*error.absolute_path, missing])}: expected {child.get('x-expected', 'a value')}, got nothing"
+    expected = error.schema.get("x-expected") or error.message
+    if error.validator == "uniqueItems":
+        expected = "distinct items"
+    return f"{field_name or '(top level)'}: expected {expected}, got {_got(error.instance)}"
+
+
+def _resolve_paths(target: Target, where: str) -> Target:
+    """Relative paths in a scenario are relative to the scenario file."""
+    base = Path(where).resolve().parent
+    app_dir = str((base / target.app_dir).resolve()) if target.app_dir else str(base)
+    script = str((base / target.script).resolve()) if target.script else None
+    return replace(target, app_dir=app_dir if target.app else None, script=script)
+
+
+def _check_target(target: Target, where: str) -> None:
+    needs = {"asgi": "app", "wsgi": "app", "script": "script", "command": "command", "url": "url"}
+    key = needs.get(target.kind)
+    if key and not getattr(target, key):
+        raise ScenarioError(
+            f"{where}: target.{key}: expected a value when target.kind = {target.kind!r}, got nothing"
+        )
+    if target.script and not Path(target.script).is_file():
+        raise ScenarioError(
+            f"{where}: target.script: expected an existing file, got {_got(target.script)}"
+        )
+    if target.kind == "command" and not any("{port}" in part for part in target.command):
+        raise ScenarioError(
+            f"{where}: target.command: expected a {{port}} placeholder to serve on, "
+            f"got {_got(list(target.command))}"
+        )
+
+
+def _check_load(load: Load, where: str) -> None:
+    if load.model == "open" and load.rate is None:
+        raise ScenarioError(
+            f"{where}: load.rate: expected a rate when load.model = 'open', got nothing"
+        )
+    if load.model == "closed" and load.rate is not None:
+        raise ScenarioError(
+            f"{where}: load.rate: expected no rate when load.model = 'closed' (use load.wait), "
+            f"got {_got(load.rate)}"
+        )
+
+
+def _field(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).replace("_", "").isalnum():
+            out += f".{part}" if out else str(part)
+        else:
+            out += f".{json.dumps(part)}" if out else json.dumps(part)
+    return out
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _with_tuples(table: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    return {k: tuple(v) if k in keys else v for k, v in table.items()}
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
