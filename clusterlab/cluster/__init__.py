@@ -13,7 +13,7 @@ import sys
 import types
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _child
 from ._endpoint import Address, resolve
@@ -33,6 +33,30 @@ __all__ = [
     "run",
     "listen",
 ]
+
+if TYPE_CHECKING:
+    # What the module object offers at run time (its class adds properties and Node's
+    # EventEmitter methods), spelled out for type checkers.
+    from ._events import Listener
+
+    is_primary: bool
+    is_master: bool
+    is_worker: bool
+    worker: Worker | None
+    workers: dict[int, Worker] | None
+    settings: Mapping[str, Any]
+    scheduling_policy: int
+
+    def on(event: str, fn: Listener) -> EventEmitter: ...
+    def once(event: str, fn: Listener) -> EventEmitter: ...
+    def off(event: str, fn: Listener) -> EventEmitter: ...
+    def remove_listener(event: str, fn: Listener) -> EventEmitter: ...
+    def add_listener(event: str, fn: Listener) -> EventEmitter: ...
+    def emit(event: str, *args: Any) -> bool: ...
+    def listeners(event: str) -> list[Listener]: ...
+    def listener_count(event: str) -> int: ...
+    def remove_all_listeners(event: str | None = None) -> EventEmitter: ...
+
 
 _runtime = _child.start_from_env() if "CLUSTERLAB_WORKER_ID" in os.environ else _child.runtime()
 

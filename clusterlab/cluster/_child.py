@@ -83,11 +83,18 @@ class ClusterSocket(socket.socket):
         while True:
             waited = self._cluster_wait()
             try:
-                return super().accept()
+                return self.accept_nowait()
             except (BlockingIOError, InterruptedError):
                 if not waited:
                     raise  # non-blocking mode: the caller's loop waits
                 # another worker took it: wait again
+
+    def accept_nowait(self) -> tuple[socket.socket, Any]:
+        """One accept attempt; BlockingIOError when nothing is waiting (or another took it).
+
+        For callers that already know the socket is readable (`socketserver` after select).
+        """
+        return super().accept()
 
     def _real_close(self, _ss: Any = socket.socket) -> None:  # type: ignore[override]
         runtime, self._cluster_runtime = self._cluster_runtime, None
@@ -113,15 +120,9 @@ class RoundRobinSocket(ClusterSocket):
 
     _conn_family: int = socket.AF_INET
 
-    def accept(self) -> tuple[socket.socket, Any]:
+    def accept_nowait(self) -> tuple[socket.socket, Any]:
         while True:
-            waited = self._cluster_wait()
-            try:
-                data, ancdata, _, _ = self.recvmsg(1, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
-            except (BlockingIOError, InterruptedError):
-                if not waited:
-                    raise
-                continue
+            data, ancdata, _, _ = self.recvmsg(1, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
             if not data:
                 raise ListenerClosedError("this cluster listener was closed")
             fds: list[int] = []

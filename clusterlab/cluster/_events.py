@@ -37,7 +37,8 @@ class EventEmitter:
         """Call `fn(*args)` every time `event` is emitted."""
         if not callable(fn):
             raise TypeError(f"listener for {event!r} must be callable, got {fn!r}")
-        self._listeners.setdefault(event, []).append(fn)
+        # Copy on write: an emit in progress keeps calling the listeners it started with.
+        self._listeners[event] = [*self._listeners.get(event, ()), fn]
         self._listener_added(event)
         return self
 
@@ -47,7 +48,7 @@ class EventEmitter:
         """Call `fn(*args)` the next time `event` is emitted, then forget it."""
         if not callable(fn):
             raise TypeError(f"listener for {event!r} must be callable, got {fn!r}")
-        self._listeners.setdefault(event, []).append(_Once(self, event, fn))
+        self._listeners[event] = [*self._listeners.get(event, ()), _Once(self, event, fn)]
         self._listener_added(event)
         return self
 

@@ -216,23 +216,24 @@ def timeseries_rows(
             (float(report["sent"]), float(report["requests"]))
         )
     for worker, points in by_worker.items():
-        for (t0, v0), (t1, v1) in zip(points, points[1:], strict=False):
-            if t1 > t0:
-                add(t1, "worker", worker, "rps", (v1 - v0) / (t1 - t0))
+        for t, rate in per_second(points, origin):
+            add(t, "worker", worker, "rps", rate)
     for (role, key), group in samples.groupby(["role", "key"], sort=False):
-        group = group.sort_values("t")
-        t = group["t"].to_numpy(dtype=float)
-        cpu = group["cpu_s"].to_numpy(dtype=float)
-        for i in range(1, len(t)):
-            if t[i] > t[i - 1]:
-                add(
-                    t[i],
-                    str(role),
-                    str(key),
-                    "cpu_pct",
-                    100.0 * (cpu[i] - cpu[i - 1]) / (t[i] - t[i - 1]),
-                )
+        cumulative = list(zip(group["t"].astype(float), group["cpu_s"].astype(float), strict=True))
+        for t, rate in per_second(cumulative, origin):
+            add(t, str(role), str(key), "cpu_pct", 100.0 * rate)
     return rows
+
+
+def per_second(cumulative: list[tuple[float, float]], origin: float) -> list[tuple[float, float]]:
+    """A cumulative counter's rate over each whole second (origin + k − 1, origin + k] that its
+    samples cover, by interpolating the counter at the second marks."""
+    if len(cumulative) < 2:
+        return []
+    first = min(t for t, _ in cumulative)
+    last = max(t for t, _ in cumulative)
+    marks = np.arange(math.ceil(first - origin), math.floor(last - origin) + 1) + origin
+    return [(t, count_at(cumulative, t) - count_at(cumulative, t - 1.0)) for t in marks[1:]]
 
 
 def _unreset(values: np.ndarray) -> np.ndarray:

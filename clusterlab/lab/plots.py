@@ -148,10 +148,10 @@ def share(results: pd.DataFrame, workers: pd.DataFrame, path: Path) -> Path | No
     done = _ok(results)
     if done.empty or workers.empty:
         return None
-    top = int(done["workers"].max())
+    top = int(done["workers"].max())  # 0 for a url target: all its points
     rows = done[done["workers"] == top][["point", "repeat", "workload", "policy"]]
     merged = workers.merge(rows, on=["point", "repeat", "workload", "policy"])
-    if merged.empty or top < 1:
+    if merged.empty:
         return None
     workloads = sorted(merged["workload"].unique())
     policies = sorted(merged["policy"].unique())
@@ -188,7 +188,7 @@ def share(results: pd.DataFrame, workers: pd.DataFrame, path: Path) -> Path | No
                 )
                 ax.legend(fontsize=7)
             ax.set(
-                title=f"{workload} · {policy} · {top} workers",
+                title=f"{workload} · {policy} · {top or 'all'} workers",
                 xlabel="worker (sorted by share)",
                 ylabel="share of requests (%)",
             )

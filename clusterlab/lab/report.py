@@ -85,11 +85,13 @@ def _draw(
         "share": lambda p: plots.share(results, data.workers, p),
         "usl": lambda p: plots.usl_plot(results, fits, p),
     }
+    # Against a url target there is no worker sweep: only the per-worker share applies.
+    no_sweep = results.empty or bool((results["workers"] == 0).all())
     drawn = {}
     for name in wanted:
         path = data.directory / f"{name}.png"
         path.unlink(missing_ok=True)
-        if results.empty:
+        if results.empty or (no_sweep and name != "share"):
             continue
         made = makers[name](path)
         if made is not None:

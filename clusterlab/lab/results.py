@@ -99,7 +99,12 @@ def load_results(directory: str | Path) -> Results:
         path = directory / f"{name}.csv"
         text_columns = {c: object for c in TEXT_COLUMNS if c in COLUMNS[name]}
         exists = path.exists() and path.stat().st_size
-        frame = pd.read_csv(path, dtype=text_columns) if exists else pd.DataFrame()
+        # only empty cells are missing: "n/a" is a policy name (url targets), not NaN
+        frame = (
+            pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values=[""])
+            if exists
+            else pd.DataFrame()
+        )
         frames[name] = frame if not frame.empty else pd.DataFrame(columns=COLUMNS[name])
     results = frames["results"]
     if not results.empty:

@@ -23,7 +23,7 @@ from clusterlab import cluster as _cluster_module
 cluster: Any = _cluster_module
 
 MESSAGE_KEY = "clusterlab.lab"
-REPORT_INTERVAL = 0.5
+REPORT_INTERVAL = 0.1
 _POLICIES = {"rr": "SCHED_RR", "none": "SCHED_NONE", "reuseport": "SCHED_REUSEPORT"}
 
 

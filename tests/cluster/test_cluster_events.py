@@ -236,3 +236,90 @@ def test_emitter_api(run_primary):
     assert res["rm_x"] == [0, 1]
     assert res["rm_all"] == [0, 0]
     assert res["once_off"] is False
+
+
+def test_emitter_snapshot_and_removal_semantics(run_primary):
+    # Node's EventEmitter: emit() runs the listeners registered when it started (added or
+    # removed ones during the emit do not change that run); listeners() unwraps once();
+    # removing a function registered twice removes the most recently added instance.
+    r = run_primary("""
+        calls = []
+        def late(*a):
+            calls.append("late")
+        def b(*a):
+            calls.append("b")
+        def a(*a_):
+            calls.append("a")
+            cluster.on("snap", late)
+            cluster.off("snap", b)
+        cluster.on("snap", a).on("snap", b)
+        cluster.emit("snap")
+        first = list(calls); calls.clear()
+        cluster.emit("snap")
+        second = list(calls)
+        def f(*x):
+            calls.append("f")
+        cluster.once("w", f)
+        unwrapped = cluster.listeners("w") == [f]
+        def g(*x):
+            pass
+        def h(*x):
+            pass
+        cluster.on("dup", g).on("dup", h).on("dup", g)
+        cluster.off("dup", g)
+        order = [fn.__name__ for fn in cluster.listeners("dup")]
+        out("res", first=first, second=second, unwrapped=unwrapped, order=order)
+    """).check()
+    rec = r.one("res")
+    assert rec["first"] == ["a", "b"]
+    assert rec["second"] == ["a", "late"]
+    assert rec["unwrapped"] is True
+    assert rec["order"] == ["g", "h"]
+
+
+def test_emit_error_without_listener_raises(run_primary):
+    # Node: emitting 'error' with no listener throws the error
+    r = run_primary("""
+        try:
+            cluster.emit("error", ValueError("unhandled"))
+        except ValueError as e:
+            out("raised", msg=str(e))
+        cluster.on("error", lambda e: out("handled", msg=str(e)))
+        out("ret", value=cluster.emit("error", ValueError("handled now")))
+    """).check()
+    assert r.one("raised")["msg"] == "unhandled"
+    assert r.one("handled")["msg"] == "handled now"
+    assert r.one("ret")["value"] is True
+
+
+def test_message_sent_just_before_exit_arrives_before_exit(run_primary):
+    r = run_primary("""
+        if cluster.is_primary:
+            w = cluster.fork()
+            w.on("message", lambda m, h: out("message", m=m))
+            w.on("exit", lambda c, s: out("exit", code=c))
+        else:
+            for i in range(50):
+                cluster.worker.send(i)
+            sys.exit(7)
+    """).check()
+    assert [rec["m"] for rec in r.records("message")] == list(range(50))
+    assert r.tags()[-1] == "exit" and r.one("exit")["code"] == 7
+
+
+def test_once_listener_that_re_registers_itself_runs_once_per_emit(run_primary):
+    # A common pattern (wait for the next event): the handler re-arms itself with once().
+    r = run_primary("""
+        calls = []
+        def handler(*a):
+            calls.append(a)
+            if len(calls) < 100:
+                cluster.once("tick", handler)
+        cluster.once("tick", handler)
+        cluster.emit("tick", 1)
+        first = len(calls)
+        cluster.emit("tick", 2)
+        out("calls", first=first, second=len(calls))
+    """, timeout=10).check()
+    rec = r.one("calls")
+    assert (rec["first"], rec["second"]) == (1, 2)

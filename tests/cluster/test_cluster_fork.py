@@ -31,8 +31,10 @@ def test_fork_returns_a_worker_instance(run_primary):
     r = run_primary("""
         if cluster.is_primary:
             w = cluster.fork()
+            import subprocess
             out("fork", is_worker_class=isinstance(w, cluster.Worker), pid=w.process.pid,
-                has_pid=isinstance(w.process.pid, int))
+                has_pid=isinstance(w.process.pid, int),
+                popen=isinstance(w.process, subprocess.Popen))
         else:
             out("worker_side", is_worker_class=isinstance(cluster.worker, cluster.Worker))
             cluster.worker.disconnect()
@@ -40,6 +42,7 @@ def test_fork_returns_a_worker_instance(run_primary):
     rec = r.one("fork")
     assert rec["is_worker_class"] is True
     assert rec["has_pid"] is True
+    assert rec["popen"] is True, "worker.process in the primary is the subprocess.Popen"
     assert r.one("worker_side")["is_worker_class"] is True
     # worker.process.pid in the primary is the worker's real pid
     assert r.one("worker_side")["pid"] == rec["pid"]

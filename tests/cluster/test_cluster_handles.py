@@ -136,3 +136,42 @@ def test_large_message_with_handle(run_primary):
     """).check()
     rec = r.one("back")
     assert rec["same"] is True and rec["data"] == "ok"
+
+
+def test_many_handles_in_a_burst_stay_paired_with_their_messages(run_primary):
+    # Descriptors travel beside the frames: a burst of messages, every other one with a
+    # socket, must keep each socket with its own message.
+    r = run_primary("""
+        if cluster.is_primary:
+            w = cluster.fork()
+            got = []
+            def on_message(m, h):
+                if m == "end":
+                    out("result", n=len(got), ok=all(got))
+                    w.disconnect()
+                    return
+                if m["with_handle"]:
+                    data = h.recv(16).decode()
+                    h.close()
+                    got.append(data == f"s{m['i']}")
+                else:
+                    got.append(h is None)
+            w.on("message", on_message)
+        else:
+            keep = []
+            for i in range(200):
+                if i % 2:
+                    a, b = socket.socketpair()
+                    b.sendall(f"s{i}".encode())
+                    cluster.worker.send({"i": i, "with_handle": True}, a)
+                    a.close()
+                    keep.append(b)
+                else:
+                    cluster.worker.send({"i": i, "with_handle": False})
+            cluster.worker.send("end")
+            wait_disconnect()
+            for b in keep:
+                b.close()
+    """).check()
+    rec = r.one("result")
+    assert rec["n"] == 200 and rec["ok"] is True

@@ -331,3 +331,40 @@ def test_cluster_disconnect_callback_runs_after_shared_handles_are_closed(run_pr
             wait_disconnect()
     """, env={"CLUSTERLAB_SCHED_POLICY": policy}).check()
     assert r.one("cb")["bound"] is True
+
+
+def test_repeated_disconnect_and_kill_after_death_are_harmless(run_primary):
+    r = run_primary("""
+        if cluster.is_primary:
+            w = cluster.fork()
+            def on_online():
+                out("twice", same=(w.disconnect() is w) and (w.disconnect() is w))
+            w.on("online", on_online)
+            def on_exit(code, sig):
+                w.kill()
+                w.kill("SIGKILL")
+                w.disconnect()
+                out("after_exit_calls", code=code)
+            w.on("exit", on_exit)
+        else:
+            wait_disconnect()
+    """).check()
+    assert r.one("twice")["same"] is True
+    assert r.one("after_exit_calls")["code"] == 0
+
+
+def test_every_cluster_disconnect_callback_runs(run_primary):
+    r = run_primary("""
+        if cluster.is_primary:
+            cluster.fork(); cluster.fork()
+            n = {"online": 0}
+            def on_online(w):
+                n["online"] += 1
+                if n["online"] == 2:
+                    cluster.disconnect(lambda: out("cb", which=1))
+                    cluster.disconnect(lambda: out("cb", which=2))
+            cluster.on("online", on_online)
+        else:
+            wait_disconnect()
+    """).check()
+    assert sorted(rec["which"] for rec in r.records("cb")) == [1, 2]

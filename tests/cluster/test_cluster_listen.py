@@ -587,3 +587,56 @@ def test_respawned_worker_gets_the_same_shared_port(start_primary, policy):
     if policy == "rr":
         assert pid3 in seen, "round-robin reaches the replacement"
     stop(p)
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_unix_relative_path_is_resolved_and_removed_when_released(run_primary, tmp_path, policy):
+    # test-cluster-net-listen-relative-path: a relative path works from a worker, the address
+    # is the absolute path, and the socket file is removed once the endpoint is closed.
+    r = run_primary("""
+        if cluster.is_primary:
+            cluster.on("listening", lambda w, a: out("listening", address=a.address,
+                                                     address_type=a.address_type))
+            n = {"done": 0}
+            def on_message(w, m, h):
+                n["done"] += 1
+                if n["done"] == 2:
+                    cluster.disconnect(lambda: out("after", exists=os.path.exists("rel.sock")))
+            cluster.on("message", on_message)
+            cluster.fork(); cluster.fork()
+        else:
+            s = cluster.listen(path="rel.sock")
+            with socket.socket(socket.AF_UNIX) as c:
+                c.connect(os.path.abspath("rel.sock"))
+            cluster.worker.send("connected")
+            wait_disconnect()
+    """, env=policy_env(policy), cwd=tmp_path).check()
+    recs = r.records("listening")
+    assert len(recs) == 2
+    for rec in recs:
+        assert rec["address_type"] == -1
+        assert os.path.realpath(rec["address"]) == os.path.realpath(tmp_path / "rel.sock")
+    assert r.one("after")["exists"] is False
+
+
+@pytest.mark.parametrize("policy", POLICIES + ["exclusive"])
+def test_bind_error_errno_reaches_the_worker(run_primary, policy):
+    # Bind errors other than EADDRINUSE keep their errno too: an address that is not local
+    # (TEST-NET-1) gives EADDRNOTAVAIL in the worker; the primary carries on.
+    exclusive = policy == "exclusive"
+    r = run_primary(f"""
+        if cluster.is_primary:
+            w = cluster.fork()
+            w.on("exit", lambda c, s: out("exit", code=c))
+        else:
+            try:
+                cluster.listen(port=0, host="192.0.2.1", exclusive={exclusive})
+            except OSError as e:
+                out("error", errno=e.errno)
+            else:
+                out("no_error")
+            cluster.worker.disconnect()
+    """, env=policy_env("rr" if exclusive else policy)).check()
+    assert r.records("no_error") == []
+    assert r.one("error")["errno"] == errno.EADDRNOTAVAIL
+    assert r.one("exit")["code"] == 0

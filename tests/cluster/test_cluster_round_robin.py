@@ -294,3 +294,21 @@ def test_rr_socket_works_with_asyncio_create_server(start_primary):
             assert read_all(c) == "aio"
     assert p.wait(15) == 0, p.output()
     assert p.records("aio_serving")[0]["name"][1] == port
+
+
+def test_rr_burst_of_concurrent_connections_all_answered(start_primary):
+    p = start_primary("""
+        if cluster.is_primary:
+            cluster.on("listening", lambda w, a: out("listening", port=a.port))
+            for _ in range(3):
+                cluster.fork()
+        else:
+            serve_pid(cluster.listen(port=0, host="127.0.0.1"))
+    """, env=RR)
+    port = p.wait_for("listening", count=3, timeout=15)[0]["port"]
+    clients = Clients(port, 300)
+    clients.join(20)
+    assert clients.errors == []
+    assert len(clients.replies) == 300
+    assert len(set(clients.replies)) == 3, collections.Counter(clients.replies)
+    stop(p)

@@ -89,3 +89,15 @@ def test_policy_from_environment_governs_listen(run_primary):
     socks = r.records("sock")
     assert len(socks) == 2
     assert socks[0]["ino"] == socks[1]["ino"], "SCHED_NONE: both workers hold the one socket"
+
+
+def test_invalid_policy_value_is_rejected(run_primary):
+    r = run_primary("""
+        try:
+            cluster.scheduling_policy = 7
+        except (ValueError, TypeError) as e:
+            out("raised", type=type(e).__name__)
+        out("p", policy=cluster.scheduling_policy)
+    """).check()
+    r.one("raised")
+    assert r.one("p")["policy"] == 2

@@ -354,3 +354,27 @@ def test_servers_in_the_primary_behave_like_their_plain_twins(run_primary):
     """).check()
     rec = r.one("resp")
     assert (rec["status"], rec["body"]) == (200, "primary") and rec["port"] > 0
+
+
+@pytest.mark.parametrize("kind", ["ThreadingHTTPServer", "TCPServer"])
+def test_disconnect_before_serve_forever_starts_still_exits_zero(run_primary, kind):
+    # A disconnect (e.g. the primary's SIGTERM) can land between building the server (the
+    # worker already reported 'listening') and serve_forever(): serve_forever must then
+    # return at once and the worker exit 0, as after any graceful disconnect.
+    r = run_primary(f"""
+        if cluster.is_primary:
+            w = cluster.fork()
+            w.on("listening", lambda a: w.disconnect())
+            w.on("exit", lambda c, s: out("exit", code=c, signal=s))
+        else:
+            import socketserver
+            from clusterlab.servers import {kind} as Server
+            srv = Server(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+            wait_disconnect()
+            t0 = time.time()
+            srv.serve_forever()
+            out("returned", after=time.time() - t0)
+    """, timeout=20).check()
+    rec = r.one("exit")
+    assert (rec["code"], rec["signal"]) == (0, None), r.output()
+    assert r.one("returned")["after"] < 2

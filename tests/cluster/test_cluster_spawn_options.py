@@ -130,6 +130,24 @@ def test_uid_gid_run_worker_as_nobody(start_primary):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_gid_runs_worker_with_that_group(run_primary):
+    # As root, a group change alone keeps the interpreter readable, so this runs everywhere.
+    if os.geteuid() != 0:
+        pytest.skip("changing gid needs root")
+    gid = _nobody_group()
+    r = run_primary(f"""
+        if cluster.is_primary:
+            cluster.setup_primary(gid={gid})
+            cluster.fork()
+        else:
+            out("ids", uid=os.getuid(), gid=os.getgid(), egid=os.getegid())
+            cluster.worker.disconnect()
+    """).check()
+    rec = r.one("ids")
+    assert (rec["gid"], rec["egid"]) == (gid, gid)
+    assert rec["uid"] == 0
+
+
 def test_cwd_default_inherits_and_setting_changes_it(run_primary, tmp_path):
     # test-cluster-cwd
     sub = tmp_path / "elsewhere"

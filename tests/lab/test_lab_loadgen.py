@@ -1,0 +1,68 @@
+"""Real locust, in its own processes, against a real stdlib server that counts for itself."""
+
+import pytest
+
+from clusterlab.lab.loadgen import LoadError, read_load, start_load, stop_load, wait_load
+from clusterlab.lab.scenario import Load, Workload
+
+HELLO = Workload("hello", (("/hello", 1.0),))
+
+
+def _run(server, tmp_path, processes=1, **load):
+    spec = Load(**{"users": 4, "warmup": 0.5, "duration": 1.5, **load})
+    before = server.counts()
+    run = start_load(spec, HELLO, server.url, processes, tmp_path, "X-Worker-Id")
+    try:
+        wait_load(run)
+    finally:
+        stop_load(run)
+    assert all(p.poll() is not None for p in run.processes)
+    after = server.counts()
+    # The /count request after the load opened one connection of its own.
+    served = {
+        "requests": after["requests"] - before["requests"],
+        "connections": after["connections"] - before["connections"] - 1,
+    }
+    return read_load(tmp_path), served
+
+
+def test_keep_alive_load_measures_only_the_window_and_tallies_the_worker_header(
+    counting_server, tmp_path, no_leftover_processes
+):
+    outcome, served = _run(counting_server, tmp_path)
+    assert outcome.window_s == pytest.approx(1.5, abs=0.2)
+    requests = outcome.stats["requests"]
+    assert requests > 100 and outcome.stats["failures"] == 0
+    assert outcome.tally == {"w-test": requests}
+    # The server also saw the warm-up, which locust's results leave out.
+    assert requests < served["requests"]
+    assert served["connections"] == 4
+    assert outcome.stats["p50_ms"] <= outcome.stats["p99_ms"] <= outcome.stats["max_ms"]
+
+
+def test_new_connection_per_request_opens_one_connection_per_request(
+    counting_server, tmp_path, no_leftover_processes
+):
+    outcome, served = _run(counting_server, tmp_path, connection="new", users=2)
+    assert outcome.stats["requests"] > 50
+    # Up to one request per user can be cut off when the users are stopped.
+    assert served["requests"] - 2 <= served["connections"] <= served["requests"]
+
+
+def test_master_worker_mode_merges_every_locust_worker(
+    counting_server, tmp_path, no_leftover_processes
+):
+    outcome, served = _run(counting_server, tmp_path, processes=2)
+    assert len(list(tmp_path.glob("tally-*.json"))) == 2
+    assert outcome.tally == {"w-test": outcome.stats["requests"]}
+    assert 0 < outcome.stats["requests"] < served["requests"]
+
+
+def test_open_model_holds_the_arrival_rate(counting_server, tmp_path, no_leftover_processes):
+    outcome, _ = _run(counting_server, tmp_path, model="open", rate=200.0)
+    assert outcome.stats["requests"] / outcome.window_s == pytest.approx(200.0, rel=0.15)
+
+
+def test_load_refuses_anything_but_loopback(tmp_path):
+    with pytest.raises(LoadError, match="loopback"):
+        start_load(Load(users=1, duration=1), HELLO, "http://10.0.0.1:80", 1, tmp_path, None)

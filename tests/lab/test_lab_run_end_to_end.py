@@ -1,0 +1,323 @@
+"""A whole lab run through the CLI: real cluster, real locust, every output file and its
+content; the report rebuilt from the tables alone; Ctrl-C keeps finished points; a target that
+cannot start fails cleanly. Each run's processes are all gone afterwards."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+
+import jsonschema
+import psutil
+import pytest
+
+from clusterlab.lab import load_results
+from clusterlab.lab.metrics import jain_index
+
+TINY = """
+name = "tiny"
+[target]
+kind = "builtin"
+[sweep]
+workers = [2]
+policies = ["rr", "none"]
+[workloads]
+hello = {{ "/hello" = 1 }}
+[load]
+users = 8
+warmup = 1
+duration = {duration}
+"""
+OUTPUTS = [
+    "results.csv",
+    "workers.csv",
+    "timeseries.csv",
+    "events.csv",
+    "failures.csv",
+    "meta.json",
+    "summary.json",
+    "report.md",
+    "report.html",
+    "throughput.png",
+    "fairness.png",
+    "latency.png",
+    "share.png",
+]
+
+
+def clusterlab(*args, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "clusterlab.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        **kw,
+    )
+
+
+def assert_all_stopped(directory):
+    events = load_results(directory).events
+    pids = [int(p) for p in events["pid"].dropna()]
+    assert pids, "the run recorded no processes"
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not alive, f"still running after the run: {alive}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    (root / "tiny.toml").write_text(TINY.format(duration=2))
+    done = clusterlab("run", root / "tiny.toml", "--out", root / "out")
+    return done, root / "out"
+
+
+def test_run_exits_zero_and_prints_the_summary_and_where_the_report_is(tiny_run):
+    done, out = tiny_run
+    assert done.returncode == 0, done.stderr
+    assert "| workload | policy | workers | req/s" in done.stdout
+    assert f"report: {out / 'report.md'}" in done.stdout
+    assert "point 2/2" in done.stderr
+
+
+def test_run_writes_every_output_file(tiny_run):
+    _, out = tiny_run
+    for name in OUTPUTS:
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "usl.png").exists()
+    assert "No fit: needs at least 3 worker counts" in (out / "report.md").read_text()
+
+
+def test_results_agree_with_the_workers_own_counts_and_the_response_headers(tiny_run):
+    _, out = tiny_run
+    data = load_results(out)
+    results, workers = data.results, data.workers
+    assert list(results["status"]) == ["ok", "ok"]
+    assert list(results["policy"]) == ["rr", "none"]
+    for row in results.to_dict("records"):
+        mine = workers[workers["point"] == row["point"]]
+        assert len(mine) == 2
+        # locust's count, and what locust saw in each response's X-Worker-Id, agree exactly
+        assert mine["requests_seen_by_locust"].sum() == row["requests"]
+        # the workers' own counters (over the cluster channel, reported every 0.1 s and
+        # interpolated at the window's start) agree within 2 % plus a request per user
+        assert abs(row["worker_requests"] - row["requests"]) <= 0.02 * row["requests"] + 8
+        assert row["rps"] == pytest.approx((row["requests"] - row["failures"]) / row["window_s"])
+        assert row["window_s"] == pytest.approx(2.0, abs=0.2)
+        assert row["jain_requests"] == pytest.approx(jain_index(mine["requests"].tolist()))
+        assert mine["connections"].sum() == 8
+        assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+        # a worker that got no connection (possible under "none") may well use no CPU
+        assert (mine["cpu_s"] >= 0).all() and mine.loc[mine["requests"].idxmax(), "cpu_s"] > 0
+        assert row["gen_cpu_max_pct"] > 0
+
+
+def test_a_hello_endpoint_driven_by_one_locust_process_is_generator_bound(tiny_run):
+    _, out = tiny_run
+    results = load_results(out).results
+    assert results["generator_bound"].all()
+    assert all(results["bound_reason"].str.len() > 0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(p["generator_bound"] for p in summary["points"])
+    assert "generator-bound" in (out / "report.md").read_text()
+
+
+def test_tables_hold_events_and_timeseries(tiny_run):
+    _, out = tiny_run
+    data = load_results(out)
+    counts = data.events["event"].value_counts()
+    assert counts["fork"] == 4 and counts["listening"] == 4 and counts["exit"] == 4
+    assert counts["target"] == 2 and counts["load"] == 2
+    series = set(zip(data.timeseries["source"], data.timeseries["series"], strict=True))
+    assert {
+        ("locust", "rps"),
+        ("worker", "rps"),
+        ("worker", "cpu_pct"),
+        ("generator", "cpu_pct"),
+    } <= series
+
+
+def test_summary_json_follows_its_published_schema(tiny_run):
+    _, out = tiny_run
+    summary = json.loads((out / "summary.json").read_text())
+    schema = json.loads(
+        resources.files("clusterlab.lab").joinpath("summary.schema.json").read_text()
+    )
+    jsonschema.validate(summary, schema)
+    assert summary["run"]["partial"] is False and summary["run"]["measured_points"] == 2
+    assert set(summary["plots"].values()) == {
+        "throughput.png",
+        "fairness.png",
+        "latency.png",
+        "share.png",
+    }
+
+
+def test_report_html_is_self_contained(tiny_run):
+    _, out = tiny_run
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert 'src="http' not in page and "<link" not in page
+
+
+def test_report_rebuilds_from_the_tables_alone(tiny_run, tmp_path):
+    _, out = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    original = json.loads((copy / "summary.json").read_text())
+    for name in [
+        "summary.json",
+        "report.md",
+        "report.html",
+        *[n for n in OUTPUTS if n.endswith(".png")],
+    ]:
+        (copy / name).unlink()
+    shutil.rmtree(copy / "raw")
+    done = clusterlab("report", copy)
+    assert done.returncode == 0, done.stderr
+    for name in OUTPUTS:
+        assert (copy / name).exists(), name
+    assert json.loads((copy / "summary.json").read_text()) == original
+
+
+def test_every_process_the_run_started_is_gone(tiny_run):
+    assert_all_stopped(tiny_run[1])
+
+
+def test_ctrl_c_stops_everything_and_keeps_a_partial_report(tmp_path):
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(TINY.format(duration=2).replace('"none"]', '"none", "reuseport"]'))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clusterlab.cli", "run", str(scenario), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if line.startswith("point 1/3") and "req/s" in line:
+                break
+        time.sleep(1.5)  # into the second point
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "PARTIAL" in stdout
+    data = load_results(out)
+    assert data.meta["partial"] and data.meta["interrupted"]
+    assert (data.results["status"] == "ok").sum() >= 1 and len(data.results) < 3
+    assert "PARTIAL REPORT" in (out / "report.md").read_text()
+    assert_all_stopped(out)
+
+
+def test_a_target_that_cannot_start_fails_its_points_and_exits_one(tmp_path):
+    scenario = tmp_path / "broken.toml"
+    scenario.write_text(
+        TINY.format(duration=1).replace(
+            'kind = "builtin"', 'kind = "asgi"\napp = "no_such_module_here:app"\nready_timeout = 20'
+        )
+    )
+    done = clusterlab("run", scenario, "--out", tmp_path / "out")
+    assert done.returncode == 1
+    results = load_results(tmp_path / "out").results
+    assert list(results["status"]) == ["failed", "failed"]
+    assert results["error"].str.contains("target.log").all()
+    assert "ModuleNotFoundError" in "".join(
+        p.read_text() for p in (tmp_path / "out" / "raw").glob("*/target.log")
+    )
+
+
+def test_an_external_command_target_is_measured_from_its_worker_header(tmp_path):
+    server = __import__("pathlib").Path(__file__).parent / "counting_server.py"
+    scenario = tmp_path / "external.toml"
+    scenario.write_text(f"""
+[target]
+kind = "command"
+command = ["{sys.executable}", "{server}", "{{port}}", "ext-1"]
+[sweep]
+workers = [1]
+[workloads]
+hello = {{ "/hello" = 1 }}
+[load]
+users = 4
+warmup = 1
+duration = 2
+""")
+    done = clusterlab("run", scenario, "--out", tmp_path / "out", "-q")
+    assert done.returncode == 0, done.stderr
+    data = load_results(tmp_path / "out")
+    row = data.results.iloc[0]
+    assert row["status"] == "ok" and row["counts_source"] == "header"
+    assert list(data.workers["worker"]) == ["ext-1"]
+    assert data.workers["requests"].iloc[0] == row["requests"]
+    assert_all_stopped(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("target", "source"),
+    [
+        ('kind = "wsgi"\napp = "user_apps:wsgi_app"\napp_dir = "{here}"', "channel"),
+        ('kind = "script"\nscript = "{here}/user_worker.py"', "header"),
+    ],
+)
+def test_a_users_own_app_or_worker_script_is_served_by_every_worker(tmp_path, target, source):
+    here = __import__("pathlib").Path(__file__).parent
+    scenario = tmp_path / "user.toml"
+    scenario.write_text(f"""
+[target]
+{target.format(here=here)}
+[sweep]
+workers = [2]
+[workloads]
+root = {{ "/" = 1 }}
+[load]
+users = 4
+warmup = 0.5
+duration = 1
+""")
+    done = clusterlab("run", scenario, "--out", tmp_path / "out", "-q")
+    assert done.returncode == 0, done.stderr
+    data = load_results(tmp_path / "out")
+    assert data.results["counts_source"].iloc[0] == source
+    assert sorted(data.workers["worker"]) == ["1", "2"]
+    assert data.workers["requests_seen_by_locust"].sum() == data.results["requests"].iloc[0]
+    assert (data.workers["requests"] > 0).all()
+    assert_all_stopped(tmp_path / "out")
+
+
+def test_a_running_server_given_by_url_is_loaded_as_it_is(tmp_path, counting_server):
+    scenario = tmp_path / "url.toml"
+    scenario.write_text(f"""
+[target]
+kind = "url"
+url = "{counting_server.url}"
+[sweep]
+workers = [1]
+[workloads]
+hello = {{ "/hello" = 1 }}
+[load]
+users = 2
+warmup = 0.5
+duration = 1
+""")
+    before = counting_server.counts()["requests"]
+    done = clusterlab("run", scenario, "--out", tmp_path / "out", "-q")
+    assert done.returncode == 0, done.stderr
+    data = load_results(tmp_path / "out")
+    row = data.results.iloc[0]
+    assert (row["policy"], row["workers"], row["status"]) == ("n/a", 0, "ok")
+    assert data.workers["requests"].tolist() == [row["requests"]]
+    assert row["requests"] < counting_server.counts()["requests"] - before
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["share.png"]
+    schema = json.loads(
+        resources.files("clusterlab.lab").joinpath("summary.schema.json").read_text()
+    )
+    jsonschema.validate(json.loads((tmp_path / "out" / "summary.json").read_text()), schema)
