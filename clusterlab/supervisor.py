@@ -343,11 +343,12 @@ class Supervisor(EventEmitter):
             raise RuntimeError("this Supervisor was already started")
         self.state = "running"
         self._bind_running_loop()
-        if self._loop is None:
-            _register_exit_hook(self._at_exit)
         for slot in range(self.size):
             self._attempts[slot] = 0
             self._spawn(slot)
+        if self._loop is None:
+            # After the first fork, which registered the cluster's own hook: ours runs first.
+            _register_exit_hook(self._at_exit)
         return self
 
     async def serve(self) -> int:
@@ -355,7 +356,15 @@ class Supervisor(EventEmitter):
         restart limit)."""
         if self.state == "new":
             self.start()
-        return await self.wait()
+        done = self._done_future()
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # asyncio.run() cancels the main task on Ctrl-C: take the workers down gracefully
+            # (a second Ctrl-C cancels this wait too, and the cluster closes the channels).
+            self._begin_stop(self.grace, 130)
+            await asyncio.shield(done)
+            raise
 
     def wait(self) -> asyncio.Future[int]:
         """An awaitable for the final status (on the running loop)."""
@@ -500,9 +509,9 @@ class Supervisor(EventEmitter):
         self.stats[kind] += 1
         self._live.pop(sw.id, None)
         occupant = self._slots.get(sw.slot) is sw
-        level = logging.INFO if kind == "clean" else logging.WARNING
-        log.log(level, "worker %d (pid %d, slot %d) exited: %s (code=%s, signal=%s)",
-                sw.id, sw.pid, sw.slot, kind, code, sig)
+        # INFO: with logging unconfigured only the kills and the restart limit are printed.
+        log.info("worker %d (pid %d, slot %d) exited: %s (code=%s, signal=%s)",
+                 sw.id, sw.pid, sw.slot, kind, code, sig)
         self.emit("exit", sw, kind, code, sig)
         sw._settle(False)
         if occupant:
@@ -657,7 +666,7 @@ class Supervisor(EventEmitter):
         sw._waiters.append(fut)
         try:
             return await asyncio.wait_for(fut, self.boot_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def _retire(self, sw: SupervisedWorker, grace: float) -> None:
@@ -734,8 +743,11 @@ class Supervisor(EventEmitter):
         try:
             while self.state in ("running", "stopping"):
                 cluster.run()
-                if self.state not in ("running", "stopping") or self._live:
-                    continue
+                if self.state not in ("running", "stopping"):
+                    break
+                if self._live:  # cannot happen: run() returns once no worker is alive
+                    log.error("supervisor: the cluster's loop stopped with workers alive")
+                    break
                 if not self._timers or self._loop is None:
                     self._check_done()
                     break

@@ -1,0 +1,125 @@
+"""The primary/worker script the supervisor tests run (after conftest's PRELUDE).
+
+The primary is asyncio code by default (`await sup.serve()`), or a plain script
+(`sys.exit(sup.run())`, or `sup.start()` and the main script ends). Every supervisor event is
+printed as one JSON record with the primary's monotonic time `t` and CPU time `cpu`. Signals
+to the primary: SIGHUP → rolling restart, SIGUSR1 → graceful stop (grace from STOP_GRACE).
+
+Workers pick their behaviour from MODE (set per slot through the supervisor's `env`):
+serve (threaded HTTP server answering its pid), single (single-threaded HTTP server; GET /spin
+never returns), asyncio (asyncio server; a /spin request blocks the loop), boot_fail (exit 3
+before listening), crash (exit 5 CRASH_DELAY s after listening), stubborn (ignores disconnect).
+"""
+
+from __future__ import annotations
+
+COMMON = '''
+import asyncio, dataclasses, signal
+from http.server import BaseHTTPRequestHandler
+from clusterlab.supervisor import (HeartbeatPolicy, RestartPolicy, Supervisor, heartbeat,
+                                   is_control_message)
+from clusterlab.servers import HTTPServer, ThreadingHTTPServer, start_server
+
+
+def now():
+    return {"t": time.monotonic(), "cpu": time.process_time()}
+
+
+def record(sup):
+    sup.on("spawn", lambda sw: out("spawn", slot=sw.slot, id=sw.id, wpid=sw.pid, **now()))
+    sup.on("ready", lambda sw, boot: out("ready", slot=sw.slot, id=sw.id, wpid=sw.pid,
+                                         boot=boot, **now()))
+    sup.on("exit", lambda sw, kind, code, sig: out("exit", slot=sw.slot, id=sw.id, wpid=sw.pid,
+                                                   kind=kind, code=code, signal=sig, **now()))
+    sup.on("restart_scheduled", lambda slot, delay, attempt, kind: out(
+        "scheduled", slot=slot, delay=delay, attempt=attempt, kind=kind, **now()))
+    sup.on("restart_limit", lambda lim: out("limit", **dataclasses.asdict(lim), **now()))
+    sup.on("hang_detected", lambda sw, silent: out("hang", id=sw.id, wpid=sw.pid,
+                                                   silent=silent, **now()))
+    sup.on("rolled", lambda n: out("rolled", n=n, **now()))
+    sup.on("stopped", lambda status: out("stopped", status=status, stats=sup.stats, **now()))
+
+
+class PidHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        if self.path == "/spin":
+            while True:
+                pass
+        body = f"{os.getpid()}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+async def asyncio_worker(port):
+    async def handle(reader, writer):
+        line = await reader.readline()
+        if b"/spin" in line:
+            while True:  # blocks the loop: heartbeats stop
+                pass
+        body = f"{os.getpid()}\\n".encode()
+        writer.write(b"HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await start_server(handle, "127.0.0.1", port)
+    heartbeat()  # on the running loop
+    await server.serve_forever()
+
+
+def worker_main():
+    mode = os.environ.get("MODE", "serve")
+    if mode == "boot_fail":
+        sys.exit(3)
+    port = int(os.environ["PORT"])
+    if mode == "asyncio":
+        asyncio.run(asyncio_worker(port))
+        return
+    cls = HTTPServer if mode == "single" else ThreadingHTTPServer
+    server = cls(("127.0.0.1", port), PidHandler)
+    heartbeat(server)
+    if mode == "crash":
+        threading.Timer(float(os.environ.get("CRASH_DELAY", "0.1")), os._exit, (5,)).start()
+    server.serve_forever(poll_interval=0.05)
+    if mode == "stubborn":
+        while True:  # ignores the disconnect: its main code never returns
+            time.sleep(0.1)
+
+
+def install(sup):
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, sup.rolling_restart)
+    grace = float(os.environ.get("STOP_GRACE", "5"))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: sup.stop(grace))
+
+
+async def amain(sup):
+    record(sup)
+    install(sup)
+    status = await sup.serve()
+    out("status", status=status)
+    return status
+'''
+
+
+def script(config: str, style: str = "asyncio") -> str:
+    """A primary script: `config` is the Supervisor(...) argument list, as source text."""
+    if style == "asyncio":
+        main = "sys.exit(asyncio.run(amain(Supervisor({config}))))"
+    elif style == "run":
+        main = ("sup = Supervisor({config})\nrecord(sup)\nstatus = sup.run()\n"
+                "out('status', status=status)\nsys.exit(status)")
+    elif style == "start":
+        main = "sup = Supervisor({config})\nrecord(sup)\nsup.start()\nout('started')"
+    else:
+        raise ValueError(style)
+    body = "if cluster.is_primary:\n" + "\n".join(
+        "    " + line for line in main.format(config=config).splitlines()
+    ) + "\nelse:\n    worker_main()\n"
+    return COMMON + "\n" + body
