@@ -55,8 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import cluster
-from .cluster import Worker
-from .cluster._events import EventEmitter
+from .cluster import EventEmitter, Worker
 
 __all__ = [
     "ExitKind",

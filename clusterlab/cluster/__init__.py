@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _child
+from ._child import ListenerClosedError
 from ._endpoint import Address, resolve
 from ._events import EventEmitter
 from ._primary import SCHED_NONE, SCHED_REUSEPORT, SCHED_RR, Primary
@@ -26,6 +27,8 @@ __all__ = [
     "SCHED_RR",
     "SCHED_REUSEPORT",
     "Address",
+    "EventEmitter",
+    "ListenerClosedError",
     "Worker",
     "fork",
     "setup_primary",

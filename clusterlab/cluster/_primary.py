@@ -319,6 +319,7 @@ class Primary:
         self._stopping: int | None = None
         self._signals_installed = False
         self._exit_hook = False
+        self._in_exit_hook = False
         self._shutdown_started = False
         self._shutdown_started_at = 0.0
 
@@ -404,7 +405,11 @@ class Primary:
 
     def _at_exit(self) -> None:
         """The main script ended: keep serving the workers, as Node's primary does."""
+        self._in_exit_hook = True
         if not self._links and self._pending == 0:
+            if self._stopping is not None:
+                _flush_stdio()
+                os._exit(self._stopping)
             return
         last = getattr(sys, "last_value", None)
         if last is not None and not isinstance(last, KeyboardInterrupt):
@@ -440,8 +445,11 @@ class Primary:
 
     def _make_handler(self, code: int) -> Callable[[int, Any], None]:
         def handler(signum: int, frame: Any) -> None:
-            if self.loop is not None and self.loop.is_running():
-                self.loop.call_soon_threadsafe(self._begin_shutdown, code)
+            loop = self.loop
+            if loop is not None and not loop.is_closed() and (loop.is_running() or self._in_exit_hook):
+                # Running, or about to run from the exit hook: raising there would be lost.
+                self._stopping = code
+                loop.call_soon_threadsafe(self._begin_shutdown, code)
                 return
             # The main script is still running: stop it; the exit hook shuts the cluster down.
             self._stopping = code

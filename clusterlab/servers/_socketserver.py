@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from .. import cluster
+from ..cluster._child import ListenerClosedError
 
 
 class _ClusterServerMixin:
@@ -39,10 +40,21 @@ class _ClusterServerMixin:
 
     def server_bind(self) -> None:
         host, port = _split_address(self.server_address)
-        self.socket = cluster.listen(port=port, host=host or None, backlog=self.request_queue_size)
-        self.address_family = self.socket.family
-        self.server_address = self.socket.getsockname()
+        # Registered before listening, so a disconnect that lands while the server is being
+        # built still finds it (and the server then knows it is closed).
         self._unregister = cluster._register_server(self._close_gracefully)
+        sock = cluster.listen(port=port, host=host or None, backlog=self.request_queue_size)
+        with self._state_lock:
+            self.socket = sock
+            closed = self._closed
+        try:
+            if closed:
+                raise OSError("closed")
+            self.address_family = sock.family
+            self.server_address = sock.getsockname()
+        except OSError:
+            sock.close()
+            raise ListenerClosedError("the worker disconnected while this server was starting") from None
 
     def server_activate(self) -> None:
         """The socket is already listening (in the worker or in the primary)."""

@@ -1,8 +1,51 @@
 """settings['serialization']: "json" (default) and "advanced" (pickle over the private channel)."""
 
-import pytest
+import pickle
 
-pytestmark = pytest.mark.timeout(30)
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.timeout(60)
+
+JSON_LEAVES = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+               | st.floats(allow_nan=False, allow_infinity=False)
+               | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20))
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
+                      children, max_size=5),
+    max_leaves=20)
+ADVANCED_LEAVES = (JSON_LEAVES | st.binary(max_size=20) | st.integers()
+                   | st.frozensets(st.integers(), max_size=4) | st.complex_numbers(allow_nan=False))
+ADVANCED_VALUES = st.recursive(
+    ADVANCED_LEAVES,
+    lambda children: st.lists(children, max_size=4) | st.tuples(children, children)
+    | st.sets(st.integers() | st.text(max_size=5), max_size=4)
+    | st.dictionaries(st.integers() | st.text(max_size=5), children, max_size=4),
+    max_leaves=15)
+
+ROUND_TRIP = """
+        import pickle
+        if cluster.is_primary:
+            cluster.setup_primary(serialization={serialization!r})
+            with open({path!r}, "rb") as f:
+                values = pickle.load(f)
+            w = cluster.fork()
+            back = []
+            def on_message(m, h):
+                back.append(m)
+                if len(back) == len(values):
+                    bad = [(v, b) for v, b in zip(values, back) if not (v == b and type(v) is type(b))]
+                    out("result", n=len(back), bad=repr(bad[:3]), n_bad=len(bad))
+                    w.disconnect()
+            when_ready(w, lambda: (w.on("message", on_message), [w.send(v) for v in values]))
+        else:
+            cluster.worker.on("message", lambda m, h: cluster.worker.send(m))
+            ready()
+            wait_disconnect()
+"""
 
 ECHO_WORKER = """
         else:
@@ -142,3 +185,27 @@ def test_serialization_is_per_fork_setting(run_primary):
     assert r.one("raised")["id"] == 1
     assert r.one("sent")["id"] == 2
     assert r.one("echo")["m"] == [1, 2]
+
+
+@settings(max_examples=4, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(values=st.lists(JSON_VALUES, min_size=1, max_size=60))
+def test_json_round_trip_of_arbitrary_json_values(run_primary, tmp_path, values):
+    path = tmp_path / "values.pickle"
+    path.write_bytes(pickle.dumps(values))
+    r = run_primary(ROUND_TRIP.format(serialization="json", path=str(path))).check()
+    rec = r.one("result")
+    assert rec["n"] == len(values)
+    assert rec["n_bad"] == 0, rec["bad"]
+
+
+@settings(max_examples=4, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(values=st.lists(ADVANCED_VALUES, min_size=1, max_size=60))
+def test_advanced_round_trip_of_arbitrary_picklable_values(run_primary, tmp_path, values):
+    path = tmp_path / "values.pickle"
+    path.write_bytes(pickle.dumps(values))
+    r = run_primary(ROUND_TRIP.format(serialization="advanced", path=str(path))).check()
+    rec = r.one("result")
+    assert rec["n"] == len(values)
+    assert rec["n_bad"] == 0, rec["bad"]
