@@ -518,3 +518,37 @@ def pid_alive(pid: int) -> bool:
 @pytest.fixture
 def free_tcp_port() -> int:
     return free_port()
+
+
+# --- the lab tests' counting server (tests/lab/counting_server.py) ---------------------------
+
+
+class CountingServer:
+    """A real loopback HTTP server (a plain stdlib one) that counts the requests it serves."""
+
+    def __init__(self, process: subprocess.Popen, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def counts(self) -> dict:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/count", timeout=5) as response:
+            return json.loads(response.read())
+
+
+@pytest.fixture
+def counting_server():
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "lab" / "counting_server.py"), "0", "w-test"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(process.stdout.readline())
+        yield CountingServer(process, port)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()

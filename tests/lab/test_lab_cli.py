@@ -73,7 +73,7 @@ def test_info_prints_machine_facts():
     assert facts["packages"]["locust"]
 
 
-def test_serve_answers_from_every_worker_and_stops_on_ctrl_c(no_leftover_processes):
+def test_serve_answers_from_every_worker_and_stops_on_ctrl_c():
     proc = subprocess.Popen(
         [sys.executable, "-m", "clusterlab.cli", "serve", "--workers", "2", "--port", "0"],
         stdout=subprocess.PIPE,

@@ -27,7 +27,7 @@ def _run(server, tmp_path, processes=1, **load):
 
 
 def test_keep_alive_load_measures_only_the_window_and_tallies_the_worker_header(
-    counting_server, tmp_path, no_leftover_processes
+    counting_server, tmp_path
 ):
     outcome, served = _run(counting_server, tmp_path)
     assert outcome.window_s == pytest.approx(1.5, abs=0.2)
@@ -41,7 +41,7 @@ def test_keep_alive_load_measures_only_the_window_and_tallies_the_worker_header(
 
 
 def test_new_connection_per_request_opens_one_connection_per_request(
-    counting_server, tmp_path, no_leftover_processes
+    counting_server, tmp_path
 ):
     outcome, served = _run(counting_server, tmp_path, connection="new", users=2)
     assert outcome.stats["requests"] > 50
@@ -50,7 +50,7 @@ def test_new_connection_per_request_opens_one_connection_per_request(
 
 
 def test_master_worker_mode_merges_every_locust_worker(
-    counting_server, tmp_path, no_leftover_processes
+    counting_server, tmp_path
 ):
     outcome, served = _run(counting_server, tmp_path, processes=2)
     assert len(list(tmp_path.glob("tally-*.json"))) == 2
@@ -58,7 +58,7 @@ def test_master_worker_mode_merges_every_locust_worker(
     assert 0 < outcome.stats["requests"] < served["requests"]
 
 
-def test_open_model_holds_the_arrival_rate(counting_server, tmp_path, no_leftover_processes):
+def test_open_model_holds_the_arrival_rate(counting_server, tmp_path):
     outcome, _ = _run(counting_server, tmp_path, model="open", rate=200.0)
     assert outcome.stats["requests"] / outcome.window_s == pytest.approx(200.0, rel=0.15)
 
