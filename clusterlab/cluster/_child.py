@@ -121,6 +121,36 @@ class RoundRobinSocket(ClusterSocket):
     _conn_family: int = socket.AF_INET
 
     def accept_nowait(self) -> tuple[socket.socket, Any]:
+        fd = self._take()
+        self._ack(1)
+        conn = socket.socket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            conn.setblocking(True)
+        try:
+            address = conn.getpeername()
+        except OSError:
+            address = ("", 0) if self._conn_family != socket.AF_UNIX else ""
+        return conn, address
+
+    def take_many(self, limit: int = 64) -> list[socket.socket]:
+        """Take every handed-over connection now waiting (up to `limit`), with one ack.
+
+        For servers on an event loop: no peer-address lookup, one reply to the primary.
+        """
+        conns: list[socket.socket] = []
+        try:
+            while len(conns) < limit:
+                fd = self._take()
+                conns.append(socket.socket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd))
+        except (BlockingIOError, InterruptedError):
+            pass
+        finally:
+            if conns:
+                self._ack(len(conns))
+        return conns
+
+    def _take(self) -> int:
+        """One handed-over descriptor; BlockingIOError when none is waiting."""
         while True:
             data, ancdata, _, _ = self.recvmsg(1, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
             if not data:
@@ -130,21 +160,16 @@ class RoundRobinSocket(ClusterSocket):
                 if (level, kind) == _RIGHTS:
                     fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
             if fds:
-                break
-        for extra in fds[1:]:
-            os.close(extra)
+                for extra in fds[1:]:
+                    os.close(extra)
+                return fds[0]
+
+    def _ack(self, taken: int) -> None:
+        """Tell the primary how many were taken, so it may hand over that many more."""
         try:
-            self.send(b"\x01", socket.MSG_DONTWAIT)  # taken: the primary may hand over another
+            self.send(b"\x01" * taken, socket.MSG_DONTWAIT)
         except OSError:
             pass
-        conn = socket.socket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fds[0])
-        if socket.getdefaulttimeout() is None and self.gettimeout():
-            conn.setblocking(True)
-        try:
-            address = conn.getpeername()
-        except OSError:
-            address = ("", 0) if self._conn_family != socket.AF_UNIX else ""
-        return conn, address
 
     def listen(self, backlog: int = 0, /) -> None:
         """The primary listens; accepted for compatibility (the backlog went with the request)."""

@@ -90,15 +90,14 @@ class HandoffServer:
             self._serving = True
 
     def _on_ready(self) -> None:
-        for _ in range(64):
-            try:
-                conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.close()
-                return
-            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn, **self._kw))
+        try:
+            conns = self._sock.take_many()
+        except OSError:
+            self.close()
+            return
+        loop, factory, kw = self._loop, self._factory, self._kw
+        for conn in conns:
+            task = loop.create_task(loop.connect_accepted_socket(factory, conn, **kw))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
