@@ -27,5 +27,15 @@ lint: install
 lab: install
 	$(VENV)/bin/clusterlab run scenarios/quick.toml
 
+# Peer benchmarks (hand-off and keep-alive vs Node.js and uvicorn); BENCH_ARGS=--quick for a short run.
+CL_TARGET := {python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy
+bench: install
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.handoff --peers node-rr,node-none,uvicorn,gunicorn-sync,gunicorn-gthread \
+		--modes close,keepalive --wait-quiet 15 --ready-text ' listening on ' \
+		--target 'clusterlab-rr=$(CL_TARGET) rr' --target 'clusterlab-none=$(CL_TARGET) none' \
+		--target 'clusterlab-reuseport=$(CL_TARGET) reuseport' $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

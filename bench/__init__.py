@@ -1,0 +1,1 @@
+"""Benchmark harness for clusterlab: peers (Node.js cluster, uvicorn, gunicorn), wrk, A/B rounds."""

@@ -1,0 +1,203 @@
+"""Hand-off benchmark: hello world, 2 workers, wrk, new connection per request (and keep-alive).
+
+Peers: Node.js cluster SCHED_RR and SCHED_NONE by default; ``--peers all`` adds uvicorn and
+gunicorn (sync, gthread) when installed. Any other server, e.g. a clusterlab example, is added
+with ``--target NAME='ARGV TEMPLATE'`` (``{port}``, ``{workers}``, ``{python}``, ``{root}``
+are filled in; prefix ``env KEY=VAL`` for environment) or from Python via :func:`run_handoff`
+with :func:`bench.peers.target` specs. All servers run at once on their own ports; each round
+measures every server once, in a rotated order; medians, spread and ratio vs the baseline
+(the first server) are printed and written to ``bench/results/handoff-<UTC time>.json``.
+
+    .venv/bin/python -m bench.handoff                      # node-rr, node-none; conn: close
+    .venv/bin/python -m bench.handoff --peers all --modes close,keepalive
+    .venv/bin/python -m bench.handoff --target 'clusterlab-rr={python} examples/hello_cluster.py --workers {workers} --port {port}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import peers, report
+from bench.wrk import Stats, interleaved_rounds, run_wrk
+
+MODES = {"close": True, "keepalive": False}
+
+
+def target_from_template(name: str, template: str, workers: int = 2,
+                         ready_text: str | None = None) -> peers.ServerSpec:
+    """``'env K=V prog args {port}'`` -> ServerSpec on a free port (the clusterlab hook);
+    ready once ``ready_text`` (if given) was printed once per worker and ``GET /`` answers 200."""
+    argv = shlex.split(template)
+    env: dict[str, str] = {}
+    if argv and argv[0] == "env":
+        argv.pop(0)
+        while argv and "=" in argv[0] and not argv[0].startswith("-"):
+            key, _, val = argv.pop(0).partition("=")
+            env[key] = val
+    return peers.target(name, argv, peers.free_port(), workers, env, ready_text, workers)
+
+
+@dataclass
+class _Sampler:
+    """One server's wrk sample; records each run and the foreign CPU % during it.
+
+    With ``quiet = (max %, wait s)`` and wait > 0, a sample during which other processes used
+    more than max % of the CPUs is discarded and retaken (3 retries at most)."""
+
+    url: str
+    close: bool
+    load: dict[str, Any]
+    server_pids: list[int]
+    quiet: tuple[float, float]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    discarded: int = 0
+
+    def __call__(self) -> float:
+        max_pct, wait_s = self.quiet
+        for attempt in range(1 + (3 if wait_s else 0)):
+            before = report.wait_quiet(self.server_pids, max_pct, wait_s) if wait_s else None
+            meter = report.ForeignCpu(self.server_pids)
+            r = run_wrk(self.url, close=self.close, **self.load)
+            foreign = meter.pct()
+            if foreign < max_pct or attempt == 3 or not wait_s:
+                break
+            self.discarded += 1
+        self.runs.append({**r.as_dict(), "foreign_cpu_pct": round(foreign, 1),
+                          "foreign_cpu_pct_before": before})
+        return r.requests_per_s
+
+
+def run_handoff(specs: Sequence[peers.ServerSpec], modes: Sequence[str] = ("close",),
+                rounds: int = 3, duration_s: float = 5, connections: int = 50, threads: int = 1,
+                warmup_s: float = 1, quiet: tuple[float, float] = (5.0, 0.0),
+                results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Start every server, measure each mode over interleaved rounds, stop everything.
+
+    ``quiet = (max foreign CPU %, max wait s)``: before each sample wait until other processes
+    use less than that share of the CPUs (no wait when max wait is 0); each run records the
+    foreign CPU % during it. ``results`` (filled sample by sample) keeps what was
+    measured if the run is interrupted."""
+    results = {} if results is None else results
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(peers.start(s)) for s in specs]
+        for srv in servers:
+            for mode in modes:
+                run_wrk(srv.spec.url, threads, connections, warmup_s, MODES[mode])
+        pids = [srv.pid for srv in servers]
+        load = {"threads": threads, "connections": connections, "duration_s": duration_s}
+        for mode in modes:
+            samplers = {s.name: _Sampler(s.url, MODES[mode], load, pids, quiet) for s in specs}
+            results[mode] = {name: {"runs": smp.runs} for name, smp in samplers.items()}
+            interleaved_rounds(samplers, rounds)
+            for name, smp in samplers.items():
+                results[mode][name]["discarded_samples"] = smp.discarded
+        for srv in servers:
+            if srv.proc.poll() is not None:
+                raise RuntimeError(f"{srv.spec.name} died during the run:\n{srv.log_tail()}")
+    return summarize(results)
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Add median, spread, errors and worst foreign CPU % from each entry's runs (in place)."""
+    for by_name in results.values():
+        for r in by_name.values():
+            if r["runs"]:
+                r.update(Stats([x["requests_per_s"] for x in r["runs"]]).as_dict(),
+                         errors=sum(x["errors"] for x in r["runs"]),
+                         foreign_cpu_pct_max=max(x["foreign_cpu_pct"] for x in r["runs"]))
+    return results
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows = []
+    for mode, by_name in results.items():
+        done = {name: r for name, r in by_name.items() if r["runs"]}
+        base = next(iter(done.values()))["median"] if done else float("nan")
+        for name, r in done.items():
+            st = Stats(r["samples"])
+            rows.append([mode, name, f"{st.median:,.0f}", f"{min(st.samples):,.0f}–{max(st.samples):,.0f}",
+                         f"{st.spread_pct:.1f}%", r["errors"], f"{r['foreign_cpu_pct_max']:.0f}%",
+                         f"{st.median / base:.2f}"])
+    print(report.table(["mode", "server", "req/s median", "min–max", "spread", "errors",
+                        "foreign CPU max", "ratio"], rows))
+    if any(r.get("foreign_cpu_pct_max", 0) > 5 for m in results.values() for r in m.values()):
+        print("warning: other processes used > 5% of the CPUs during some samples; "
+              "figures are suspect (see --wait-quiet)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peers", default="node-rr,node-none",
+                    help=f"comma list from {','.join(peers.PEERS)}, 'all' or 'none'")
+    ap.add_argument("--target", action="append", default=[], metavar="NAME=TEMPLATE")
+    ap.add_argument("--ready-text", help="a --target is ready once this was printed per worker")
+    ap.add_argument("--modes", default="close", help="comma list of close,keepalive")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="3 rounds of 2 s")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                    help="before each sample wait up to S s for foreign CPU < --quiet-pct; "
+                    "retake samples (3 retries) disturbed by more")
+    ap.add_argument("--quiet-pct", type=float, default=5)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.rounds, a.duration = 3, 2
+    modes = [m for m in a.modes.split(",") if m]
+    if bad := [m for m in modes if m not in MODES]:
+        ap.error(f"unknown mode(s) {bad}")
+    names = {"all": list(peers.PEERS), "none": []}.get(a.peers, a.peers.split(","))
+    specs, notes = peers.peer_specs(names, a.workers)
+    for t in a.target:
+        name, sep, template = t.partition("=")
+        if not sep:
+            ap.error(f"--target wants NAME=TEMPLATE, got {t!r}")
+        specs.append(target_from_template(name, template, a.workers, a.ready_text))
+    if not specs:
+        ap.error("nothing to measure")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for note in notes:
+        print(note)
+    for s in specs:
+        print(f"{s.name}: {s.command}")
+    results: dict[str, Any] = {}
+    status = 0
+    try:
+        run_handoff(specs, modes, a.rounds, a.duration, a.connections, a.threads,
+                    quiet=(a.quiet_pct, a.wait_quiet), results=results)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        print("interrupted; all servers stopped", file=sys.stderr)
+        status = 143 if isinstance(exc, SystemExit) else 130
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        status = 1
+    summarize(results)
+    if not any(r["runs"] for m in results.values() for r in m.values()):
+        return status or 1
+    print_table(results)
+    if not a.no_write:
+        path = report.write_json("handoff", {
+            "benchmark": "handoff", "machine": report.machine_facts(), "notes": notes,
+            "settings": {"rounds": a.rounds, "duration_s": a.duration, "connections": a.connections,
+                         "threads": a.threads, "workers": a.workers,
+                         "wait_quiet_s": a.wait_quiet, "quiet_pct": a.quiet_pct},
+            "servers": {s.name: s.command for s in specs}, "results": results,
+            "complete": status == 0,
+        })
+        print(f"wrote {path}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Start and stop benchmark servers: Node.js cluster peers, uvicorn, gunicorn, and clusterlab targets.
+
+A :class:`ServerSpec` says how to launch one server (argv, extra env, port, readiness text).
+:func:`start` launches it in its own session with output to a log file, waits until the readiness
+text has been printed ``ready_count`` times (if given) and ``GET /`` answers 200, and returns a
+:class:`Server` context manager. :func:`stop_tree` stops the whole process tree by pid with
+psutil (SIGTERM, then SIGKILL after a grace period); every started server is also stopped at
+interpreter exit, so exceptions and Ctrl-C leave nothing behind.
+
+Peers that are not installed are reported by :func:`peer_specs` as skip notes, never faked.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import http.client
+import importlib.util
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+NODE_DIR = BENCH / "node"
+HOST = "127.0.0.1"
+PEERS = ("node-rr", "node-none", "uvicorn", "gunicorn-sync", "gunicorn-gthread")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to launch one server; ``ready_text`` must appear ``ready_count`` times in its output."""
+
+    name: str
+    argv: list[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    ready_text: str | None = None
+    ready_count: int = 1
+    note: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    @property
+    def command(self) -> str:
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (envs + " " if envs else "") + shlex.join(self.argv)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def stop_tree(pid: int, grace: float = 3.0) -> None:
+    """SIGTERM ``pid``, wait ``grace`` s for it and its descendants, then SIGKILL what is left.
+
+    Descendants are collected before signalling (they are reparented once their parent dies),
+    and the process group ``pid`` leads (each server runs in its own session) is killed last.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        if procs:
+            procs[0].send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.extend(c for c in p.children(recursive=True) if c not in procs)
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=grace)
+
+
+_live: dict[int, Server] = {}
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_live.values()):
+        server.stop()
+
+
+class Server:
+    """A running server; stops its whole process tree on :meth:`stop` or on leaving ``with``."""
+
+    def __init__(self, spec: ServerSpec, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.spec, self.proc, self.log = spec, proc, log
+        self.pid = proc.pid
+        _live[self.pid] = self
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if _live.pop(self.pid, None) is None:
+            return
+        stop_tree(self.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=1)
+        with contextlib.suppress(OSError):
+            self.log.unlink()
+
+
+def _http_ok(port: int) -> bool:
+    conn = http.client.HTTPConnection(HOST, port, timeout=1)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def start(spec: ServerSpec, timeout: float = 30.0) -> Server:
+    """Launch ``spec`` and wait until it is ready; raise RuntimeError (with the log) if it is not."""
+    fd, log_name = tempfile.mkstemp(prefix=f"bench-{spec.name}-", suffix=".log")
+    with os.fdopen(fd, "wb") as log_file:
+        proc = subprocess.Popen(
+            spec.argv, cwd=ROOT, env={**os.environ, **spec.env}, stdin=subprocess.DEVNULL,
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    server = Server(spec, proc, Path(log_name))
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{spec.name} exited with {proc.returncode}")
+            text = server.log.read_text(errors="replace") if spec.ready_text else ""
+            ready = not spec.ready_text or text.count(spec.ready_text) >= spec.ready_count
+            if ready and _http_ok(spec.port):
+                return server
+            time.sleep(0.05)
+        raise RuntimeError(f"{spec.name} not ready after {timeout:.0f} s")
+    except BaseException as exc:
+        tail = server.log_tail()
+        server.stop()
+        if isinstance(exc, RuntimeError):
+            raise RuntimeError(f"{exc}; command: {spec.command}\n{tail}") from None
+        raise
+
+
+def node_cluster(policy: str, port: int, workers: int = 2) -> ServerSpec:
+    """Node.js cluster hello world with NODE_CLUSTER_SCHED_POLICY = ``rr`` or ``none``."""
+    return ServerSpec(
+        f"node-{policy}", ["node", str(NODE_DIR / "hello_cluster.js"), str(workers)], port,
+        env={"PORT": str(port), "NODE_CLUSTER_SCHED_POLICY": policy}, ready_text="ready ",
+    )
+
+
+def uvicorn(port: int, workers: int = 2) -> ServerSpec:
+    """``uvicorn --workers N`` (uvloop + httptools) serving bench.apps:asgi_app."""
+    argv = [sys.executable, "-m", "uvicorn", "bench.apps:asgi_app", "--host", HOST,
+            "--port", str(port), "--workers", str(workers), "--loop", "uvloop",
+            "--http", "httptools", "--no-access-log", "--log-level", "info"]
+    return ServerSpec("uvicorn", argv, port, ready_text="Application startup complete",
+                      ready_count=workers)
+
+
+def gunicorn(kind: str, port: int, workers: int = 2, threads: int = 8) -> ServerSpec:
+    """gunicorn ``sync`` or ``gthread`` (``threads`` per worker) serving bench.apps:wsgi_app."""
+    argv = [sys.executable, "-m", "gunicorn", "bench.apps:wsgi_app", "-b", f"{HOST}:{port}",
+            "-w", str(workers), "-k", kind, "--log-level", "info"]
+    if kind == "gthread":
+        argv += ["--threads", str(threads)]
+    return ServerSpec(f"gunicorn-{kind}", argv, port, ready_text="Booting worker",
+                      ready_count=workers)
+
+
+def target(name: str, argv: Sequence[str], port: int, workers: int = 2,
+           env: dict[str, str] | None = None, ready_text: str | None = None,
+           ready_count: int = 1) -> ServerSpec:
+    """A clusterlab (or any) server given as argv; ``{port}``, ``{workers}``, ``{python}``,
+    ``{root}`` in argv and env values are filled in. Readiness: ``GET /`` answers 200 (and
+    ``ready_text`` printed ``ready_count`` times, if given)."""
+    fill = {"port": str(port), "workers": str(workers), "python": sys.executable, "root": str(ROOT)}
+    return ServerSpec(
+        name, [a.format(**fill) for a in argv], port,
+        env={k: v.format(**fill) for k, v in (env or {}).items()}, ready_text=ready_text,
+        ready_count=ready_count,
+    )
+
+
+def missing(name: str) -> str | None:
+    """Why peer ``name`` cannot run here, or None if it can."""
+    if name.startswith("node-"):
+        return None if shutil.which("node") else "node not on PATH"
+    module = name.split("-")[0]
+    if importlib.util.find_spec(module) is None:
+        return f"{module} not installed in {sys.executable} (pip install {module})"
+    if name == "uvicorn" and not all(importlib.util.find_spec(m) for m in ("uvloop", "httptools")):
+        return "uvicorn installed without uvloop/httptools"
+    return None
+
+
+def peer_specs(names: Sequence[str], workers: int = 2) -> tuple[list[ServerSpec], list[str]]:
+    """Specs for the named peers on free ports, and one skip note per peer that is missing."""
+    specs: list[ServerSpec] = []
+    notes: list[str] = []
+    for name in names:
+        why = missing(name)
+        if why:
+            notes.append(f"{name}: skipped, {why}")
+        elif name.startswith("node-"):
+            specs.append(node_cluster(name.removeprefix("node-"), free_port(), workers))
+        elif name == "uvicorn":
+            specs.append(uvicorn(free_port(), workers))
+        elif name.startswith("gunicorn-"):
+            specs.append(gunicorn(name.removeprefix("gunicorn-"), free_port(), workers))
+        else:
+            raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+    return specs, notes

@@ -1,0 +1,126 @@
+"""Run ``wrk`` and parse its output; interleave measurements over rounds (A/B) for medians and spread.
+
+``run_wrk(url, close=True)`` adds ``-H 'Connection: close'`` so every request opens a new
+connection (the hand-off benchmark); the default is keep-alive. Errors are wrk's
+"Non-2xx or 3xx responses" and "Socket errors: connect, read, write, timeout".
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """One wrk run: throughput, totals, errors and mean latency."""
+
+    requests_per_s: float
+    requests: int
+    duration_s: float
+    latency_avg_ms: float
+    non_2xx: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    command: str = ""
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx + sum(self.socket_errors.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "errors": self.errors}
+
+
+def parse_wrk(text: str, command: str = "") -> WrkResult:
+    """Parse wrk's default report (no Lua script)."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m|h)", text)
+    if not rps or not total:
+        raise ValueError(f"cannot parse wrk output:\n{text}")
+    lat = re.search(r"Latency\s+([\d.]+)(us|ms|s|m|h)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    names = ("connect", "read", "write", "timeout")
+    return WrkResult(
+        requests_per_s=float(rps.group(1)),
+        requests=int(total.group(1)),
+        duration_s=float(total.group(2)) * _UNITS[total.group(3)] / 1e3,
+        latency_avg_ms=float(lat.group(1)) * _UNITS[lat.group(2)] if lat else float("nan"),
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+        socket_errors=dict(zip(names, map(int, sock.groups()), strict=True)) if sock else {},
+        command=command,
+    )
+
+
+def wrk_argv(url: str, threads: int = 1, connections: int = 50, duration_s: float = 5,
+             close: bool = False) -> list[str]:
+    """The wrk command line (``-H 'Connection: close'`` when ``close``)."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s"]
+    return argv + (["-H", "Connection: close"] if close else []) + [url]
+
+
+def run_wrk(url: str, threads: int = 1, connections: int = 50, duration_s: float = 5,
+            close: bool = False) -> WrkResult:
+    """Run wrk once (bounded: killed ``duration_s + 15`` s after start) and parse it."""
+    if not shutil.which("wrk"):
+        raise RuntimeError("wrk not on PATH (apt-get install -y wrk)")
+    argv = wrk_argv(url, threads, connections, duration_s, close)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 15, check=True)
+    cmd = " ".join(f"'{a}'" if " " in a else a for a in argv)
+    return parse_wrk(out.stdout, cmd)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Samples of one measured quantity with median and spread ((max - min) / median)."""
+
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread_pct(self) -> float:
+        m = self.median
+        return 100 * (max(self.samples) - min(self.samples)) / m if m else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"median": self.median, "min": min(self.samples), "max": max(self.samples),
+                "spread_pct": self.spread_pct, "samples": self.samples}
+
+
+def interleaved_rounds(fns: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, Stats]:
+    """Call every fn once per round, rotating the order each round so drift hits all alike."""
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(fns[name]())
+    return {n: Stats(v) for n, v in out.items()}
+
+
+@dataclass(frozen=True)
+class ABResult:
+    """A/B medians, spreads and the ratio of medians ``b / a``."""
+
+    a: Stats
+    b: Stats
+
+    @property
+    def ratio(self) -> float:
+        return self.b.median / self.a.median if self.a.median else float("nan")
+
+
+def ab_rounds(a: Callable[[], float], b: Callable[[], float], rounds: int) -> ABResult:
+    """Alternate A and B (AB, BA, AB, ...) for ``rounds`` rounds; medians and spread of each."""
+    st = interleaved_rounds({"a": a, "b": b}, rounds)
+    return ABResult(st["a"], st["b"])
