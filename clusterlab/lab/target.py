@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -130,11 +131,21 @@ class _Primary:
             cluster.on(name, getattr(self, f"_on_{name}"))
         for _ in range(self.args.workers):
             cluster.fork()
+        loop = asyncio.get_running_loop()
+        status = {"code": 0}
+
+        def on_signal(code: int) -> None:
+            # Graceful, as the cluster's own handling: workers finish in-flight requests.
+            status["code"] = code
+            self._stop()
+
+        loop.add_signal_handler(signal.SIGINT, on_signal, 130)
+        loop.add_signal_handler(signal.SIGTERM, on_signal, 143)
         side_job = self._read_commands() if self.args.control else self._print_counts()
-        task = asyncio.get_running_loop().create_task(side_job)
+        task = loop.create_task(side_job)
         await self.done.wait()
         task.cancel()
-        return 0
+        return status["code"]
 
     def _setup(self) -> None:
         if self.args.kind == "script":
