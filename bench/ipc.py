@@ -1,0 +1,128 @@
+"""clusterlab's IPC between the primary and one worker, the same phases as `node/ipc.js`.
+
+    python bench/ipc.py [seconds]      # prints one JSON line: roundtrips_per_s,
+                                       # w2p_msgs_per_s, p2w_msgs_per_s
+
+Round trips: the primary sends, the worker echoes, the next goes on the reply. One-way: the
+sender floods small objects while respecting back-pressure (the worker's `send` blocks when the
+channel is full; the primary waits for the write callback of every 1,024th message); the rate is
+counted at the receiver, as ipc.js does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+from clusterlab import cluster
+
+SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+BATCH = 1024
+
+
+async def primary() -> None:
+    loop = asyncio.get_running_loop()
+    worker = cluster.fork()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    state: dict[str, Any] = {"phase": None, "count": 0, "t0": 0.0}
+    online = asyncio.Event()
+    worker.on("online", online.set)
+    done_rt = asyncio.Event()
+    done_w2p = asyncio.Event()
+
+    def on_message(message: Any, handle: Any) -> None:
+        phase = state["phase"]
+        if phase == "roundtrip":
+            state["count"] += 1
+            if time.perf_counter() - state["t0"] < SECONDS:
+                worker.send({"t": "ping", "seq": state["count"], "v": "x"})
+            else:
+                done_rt.set()
+        elif phase == "w2p":
+            if message["t"] == "m":
+                if state["count"] == 0:
+                    state["t0"] = time.perf_counter()
+                state["count"] += 1
+                if time.perf_counter() - state["t0"] >= SECONDS and "w2p" not in state:
+                    state["w2p"] = state["count"] / (time.perf_counter() - state["t0"])
+                    worker.send({"t": "stop"})
+            elif message["t"] == "stopped":
+                done_w2p.set()
+        else:
+            inbox.put_nowait(message)
+
+    worker.on("message", on_message)
+    await online.wait()
+    out: dict[str, Any] = {"clusterlab": True, "python": sys.version.split()[0], "seconds": SECONDS}
+
+    state.update(phase="roundtrip", count=0, t0=time.perf_counter())
+    worker.send({"t": "ping", "seq": 0, "v": "x"})
+    await done_rt.wait()
+    out["roundtrips_per_s"] = state["count"] / (time.perf_counter() - state["t0"])
+
+    state.update(phase="w2p", count=0)
+    worker.send({"t": "flood"})
+    await done_w2p.wait()
+    out["w2p_msgs_per_s"] = state["w2p"]
+
+    state["phase"] = "p2w"
+    worker.send({"t": "count"})
+    stop_at = time.perf_counter() + SECONDS
+    seq = 0
+    while time.perf_counter() < stop_at:
+        written = loop.create_future()
+        for _ in range(BATCH - 1):
+            worker.send({"t": "m", "seq": seq, "v": "x"})
+            seq += 1
+        worker.send({"t": "m", "seq": seq, "v": "x"}, callback=lambda err, f=written: f.done() or f.set_result(err))
+        seq += 1
+        await written
+    worker.send({"t": "report"})
+    report = await inbox.get()
+    out["p2w_msgs_per_s"] = report["rate"]
+    print(json.dumps(out), flush=True)
+    gone = asyncio.Event()
+    cluster.disconnect(gone.set)
+    await gone.wait()
+
+
+def child() -> None:
+    stop = threading.Event()
+    counter = {"count": 0, "t0": 0.0}
+
+    def flood() -> None:
+        seq = 0
+        while not stop.is_set():
+            cluster.worker.send({"t": "m", "seq": seq, "v": "x"})
+            seq += 1
+        cluster.worker.send({"t": "stopped"})
+
+    def on_message(message: Any, handle: Any) -> None:
+        kind = message["t"]
+        if kind == "ping":
+            cluster.worker.send(message)
+        elif kind == "flood":
+            threading.Thread(target=flood, daemon=True).start()
+        elif kind == "stop":
+            stop.set()
+        elif kind == "count":
+            counter.update(count=0, t0=0.0)
+        elif kind == "m":
+            if counter["count"] == 0:
+                counter["t0"] = time.perf_counter()
+            counter["count"] += 1
+        elif kind == "report":
+            rate = counter["count"] / (time.perf_counter() - counter["t0"])
+            cluster.worker.send({"t": "report", "rate": rate})
+
+    cluster.worker.on("message", on_message)
+
+
+if cluster.is_primary:
+    asyncio.run(primary())
+else:
+    child()
