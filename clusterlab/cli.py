@@ -38,6 +38,30 @@ def _parser() -> argparse.ArgumentParser:
     scenarios = sub.add_parser("scenarios", help="list bundled scenarios, or validate files")
     scenarios.add_argument("files", nargs="*", type=Path)
     sub.add_parser("info", help="machine facts as the lab records them")
+    compare = sub.add_parser(
+        "compare", help="compare two runs: exit 1 on a significant regression beyond threshold"
+    )
+    compare.add_argument("baseline", help="run directory, summary.json or saved baseline name")
+    compare.add_argument("current", help="run directory or summary.json")
+    compare.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="[METRIC=]PCT",
+        help="change that counts, in %% (default 10); METRIC=PCT overrides one metric",
+    )
+    compare.add_argument("--alpha", type=float, default=0.01, help="significance level (0.01)")
+    compare.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    compare.add_argument("--junit", type=Path, help="write JUnit XML here")
+    compare.add_argument("--json", type=Path, help="write JSON here")
+    compare.add_argument("-q", "--quiet", action="store_true", help="only the headline")
+    baseline = sub.add_parser("baseline", help="save or show a named baseline")
+    bsub = baseline.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    save = bsub.add_parser("save", help="keep a run as baseline NAME")
+    save.add_argument("name")
+    save.add_argument("directory", type=Path)
+    show = bsub.add_parser("show", help="describe baseline NAME")
+    show.add_argument("name")
     return parser
 
 
@@ -49,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve,
         "scenarios": _scenarios,
         "info": _info,
+        "compare": _compare,
+        "baseline": _baseline,
     }[args.command]
     return handler(args)
 
@@ -102,12 +128,97 @@ def _run(args: argparse.Namespace) -> int:
             print(markdown_table(table))
     state = "PARTIAL (interrupted) " if outcome.interrupted else ""
     print(f"{state}report: {report} (and {report.with_suffix('.html').name}, plots, CSVs in {out})")
+    gates_ok = _check_gates(scenario, out, args.quiet)
     if outcome.interrupted or outcome.failed:
         if outcome.failed:
             print(
                 f"clusterlab: {outcome.failed} of {outcome.points} points failed", file=sys.stderr
             )
         return EXIT_FAILED
+    return EXIT_OK if gates_ok else EXIT_FAILED
+
+
+def _check_gates(scenario: object, out: Path, quiet: bool) -> bool:
+    """Check the scenario's [gates] on the run's summary; write gates.{json,md,xml}."""
+    from clusterlab.lab import ci_output
+    from clusterlab.lab.gates import check_gates
+
+    gates = getattr(scenario, "gates", ())
+    if not gates:
+        return True
+    results = check_gates(gates, json.loads((out / "summary.json").read_text()))
+    (out / "gates.json").write_text(ci_output.to_json(None, results))
+    (out / "gates.md").write_text(ci_output.gates_markdown(results))
+    (out / "gates.xml").write_text(ci_output.junit(None, results))
+    failed = [r for r in results if not r.passed]
+    if not quiet or failed:
+        print(ci_output.gates_terminal(results), file=sys.stderr if failed else sys.stdout)
+    return not failed
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from clusterlab.lab import baseline, ci_output
+    from clusterlab.lab.compare import COMPARED, DERIVED, CompareInputError, compare, load_summary
+
+    thresholds: dict[str, float] = {}
+    default = 0.10
+    try:
+        for text in args.threshold:
+            metric, _, pct = text.rpartition("=")
+            value = float(pct.rstrip("%")) / 100
+            if not 0 <= value < 10 or (metric and metric not in {*COMPARED, *DERIVED}):
+                raise ValueError(text)
+            if metric:
+                thresholds[metric] = value
+            else:
+                default = value
+        if not 0 < args.alpha < 1:
+            raise ValueError(f"--alpha {args.alpha}")
+        paths = []
+        for given in (args.baseline, args.current):
+            saved = None if Path(given).exists() else baseline.find(given)
+            paths.append(saved or Path(given))
+        summaries = [load_summary(p) for p in paths]
+    except ValueError as exc:
+        if not isinstance(exc, CompareInputError):
+            exc = ValueError(
+                f"--threshold/--alpha: expected [METRIC=]PERCENT with METRIC one of "
+                f"{', '.join([*COMPARED, *DERIVED])} and alpha in (0, 1), got {exc}"
+            )
+        print(f"clusterlab: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    result = compare(
+        summaries[0],
+        summaries[1],
+        thresholds,
+        default,
+        args.alpha,
+        (args.baseline, args.current),
+    )
+    for path, text in (
+        (args.markdown, ci_output.markdown(result)),
+        (args.junit, ci_output.junit(result)),
+        (args.json, ci_output.to_json(result)),
+    ):
+        if path is not None:
+            path.write_text(text)
+    print(ci_output.headline(result) if args.quiet else ci_output.terminal(result))
+    return EXIT_FAILED if result.regressions else EXIT_OK
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from clusterlab.lab import baseline
+    from clusterlab.lab.compare import CompareInputError
+
+    try:
+        if args.action == "save":
+            folder = baseline.save(args.name, args.directory)
+            print(f"baseline {args.name} saved in {folder}")
+        else:
+            print(baseline.show(args.name))
+    except CompareInputError as exc:
+        print(f"clusterlab: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

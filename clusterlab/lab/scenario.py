@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import jsonschema
 
+from clusterlab.lab.gates import Gate, parse_gates
+
 PLOTS = ("throughput", "fairness", "latency", "share", "usl")
 TargetKind = Literal["builtin", "asgi", "wsgi", "script", "command", "url"]
 
@@ -87,6 +89,8 @@ class Scenario:
     report: Report = field(default_factory=Report)
     description: str = ""
     faults: tuple[dict[str, Any], ...] = ()
+    gates: tuple[Gate, ...] = ()
+    gates_table: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, as stored in the run's meta.json."""
@@ -99,6 +103,7 @@ class Scenario:
             "load": _plain(self.load.__dict__),
             "workloads": {w.name: dict(w.requests) for w in self.workloads},
             "report": _plain(self.report.__dict__),
+            "gates": self.gates_table,
         }
 
 
@@ -147,6 +152,10 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         for name, mix in data["workloads"].items()
     )
     report = Report(**_with_tuples(data.get("report", {}), ("plots",)))
+    try:
+        gates = parse_gates(data.get("gates", {}))
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
     return Scenario(
         name=data.get("name", default_name),
         path=where,
@@ -156,6 +165,8 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         workloads=workloads,
         report=report,
         description=data.get("description", ""),
+        gates=gates,
+        gates_table=dict(data.get("gates", {})),
     )
 
 

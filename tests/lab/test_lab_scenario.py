@@ -26,8 +26,8 @@ duration = 3
 """
 
 
-def test_the_three_bundled_scenarios_exist_and_load():
-    assert {p.stem for p in BUNDLED} == {"quick", "policies", "capacity"}
+def test_the_four_bundled_scenarios_exist_and_load():
+    assert {p.stem for p in BUNDLED} == {"quick", "policies", "capacity", "ci"}
     for path in BUNDLED:
         assert load_scenario(path).name == path.stem
 

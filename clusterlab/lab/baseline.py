@@ -1,0 +1,85 @@
+"""Named baselines: a run's summary.json kept under a name, with the machine facts it was measured
+on, so later runs can be compared with ``clusterlab compare NAME CURRENT``.
+
+Stored as ``<store>/<NAME>/summary.json`` and ``<store>/<NAME>/baseline.json`` (name, saved
+time, source directory, machine facts). The store is ``$CLUSTERLAB_BASELINES`` or
+``.clusterlab/baselines`` under the current directory; commit it, or cache it in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from clusterlab.lab.compare import CompareInputError, load_summary
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def store() -> Path:
+    return Path(os.environ.get("CLUSTERLAB_BASELINES", ".clusterlab/baselines"))
+
+
+def _folder(name: str) -> Path:
+    if not _NAME.match(name) or name in (".", ".."):
+        raise CompareInputError(
+            f"baseline name: expected letters, digits, '_', '.' or '-', got {name!r}"
+        )
+    return store() / name
+
+
+def save(name: str, run: str | Path) -> Path:
+    """Keep the run's validated summary as baseline ``name`` (replacing an older one)."""
+    summary = load_summary(run)
+    folder = _folder(name)
+    tmp = folder.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    info = {"name": name, "saved": time.time(), "source": str(run), "machine": summary["machine"]}
+    (tmp / "baseline.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    return folder
+
+
+def find(name: str) -> Path | None:
+    """The folder of baseline ``name``, or None."""
+    try:
+        folder = _folder(name)
+    except CompareInputError:
+        return None
+    return folder if (folder / "summary.json").is_file() else None
+
+
+def show(name: str) -> str:
+    """A readable description: when and from what it was saved, machine facts, its groups."""
+    folder = find(name)
+    if folder is None:
+        raise CompareInputError(f"baseline {name!r}: expected a saved baseline in {store()}, "
+                                "got none")
+    info: dict[str, Any] = json.loads((folder / "baseline.json").read_text())
+    summary = load_summary(folder)
+    machine = info["machine"]
+    lines = [
+        f"baseline {name}: saved {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['saved']))}"
+        f" from {info['source']}",
+        f"scenario: {summary['scenario']['name']} ({summary['run']['measured_points']} points, "
+        f"{summary['scenario']['sweep'].get('repeats', 1)} repeats)",
+        f"machine: {machine.get('cpu_model')}, available_parallelism "
+        f"{machine.get('available_parallelism')}, cpu_count {machine.get('cpu_count')}, "
+        f"python {machine.get('python')}, git {machine.get('git_revision')}",
+        "",
+        f"{'workload':<12} {'policy':<8} {'workers':>7} {'req/s':>10} {'p99 ms':>8} {'repeats':>7}",
+    ]
+    for row in summary["aggregates"]:
+        lines.append(
+            f"{row['workload']:<12} {row['policy']:<8} {row['workers']:>7} "
+            f"{row['rps'] or 0:>10,.0f} {row.get('p99_ms') or 0:>8.1f} {row['repeats']:>7}"
+        )
+    return "\n".join(lines)
