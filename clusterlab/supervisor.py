@@ -47,7 +47,6 @@ import os
 import random
 import socketserver
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -56,6 +55,7 @@ from typing import Any, Literal
 
 from . import cluster
 from .cluster import EventEmitter, Worker
+from .cluster._primary import _register_exit_hook
 
 __all__ = [
     "ExitKind",
@@ -346,7 +346,9 @@ class Supervisor(EventEmitter):
             self._attempts[slot] = 0
             self._spawn(slot)
         if self._loop is None:
-            # After the first fork, which registered the cluster's own hook: ours runs first.
+            # After the first fork, which registered the cluster's own hook: ours runs first
+            # (hooks run last registered first), so restarts pending while no worker is alive
+            # are not dropped.
             _register_exit_hook(self._at_exit)
         return self
 
@@ -776,23 +778,6 @@ class Supervisor(EventEmitter):
             self._timers.clear()
             return
         self._drive()
-
-
-def _register_exit_hook(hook: Callable[[], None]) -> None:
-    """Run `hook` when the main script ends, before the cluster's own hook (hooks run last
-    registered first), so restarts pending while no worker is alive are not dropped."""
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:
-        import atexit
-
-        atexit.register(hook)
-        return
-    try:
-        register(hook)
-    except RuntimeError:
-        import atexit
-
-        atexit.register(hook)
 
 
 # ------------------------------------------------------------------------------------------
