@@ -82,13 +82,16 @@ def worker_main():
         asyncio.run(asyncio_worker(port))
         return
     cls = HTTPServer if mode == "single" else ThreadingHTTPServer
-    server = cls(("127.0.0.1", port), PidHandler)
-    heartbeat(server)
-    if mode == "crash":
-        threading.Timer(float(os.environ.get("CRASH_DELAY", "0.1")), os._exit, (5,)).start()
-    server.serve_forever(poll_interval=0.05)
-    if mode == "stubborn":
-        while True:  # ignores the disconnect: its main code never returns
+    try:
+        server = cls(("127.0.0.1", port), PidHandler)
+        heartbeat(server)
+        if mode == "crash":
+            threading.Timer(float(os.environ.get("CRASH_DELAY", "0.1")), os._exit, (5,)).start()
+        server.serve_forever(poll_interval=0.05)
+    finally:
+        # Ignores the disconnect, whenever it lands (even while the server is still being
+        # built, when the constructor raises ListenerClosedError): its main code never returns.
+        while mode == "stubborn":
             time.sleep(0.1)
 
 
