@@ -222,6 +222,8 @@ class ChildRuntime:
         self._seq = 0
         self._requests: dict[int, Future[tuple[dict[str, Any], list[int]]]] = {}
         self._posted: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._post_lock = threading.Lock()
+        self._posting_closed = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -449,14 +451,15 @@ class ChildRuntime:
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn(*args)` on the channel thread (on a thread of its own once that has ended)."""
-        if not self._thread.is_alive() and self._thread.ident is not None:
-            threading.Thread(target=self._run_one, args=(fn, args), daemon=True).start()
-            return
-        self._posted.put((fn, args))
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
+        with self._post_lock:
+            if not self._posting_closed:
+                self._posted.put((fn, args))
+                try:
+                    self._wake_w.send(b"\0")
+                except OSError:
+                    pass
+                return
+        threading.Thread(target=self._run_one, args=(fn, args), daemon=True).start()
 
     def _run(self) -> None:
         selector = selectors.DefaultSelector()
@@ -469,6 +472,8 @@ class ChildRuntime:
                         self._run_posted()
                     elif not self._read_once():
                         break
+            with self._post_lock:  # from now on, post() runs callbacks on threads of their own
+                self._posting_closed = True
             self._run_posted()
         except BaseException:  # noqa: BLE001 - a listener's exception ends the worker, as Node
             traceback.print_exc()
