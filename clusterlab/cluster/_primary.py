@@ -71,8 +71,16 @@ def _signal_number(sig: str | int) -> int:
 class _Link:
     """The primary's end of one worker: process, channel and its place in shared handles."""
 
-    def __init__(self, primary: Primary, worker: Worker, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(
+        self,
+        primary: Primary,
+        worker: Worker,
+        proc: subprocess.Popen[bytes],
+        sock: socket.socket,
+        serialization: str,
+    ) -> None:
         self.primary = primary
+        self.serialization = serialization
         self.worker = worker
         self.proc = proc
         self.sock = sock
@@ -95,7 +103,7 @@ class _Link:
     # --- Worker methods (primary side) -----------------------------------------------------
 
     def send(self, message: Any, handle: Any, callback: Callable[[BaseException | None], Any] | None) -> bool:
-        kind, payload = _channel.encode_user(message, self.primary.serialization_of(self))
+        kind, payload = _channel.encode_user(message, self.serialization)
         fds = [os.dup(_channel.handle_fd(handle))] if handle is not None else []
         return self.write(_channel.frame(kind, payload, len(fds)), fds, callback)
 
@@ -312,7 +320,6 @@ class Primary:
         self._next_id = 0
         self._inspect_offset = 0
         self._links: dict[int, _Link] = {}
-        self._serialization: dict[int, str] = {}
         self._pending = 0
         self._idle: asyncio.Future[None] | None = None
         self._disconnect_callbacks: list[Callable[[], Any]] = []
@@ -510,9 +517,6 @@ class Primary:
         snapshot = MappingProxyType(dict(merged))
         self.later(self.events.emit, "setup", snapshot)
 
-    def serialization_of(self, link: _Link) -> str:
-        return self._serialization.get(link.worker.id, "json")
-
     # --- fork ------------------------------------------------------------------------------
 
     def fork(self, env: dict[str, Any] | None) -> Worker:
@@ -537,10 +541,9 @@ class Primary:
             theirs.close()
         ours.setblocking(False)
         worker = Worker(id=worker_id, process=proc, state="none")
-        link = _Link(self, worker, proc, ours)
+        link = _Link(self, worker, proc, ours, settings["serialization"])
         worker._link = link
         self._links[worker_id] = link
-        self._serialization[worker_id] = settings["serialization"]
         self.workers[worker_id] = worker
         self._install_signals()
         self.later(self.events.emit, "fork", worker)
@@ -603,7 +606,7 @@ class Primary:
                 self.channel_error(link, exc)
             return
         try:
-            message = _channel.decode_user(kind, payload, self.serialization_of(link))
+            message = _channel.decode_user(kind, payload, link.serialization)
         except ChannelError as exc:
             for fd in fds:
                 os.close(fd)
@@ -696,7 +699,6 @@ class Primary:
     def _remove(self, link: _Link) -> None:
         self.workers.pop(link.worker.id, None)
         self._links.pop(link.worker.id, None)
-        self._serialization.pop(link.worker.id, None)
 
     def on_disconnect(self, link: _Link) -> None:
         worker = link.worker
