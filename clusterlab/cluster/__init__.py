@@ -35,6 +35,7 @@ __all__ = [
     "disconnect",
     "run",
     "listen",
+    "round_robin_stats",
 ]
 
 if TYPE_CHECKING:
@@ -143,6 +144,17 @@ def disconnect(callback: Callable[[], Any] | None = None) -> None:
 def run() -> None:
     """Run the primary's loop until no worker is alive and nothing is pending."""
     _need_primary("run").run()
+
+
+def round_robin_stats() -> dict[str, int]:
+    """SCHED_RR hand-off counters of this primary (accepted, handed, requeued, dropped, queued).
+
+    ``dropped`` counts connections that were accepted and closed unserved because no worker was
+    left to take them: the "queued connections lost" figure of a crash experiment.
+    """
+    from ._round_robin import stats
+
+    return stats()
 
 
 def listen(

@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import struct
+import weakref
 from collections import deque
 from typing import Any
 
@@ -29,6 +30,9 @@ _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _DRAIN_FDS = socket.CMSG_SPACE(253 * 4)
 # Accept errors that mean "out of resources": stop for a moment instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+#: Counters of every RR handle this process has had (see `stats()`).
+_TOTALS = {"accepted": 0, "handed": 0, "requeued": 0, "dropped": 0}
 
 
 class _Slot:
@@ -63,6 +67,11 @@ class RoundRobinHandle:
         self._queue: deque[int] = deque()  # accepted, waiting for a worker with room
         self._reading = False
         self._resume_timer: asyncio.TimerHandle | None = None
+        # accepted: taken off the listener; handed: sent to a worker (a connection handed back
+        # by a leaving worker and handed on counts twice); requeued: read back from a leaving
+        # worker; dropped: closed unserved because no worker was left.
+        self.accepted = self.handed = self.requeued = self.dropped = 0
+        _LIVE.add(self)
 
     def has(self, link: Any) -> bool:
         return any(slot.link is link for slot in self._slots)
@@ -98,10 +107,13 @@ class RoundRobinHandle:
             self._resume_timer.cancel()
         while self._queue:
             os.close(self._queue.popleft())
+            self.dropped += 1
         if self._sock.fileno() >= 0:
             self._sock.close()
             if self.endpoint.path is not None:
                 _unlink(self.endpoint.path)
+        _retire_counts(self)
+        _LIVE.discard(self)
 
     def queued(self) -> int:
         return len(self._queue)
@@ -130,6 +142,7 @@ class RoundRobinHandle:
         os.close(fd)
         slot.in_flight += 1
         self._next += 1
+        self.handed += 1
         return True
 
     def _pump(self) -> None:
@@ -163,6 +176,7 @@ class RoundRobinHandle:
                     self._resume_timer = self._loop.call_later(0.05, self._resume)
                     return
                 continue  # the client went away before we accepted it
+            self.accepted += 1
             if not self._hand(slot, fd):
                 self._queue.append(fd)
 
@@ -198,9 +212,41 @@ class RoundRobinHandle:
         its servers does not see its listener fail under it.
         """
         self._loop.remove_reader(slot.ours.fileno())
-        self._queue.extend(_drain(slot.theirs))
+        untaken = _drain(slot.theirs)
+        self.requeued += len(untaken)
+        self._queue.extend(untaken)
         slot.theirs.close()
         slot.link.retire(slot.ours)
+
+
+_LIVE: weakref.WeakSet[RoundRobinHandle] = weakref.WeakSet()
+_FIELDS = ("accepted", "handed", "requeued", "dropped")
+
+
+def stats() -> dict[str, int]:
+    """SCHED_RR counters summed over every hand-off socket this primary has had.
+
+    ``accepted`` connections taken off listeners, ``handed`` hand-offs to workers (a connection
+    read back from a leaving worker and handed on counts twice), ``requeued`` connections read
+    back from workers that left before taking them, ``dropped`` connections closed unserved
+    because no worker was left, and ``queued`` those waiting now. A lost connection is one that
+    was accepted and ``dropped``.
+    """
+    totals = dict.fromkeys(_FIELDS, 0)
+    queued = 0
+    for handle in list(_LIVE):
+        for name in _FIELDS:
+            totals[name] += getattr(handle, name)
+        queued += len(handle._queue)
+    for name in _FIELDS:
+        totals[name] += _TOTALS[name]
+    return {**totals, "queued": queued}
+
+
+def _retire_counts(handle: RoundRobinHandle) -> None:
+    for name in _FIELDS:
+        _TOTALS[name] += getattr(handle, name)
+        setattr(handle, name, 0)
 
 
 def _drain(sock: socket.socket) -> list[int]:
