@@ -207,6 +207,9 @@ def fetch(port, host="127.0.0.1", family=socket.AF_INET, timeout=5.0, payload=b"
 def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERLAB_")}
     env.pop("PYTHONSTARTUP", None)
+    # CLUSTERLAB_TEST_START_METHOD=forkserver runs every primary's workers through a fork server.
+    if os.environ.get("CLUSTERLAB_TEST_START_METHOD"):
+        env["CLUSTERLAB_START_METHOD"] = os.environ["CLUSTERLAB_TEST_START_METHOD"]
     if extra:
         env.update(extra)
     return env

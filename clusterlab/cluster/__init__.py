@@ -115,6 +115,12 @@ _events: EventEmitter = _module  # type: ignore[assignment]
 _primary: Primary | None = Primary(_events) if _runtime is None else None
 
 
+def _adopt_runtime(runtime: _child.ChildRuntime) -> None:
+    """Become a worker after the module was imported as a primary (a fork-server child)."""
+    global _runtime, _primary
+    _runtime, _primary = runtime, None
+
+
 def _need_primary(name: str) -> Primary:
     if _primary is None:
         raise RuntimeError(f"cluster.{name}() can only be called in the primary")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import errno as errno_mod
 import os
 import signal as signal_mod
@@ -26,6 +27,7 @@ from . import _channel, _settings
 from ._channel import ChannelError, FrameReader
 from ._endpoint import Address, Endpoint
 from ._events import EventEmitter
+from ._forkserver import BASE_PRELOAD, ForkServer, ForkServerError, TemplateChild, program_imports
 from ._reuseport_handle import ReusePortHandle
 from ._round_robin import RoundRobinHandle
 from ._shared_handle import SharedHandle
@@ -75,7 +77,7 @@ class _Link:
         self,
         primary: Primary,
         worker: Worker,
-        proc: subprocess.Popen[bytes],
+        proc: subprocess.Popen[bytes] | TemplateChild,
         sock: socket.socket,
         serialization: str,
     ) -> None:
@@ -94,6 +96,15 @@ class _Link:
         loop = primary.loop
         loop.add_reader(sock.fileno(), primary.guard(self._on_readable))
         self.pidfd: int | None = None
+        if isinstance(proc, TemplateChild):
+            # The fork server is its parent: it reaps it and reports the status (a pidfd, if
+            # there is one, only signals it safely).
+            proc.on_exit = primary.guard(self._on_exit)
+            with contextlib.suppress(AttributeError, OSError):
+                self.pidfd = os.pidfd_open(proc.pid)
+            if proc.finished:
+                loop.call_soon(proc.on_exit)
+            return
         try:
             self.pidfd = os.pidfd_open(proc.pid)
             loop.add_reader(self.pidfd, primary.guard(self._on_exit))
@@ -276,7 +287,7 @@ class _Link:
         if self.dead:
             return
         code = self.proc.poll()
-        if code is None:
+        if code is None and not getattr(self.proc, "finished", False):
             return
         # Whatever the worker wrote before dying is read first; its end closed when it died,
         # so the channel ends here too (even if a descendant inherited a copy of it).
@@ -290,7 +301,7 @@ class _Link:
             self.pidfd = None
         sig_name = None
         exit_code: int | None = code
-        if code < 0:
+        if code is not None and code < 0:
             exit_code = None
             try:
                 sig_name = signal_mod.Signals(-code).name
@@ -329,6 +340,7 @@ class Primary:
         self._in_exit_hook = False
         self._shutdown_started = False
         self._shutdown_started_at = 0.0
+        self._forkserver: ForkServer | None = None
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -438,6 +450,7 @@ class Primary:
         for handle in list(self.handles.values()):
             handle.close()
         self.handles.clear()
+        self.close_forkserver()
 
     # --- signals ---------------------------------------------------------------------------
 
@@ -549,7 +562,7 @@ class Primary:
         self.later(self.events.emit, "fork", worker)
         return worker
 
-    def _spawn(self, worker_id: int, settings: dict[str, Any], env: dict[str, Any], fd: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, worker_id: int, settings: dict[str, Any], env: dict[str, Any], fd: int) -> subprocess.Popen[bytes] | TemplateChild:
         child_env = dict(os.environ)
         child_env.update({str(k): str(v) for k, v in env.items()})
         self._inspect_offset += 1
@@ -564,12 +577,6 @@ class Primary:
                 "CLUSTERLAB_INSPECT": "1" if settings["inspect_port"] is not None else "",
             }
         )
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        boot = (
-            f"import sys;sys.path.insert(0,{package_root!r});"
-            "from clusterlab.cluster._boot import main;main()"
-        )
-        cmd = [sys.executable, *settings["exec_argv"], "-c", boot, settings["exec"], *settings["args"]]
         stdio = settings["stdio"]
         if stdio is not None:
             stdin, stdout, stderr = stdio
@@ -577,6 +584,24 @@ class Primary:
             stdin, stdout, stderr = subprocess.PIPE, subprocess.PIPE, subprocess.PIPE
         else:
             stdin = stdout = stderr = None
+        if settings["start_method"] == "forkserver":
+            argv = [settings["exec"], *settings["args"]]
+            for attempt in (1, 2):
+                server = self._forkserver_for(settings)
+                try:
+                    return server.spawn(
+                        child_env, argv, settings["cwd"], settings["uid"], settings["gid"], fd, (stdin, stdout, stderr)
+                    )
+                except (ForkServerError, BrokenPipeError, ConnectionError):
+                    server.kill()  # it died: start another once
+                    if attempt == 2:
+                        raise
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        boot = (
+            f"import sys;sys.path.insert(0,{package_root!r});"
+            "from clusterlab.cluster._boot import main;main()"
+        )
+        cmd = [sys.executable, *settings["exec_argv"], "-c", boot, settings["exec"], *settings["args"]]
         return subprocess.Popen(
             cmd,
             env=child_env,
@@ -591,6 +616,30 @@ class Primary:
             extra_groups=[] if (settings["uid"] is not None or settings["gid"] is not None) and os.geteuid() == 0 else None,
             process_group=0,
         )
+
+    def _forkserver_for(self, settings: dict[str, Any]) -> ForkServer:
+        """The template process for these settings; a new one when they changed."""
+        exec_ = settings["exec"]
+        key = (exec_, tuple(settings["exec_argv"]), settings["cwd"], tuple(settings["preload"] or ("*",)))
+        current = self._forkserver
+        if current is not None and current.key == key and current.alive():
+            return current
+        if current is not None:
+            current.close()  # it stays until the workers it started are gone
+        preload = settings["preload"]
+        if preload is None:
+            preload = program_imports(exec_ if exec_.startswith("-m ") else os.path.join(settings["cwd"] or "", exec_))
+        path0 = None if exec_.startswith("-m ") else os.path.dirname(os.path.abspath(os.path.join(settings["cwd"] or "", exec_)))
+        server = ForkServer(key, settings["exec_argv"], settings["cwd"], [*BASE_PRELOAD, *preload], path0)
+        server.attach(self.loop, self.guard)
+        self._forkserver = server
+        return server
+
+    def close_forkserver(self) -> None:
+        """No more forks from the template (it exits once its workers are gone)."""
+        if self._forkserver is not None:
+            self._forkserver.close()
+            self._forkserver = None
 
     # --- messages from workers -------------------------------------------------------------
 

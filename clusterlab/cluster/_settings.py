@@ -19,7 +19,10 @@ KEYS = (
     "gid",
     "inspect_port",
     "windows_hide",
+    "start_method",
+    "preload",
 )
+START_METHODS = ("exec", "forkserver")
 
 
 def primary_invocation(orig_argv: list[str] | None = None) -> tuple[str | None, list[str]]:
@@ -54,6 +57,13 @@ def primary_invocation(orig_argv: list[str] | None = None) -> tuple[str | None, 
     return None, options
 
 
+def start_method_from_env() -> str:
+    value = os.environ.get("CLUSTERLAB_START_METHOD") or "exec"
+    if value not in START_METHODS:
+        raise ValueError(f"CLUSTERLAB_START_METHOD must be 'exec' or 'forkserver', got {value!r}")
+    return value
+
+
 def defaults() -> dict[str, Any]:
     exec_, exec_argv = primary_invocation()
     return {
@@ -68,6 +78,8 @@ def defaults() -> dict[str, Any]:
         "gid": None,
         "inspect_port": None,
         "windows_hide": False,
+        "start_method": start_method_from_env(),
+        "preload": None,
     }
 
 
@@ -133,6 +145,12 @@ def validate(key: str, value: Any) -> Any:
         if not 0 <= value <= 65535:
             raise ValueError(f"settings['inspect_port'] must be a port number, got {value!r}")
         return value
+    if key == "start_method":
+        if value not in START_METHODS:
+            raise ValueError(f"settings['start_method'] must be 'exec' or 'forkserver', got {value!r}")
+        return value
+    if key == "preload":
+        return None if value is None else _str_list(key, value)
     raise TypeError(f"unknown cluster setting {key!r} (known: {', '.join(KEYS)})")
 
 

@@ -29,6 +29,7 @@ class _ClusterServerMixin:
         self._serving = threading.Event()
         self._state_lock = threading.Lock()
         self._closed = False
+        self._closing = False  # a disconnect began: serve_forever() must not start any more
         self._unregister = lambda: None
         if bind_and_activate:
             try:
@@ -72,7 +73,7 @@ class _ClusterServerMixin:
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         with self._state_lock:
-            if self._closed:
+            if self._closed or self._closing:
                 return  # closed by a disconnect before it started serving: nothing to serve
             self._serving.set()
         try:
@@ -92,7 +93,10 @@ class _ClusterServerMixin:
     def _close_gracefully(self) -> None:
         """Disconnect: stop serving, close the listener, wait for in-flight requests."""
         with self._state_lock:
+            # Decided under the lock: serve_forever() either runs already (and is shut down)
+            # or will see `_closing` and return; it never starts on a listener being closed.
             serving = self._serving.is_set()
+            self._closing = True
         if serving:
             self.shutdown()  # type: ignore[attr-defined]
         self.server_close()

@@ -27,7 +27,13 @@ def serve_wsgi(app: Any, host: str | None = None, port: int = 8000, *, backlog: 
         raise ImportError("serve_wsgi needs waitress: pip install 'clusterlab[servers]'")
     sock = cluster.listen(port=port, host=host or None, backlog=backlog)
     waitress_kwargs.setdefault("ident", "clusterlab")
-    server = waitress.create_server(app, sockets=[sock], backlog=backlog, **waitress_kwargs)
+    try:
+        server = waitress.create_server(app, sockets=[sock], backlog=backlog, **waitress_kwargs)
+    except OSError:
+        worker = cluster.worker
+        if sock.fileno() < 0 and worker is not None and worker.exited_after_disconnect:
+            return  # disconnected while the server was being built: nothing to serve
+        raise
     finished = threading.Event()
 
     def stop_accepting() -> None:

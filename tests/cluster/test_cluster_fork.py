@@ -34,7 +34,8 @@ def test_fork_returns_a_worker_instance(run_primary):
             import subprocess
             out("fork", is_worker_class=isinstance(w, cluster.Worker), pid=w.process.pid,
                 has_pid=isinstance(w.process.pid, int),
-                popen=isinstance(w.process, subprocess.Popen))
+                popen=isinstance(w.process, subprocess.Popen),
+                start_method=cluster.settings["start_method"])
         else:
             out("worker_side", is_worker_class=isinstance(cluster.worker, cluster.Worker))
             cluster.worker.disconnect()
@@ -42,7 +43,8 @@ def test_fork_returns_a_worker_instance(run_primary):
     rec = r.one("fork")
     assert rec["is_worker_class"] is True
     assert rec["has_pid"] is True
-    assert rec["popen"] is True, "worker.process in the primary is the subprocess.Popen"
+    # worker.process is the subprocess.Popen (exec), or the fork server's Popen-like child
+    assert rec["popen"] is (rec["start_method"] == "exec"), rec
     assert r.one("worker_side")["is_worker_class"] is True
     # worker.process.pid in the primary is the worker's real pid
     assert r.one("worker_side")["pid"] == rec["pid"]

@@ -364,12 +364,13 @@ def test_disconnect_before_serve_forever_starts_still_exits_zero(run_primary, ki
     r = run_primary(f"""
         if cluster.is_primary:
             w = cluster.fork()
-            w.on("listening", lambda a: w.disconnect())
+            when_ready(w, w.disconnect)  # once the server is built ('listening' comes earlier)
             w.on("exit", lambda c, s: out("exit", code=c, signal=s))
         else:
             import socketserver
             from clusterlab.servers import {kind} as Server
             srv = Server(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+            ready()
             wait_disconnect()
             t0 = time.time()
             srv.serve_forever()

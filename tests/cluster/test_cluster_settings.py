@@ -5,7 +5,7 @@ import pytest
 pytestmark = pytest.mark.timeout(30)
 
 ALL_KEYS = {"exec", "args", "exec_argv", "cwd", "serialization", "silent", "stdio", "uid",
-            "gid", "inspect_port", "windows_hide"}
+            "gid", "inspect_port", "windows_hide", "start_method", "preload"}
 
 
 def test_settings_empty_before_first_use(run_primary):
