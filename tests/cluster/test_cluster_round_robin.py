@@ -84,7 +84,8 @@ BUSY_AND_SERVING = """
         import signal as _signal
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", id=w.id, port=a.port))
-            cluster.on("exit", lambda w, c, s: out("exit", id=w.id, code=c, signal=s))
+            cluster.on("exit", lambda w, c, s: out("exit", id=w.id, code=c, signal=s,
+                                                   rr=cluster.round_robin_stats()))
             cluster.fork()
             cluster.fork()
         else:
@@ -153,6 +154,11 @@ def test_rr_worker_death_with_pending_connections_loses_no_client(start_primary)
         f"{len(clients.replies)} of 20 answered: {clients.replies}")
     exit1 = [rec for rec in p.wait_for("exit") if rec["id"] == 1]
     assert exit1 and exit1[0]["signal"] == "SIGKILL"
+    # the primary's own count: what the dead worker held was read back and handed on, none lost
+    rr = exit1[0]["rr"]
+    assert rr["accepted"] == 20 and rr["dropped"] == 0, rr
+    assert 1 <= rr["requeued"] <= 4, rr  # the busy worker held at most its window
+    assert rr["handed"] == rr["accepted"] + rr["requeued"], rr
     stop(p)
 
 
@@ -176,7 +182,7 @@ def test_rr_last_worker_leaving_closes_queued_connections_and_the_socket(start_p
     p = start_primary("""
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", port=a.port))
-            cluster.on("exit", lambda w, c, s: out("exit", signal=s))
+            cluster.on("exit", lambda w, c, s: out("exit", signal=s, rr=cluster.round_robin_stats()))
             cluster.fork()
         else:
             s = cluster.listen(port=0, host="127.0.0.1")
@@ -188,12 +194,15 @@ def test_rr_last_worker_leaving_closes_queued_connections_and_the_socket(start_p
     pid = p.wait_for("worker")[0]["pid"]
     clients = Clients(port, 5, timeout=10)
     os.kill(pid, signal.SIGKILL)
-    p.wait_for("exit")
+    rr = p.wait_for("exit")[0]["rr"]
     t0 = time.monotonic()
     clients.join(5)
     # every queued client is told (EOF or reset) promptly, none waits for its timeout
     assert clients.count() == 5 and time.monotonic() - t0 < 5
     assert all(r == "" for r in clients.replies), clients.replies
+    # counted as lost by the primary: every one it accepted (the worker held its window of 4;
+    # the rest waited in the kernel's backlog and are refused when the socket closes)
+    assert rr["dropped"] == rr["accepted"] == rr["requeued"] >= 1 and rr["queued"] == 0, rr
     deadline = time.monotonic() + 3
     while True:
         try:
