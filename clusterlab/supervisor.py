@@ -258,6 +258,9 @@ class Supervisor(EventEmitter):
     * ``'exit'(sw, kind, code, signal)``: it exited; `kind` is an `ExitKind`;
     * ``'restart_scheduled'(slot, delay, attempt, kind)``: a restart will fork in `delay` s;
     * ``'restart_limit'(RestartLimit)``: the intensity was exceeded; no more restarts;
+    * ``'restart_refused'(slot, kind)``: an exit that is not restarted because of the limit
+      (the one that reached it, and with ``on_limit="keep"`` every later one; `stats["refused"]`
+      counts them);
     * ``'hang_detected'(sw, silent_seconds)``: heartbeat timeout; it is being SIGKILLed;
     * ``'rolled'(count)``: a rolling restart replaced `count` workers;
     * ``'stopped'(status)``: every worker is gone; `status` 0, or 1 after the restart limit.
@@ -536,6 +539,8 @@ class Supervisor(EventEmitter):
         policy = self.restart
         slot = sw.slot
         if policy.mode == "never":
+            if self.gave_up:  # on_limit="keep": every later exit is a refused restart too
+                self._refuse(slot, kind)
             return
         if sw.ready_at is not None and now - sw.ready_at >= policy.reset_after:
             self._attempts[slot] = 0
@@ -566,8 +571,12 @@ class Supervisor(EventEmitter):
             return
         self._spawn(slot)
 
-    def _give_up(self, slot: int, kind: ExitKind, in_window: int) -> None:
+    def _refuse(self, slot: int, kind: ExitKind) -> None:
         self.stats["refused"] += 1
+        self.emit("restart_refused", slot, kind)
+
+    def _give_up(self, slot: int, kind: ExitKind, in_window: int) -> None:
+        self._refuse(slot, kind)
         if self.gave_up:
             return
         self.gave_up = True

@@ -179,7 +179,9 @@ def timeseries_rows(
 ) -> list[dict[str, Any]]:
     """1-second series, time relative to the start of measurement (warm-up is negative):
     locust's throughput, failures, users and percentiles; each worker's served requests/s; CPU %
-    of each sampled process."""
+    of each sampled process. Finer, from locust's request events: ``ok_100ms`` (successful
+    requests per 100 ms bin, every bin from the first to the last) and ``fail_100ms`` (failed
+    ones, keyed by cause, bins with failures only); ``t`` is a bin's end."""
     origin = outcome.measure_start
     rows: list[dict[str, Any]] = []
 
@@ -210,6 +212,8 @@ def timeseries_rows(
         for column, series in (("User Count", "users"), ("50%", "p50_ms"), ("99%", "p99_ms")):
             for t, value in zip(times, pd.to_numeric(total[column], errors="coerce"), strict=True):
                 add(t, "locust", "", series, float(value))
+    for t, key, series, count in outcome_rows(outcome.outcomes):
+        add(t, "locust", key, series, count)
     by_worker: dict[str, list[tuple[float, float]]] = {}
     for report in reports:
         by_worker.setdefault(str(report["worker"]), []).append(
@@ -222,6 +226,24 @@ def timeseries_rows(
         cumulative = list(zip(group["t"].astype(float), group["cpu_s"].astype(float), strict=True))
         for t, rate in per_second(cumulative, origin):
             add(t, str(role), str(key), "cpu_pct", 100.0 * rate)
+    return rows
+
+
+def outcome_rows(outcomes: pd.DataFrame) -> list[tuple[float, str, str, float]]:
+    """(bin end, key, series, count): ok counts for every bin in the covered span (a bin with
+    no success is a zero, not a gap), failure counts by cause where there were any."""
+    if outcomes.empty:
+        return []
+    ok = outcomes[outcomes["outcome"] == "ok"].set_index("bin")["count"]
+    width = float(outcomes["width"].iloc[0])
+    bins = np.arange(int(outcomes["bin"].min()), int(outcomes["bin"].max()) + 1)
+    dense = ok.reindex(bins, fill_value=0)
+    rows = [(float((b + 1) * width), "", "ok_100ms", float(n)) for b, n in dense.items()]
+    failed = outcomes[outcomes["outcome"] != "ok"]
+    rows += [
+        (float(r["end"]), str(r["outcome"]), "fail_100ms", float(r["count"]))
+        for r in failed.to_dict("records")
+    ]
     return rows
 
 

@@ -1,9 +1,9 @@
 """The runner's handles on a target: start it, wait until it listens, take per-worker count
 snapshots, list its processes, and stop it with everything it started.
 
-``ClusterTarget`` drives ``python -m clusterlab.lab.target --control`` over JSON lines (the
-channel crash injection will use); ``CommandTarget`` runs an external server; ``UrlTarget`` only
-points at one that is already running.
+``ClusterTarget`` drives ``python -m clusterlab.lab.target --control`` over JSON lines (count
+snapshots, supervision counters, fault injection); ``CommandTarget`` runs an external server;
+``UrlTarget`` only points at one that is already running.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from clusterlab.lab.scenario import Target
+from clusterlab.lab.scenario import Respawn, Target
 
 
 class TargetError(RuntimeError):
@@ -39,6 +39,10 @@ class TargetConfig:
     workers: int
     policy: str
     log_path: Path
+    respawn: Respawn | None = None
+    #: A fixed port (0: the cluster picks one). With faults, the port must outlive every
+    #: worker: if all die at once, their replacements listen on the same port again.
+    port: int = 0
 
 
 @dataclass
@@ -56,6 +60,7 @@ class ClusterTarget:
         self.url = ""
         self._stream = _Stream()
         self._next_id = 0
+        self._send_lock = threading.Lock()  # the fault injector sends from its own thread
         self._log = open(config.log_path, "ab")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "-m", "clusterlab.lab.target", "--control"]
         command += ["--kind", config.target.kind, "--workers", str(config.workers)]
@@ -64,6 +69,10 @@ class ClusterTarget:
             command += ["--app", config.target.app, "--app-dir", config.target.app_dir or "."]
         if config.target.script:
             command += ["--script", config.target.script]
+        if config.respawn is not None:
+            command += ["--respawn", json.dumps(asdict(config.respawn))]
+        if config.port:
+            command += ["--port", str(config.port)]
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -88,7 +97,7 @@ class ClusterTarget:
                 continue
             with self._stream.lock:
                 self._stream.events.append(event)
-            if event.get("event") in ("snapshot", "ready", "stopped"):
+            if event.get("event") in ("snapshot", "supervision", "ready", "stopped"):
                 self._stream.answers.put(event)
         self._stream.answers.put({"event": "closed"})
 
@@ -128,25 +137,40 @@ class ClusterTarget:
         a user's worker script, which is counted from its response header instead."""
         if self.config.target.kind == "script":
             return {}
+        answer = self._ask("snapshot", "a count snapshot")
+        return {k: {**v, "t": answer["t"]} for k, v in answer["workers"].items()}
+
+    def supervision(self) -> dict[str, Any]:
+        """``rr``: the primary's round-robin hand-off counters (None unless policy rr);
+        ``stats``: the supervisor's totals (spawns, restarts, exits by kind, refused)."""
+        answer = self._ask("supervision", "its supervision counters")
+        return {"rr": answer.get("rr"), "stats": answer.get("stats")}
+
+    def inject(self, command: dict[str, Any]) -> None:
+        """Send a fault command; the primary reports what it did as a 'fault' event."""
+        self._send(command)
+
+    def _ask(self, what: str, described: str) -> dict[str, Any]:
         self._next_id += 1
-        self._send({"cmd": "snapshot", "id": self._next_id})
+        self._send({"cmd": what, "id": self._next_id})
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             try:
                 answer = self._stream.answers.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if answer["event"] == "snapshot" and answer.get("id") == self._next_id:
-                return {k: {**v, "t": answer["t"]} for k, v in answer["workers"].items()}
+            if answer["event"] == what and answer.get("id") == self._next_id:
+                return answer
             if answer["event"] in ("closed", "stopped"):
                 break
-        raise TargetError(f"target did not answer a count snapshot; see {self.config.log_path}")
+        raise TargetError(f"target did not answer {described}; see {self.config.log_path}")
 
     def _send(self, command: dict[str, Any]) -> None:
         assert self.process.stdin is not None
         try:
-            self.process.stdin.write((json.dumps(command) + "\n").encode())
-            self.process.stdin.flush()
+            with self._send_lock:
+                self.process.stdin.write((json.dumps(command) + "\n").encode())
+                self.process.stdin.flush()
         except (BrokenPipeError, ValueError) as exc:
             raise TargetError(f"target control channel closed; see {self.config.log_path}") from exc
 
@@ -176,7 +200,7 @@ class CommandTarget:
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._port = port
         values = {"port": str(port), "workers": str(config.workers), "policy": config.policy}
@@ -214,6 +238,9 @@ class CommandTarget:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {}
 
+    def supervision(self) -> dict[str, Any]:
+        return {}
+
     def stop(self) -> None:
         descendants = _processes(self.worker_pids().values(), self._started - 1.0)
         _end(self.process, grace=5.0, ask_first=False)
@@ -242,6 +269,9 @@ class UrlTarget:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {}
 
+    def supervision(self) -> dict[str, Any]:
+        return {}
+
     def stop(self) -> None:
         return None
 
@@ -261,7 +291,8 @@ def start_target(config: TargetConfig) -> TargetHandle:
     return handle
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

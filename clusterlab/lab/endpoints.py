@@ -1,5 +1,6 @@
 """What a lab worker serves and counts: the built-in ASGI endpoints, counting wrappers for a
-user's ASGI or WSGI app, and the uvicorn protocol that counts accepted connections.
+user's ASGI or WSGI app, the uvicorn protocol that counts accepted connections, and the faults
+the primary arms in a worker (fired by the next request).
 
 Requests are counted by the app wrapper; connections by ``connection_made`` of the HTTP protocol
 (exact, one per accepted TCP connection). WSGI apps served by waitress have no such hook, so there
@@ -9,7 +10,11 @@ a connection is a new (client address, client port) pair: exact unless a client 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +46,52 @@ class Counters:
 COUNTERS = Counters()
 
 
+class InjectedFault(RuntimeError):
+    """The exception a lab fault raises inside a request handler."""
+
+
+@dataclass
+class FaultSwitch:
+    """A fault the primary armed in this worker (over the cluster channel, on the channel
+    thread), fired by the next request on the serving thread. ``on_fire`` tells the primary
+    when it fired; it is called before the fault acts (a hang never returns)."""
+
+    armed: dict[str, Any] | None = None
+    on_fire: Callable[[dict[str, Any]], None] = lambda fault: None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def arm(self, fault: dict[str, Any]) -> None:
+        with self._lock:
+            self.armed = fault
+
+    def fire_if_armed(self) -> None:
+        """In a request handler: act out the armed fault, if any. ``hang`` blocks this thread
+        for good (an asyncio server's loop with it, so heartbeats stop); ``exception`` raises
+        ``InjectedFault`` (the server answers 500), or with ``fatal`` prints it as uncaught
+        and exits 1 at once, as an uncaught exception ends a Node.js worker."""
+        if self.armed is None:
+            return
+        with self._lock:
+            fault, self.armed = self.armed, None
+        if fault is None:
+            return
+        self.on_fire(fault)
+        if fault["kind"] == "hang":
+            threading.Event().wait()
+        error = InjectedFault(f"lab fault {fault.get('id')}: exception while serving a request")
+        if not fault.get("fatal"):
+            raise error
+        try:
+            raise error
+        except InjectedFault:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+
+
+FAULTS = FaultSwitch()
+
+
 class CountingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, counting every accepted connection."""
 
@@ -58,6 +109,7 @@ def counting_asgi(app: AsgiApp) -> AsgiApp:
             await app(scope, receive, send)
             return
         COUNTERS.requests += 1
+        FAULTS.fire_if_armed()
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -74,6 +126,7 @@ def counting_wsgi(app: WsgiApp) -> WsgiApp:
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         COUNTERS.requests += 1
+        FAULTS.fire_if_armed()
         client = (str(environ.get("REMOTE_ADDR")), str(environ.get("REMOTE_PORT")))
         if client not in COUNTERS._clients:
             COUNTERS._clients.add(client)

@@ -51,6 +51,10 @@ class LoadOutcome:
     failures: pd.DataFrame
     history: pd.DataFrame
     tally: dict[str, int]
+    #: Every request's outcome in bins: ``bin`` (its number since the epoch), ``width`` (0.1 s),
+    #: ``start`` and ``end`` (Unix time), ``outcome`` ("ok" or a failure cause), ``count``;
+    #: summed over locust processes, warm-up included.
+    outcomes: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def window_s(self) -> float:
@@ -62,9 +66,19 @@ def locustfile() -> Path:
 
 
 def start_load(
-    load: Load, workload: Workload, url: str, processes: int, out_dir: Path, header: str | None
+    load: Load,
+    workload: Workload,
+    url: str,
+    processes: int,
+    out_dir: Path,
+    header: str | None,
+    count_every_failure: bool = False,
 ) -> LoadRun:
-    """Start locust against ``url`` (loopback only) for warm-up + duration seconds."""
+    """Start locust against ``url`` (loopback only) for warm-up + duration seconds.
+
+    ``count_every_failure`` (runs with faults): the HTTP client does not silently re-send a GET
+    whose connection closed before the answer, so a crash's in-flight requests count as failed.
+    """
     if not url.startswith(("http://127.0.0.1", "http://localhost")):
         raise LoadError(f"refusing to load {url}: the lab only loads loopback addresses")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +95,7 @@ def start_load(
         "wait": load.wait,
         "rate_per_user": load.rate / load.users if load.rate else None,
         "worker_header": header,
+        "count_every_failure": count_every_failure,
     }
     env = {**os.environ, "CLUSTERLAB_LAB_LOAD": json.dumps(config), "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "locust", "-f", str(locustfile()), "--loglevel", "WARNING"]
@@ -161,6 +176,7 @@ def read_load(out_dir: Path) -> LoadOutcome:
         for worker, count in json.loads(path.read_text()).items():
             tally[worker] = tally.get(worker, 0) + int(count)
     return LoadOutcome(
+        outcomes=_outcomes(out_dir),
         stats={k: float(total[c]) for k, c in _STATS.items()},
         measure_start=float(phases["measure_start"]),
         measure_end=float(phases.get("stop", time.time())),
@@ -168,6 +184,25 @@ def read_load(out_dir: Path) -> LoadOutcome:
         history=history,
         tally=tally,
     )
+
+
+def _outcomes(out_dir: Path) -> pd.DataFrame:
+    frames = []
+    for path in out_dir.glob("outcomes-*.json"):
+        data = json.loads(path.read_text())
+        frame = pd.DataFrame(data["counts"], columns=["bin", "outcome", "count"])
+        frame["width"] = float(data["bin_s"])
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["bin", "width", "start", "end", "outcome", "count"])
+    both = (
+        pd.concat(frames)
+        .groupby(["bin", "outcome"], as_index=False)
+        .agg(width=("width", "first"), count=("count", "sum"))
+    )
+    both["start"] = both["bin"] * both["width"]
+    both["end"] = (both["bin"] + 1) * both["width"]
+    return both[["bin", "width", "start", "end", "outcome", "count"]]
 
 
 _STATS = {

@@ -1,4 +1,5 @@
-"""The locustfile the lab hands to locust: a request mix, a warm-up cut and a worker-id tally.
+"""The locustfile the lab hands to locust: a request mix, a warm-up cut, a worker-id tally, and
+every request's outcome in 100 ms bins (successes, and failures by cause) for the timeline.
 
 Runs only inside locust's own processes (never imported by the runner); configured through the
 ``CLUSTERLAB_LAB_LOAD`` environment variable (JSON) written by ``clusterlab.lab.loadgen``.
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import geventhttpclient.client
+from geventhttpclient._parser import HTTPParseError
+from geventhttpclient.response import HTTPConnectionClosed
 from locust import FastHttpUser, between, constant, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
@@ -27,8 +31,19 @@ _HEADER: str | None = _CONFIG.get("worker_header")
 _RATE_PER_USER: float | None = _CONFIG.get("rate_per_user")
 _NEW_CONNECTION = _CONFIG.get("connection") == "new"
 
+#: Width of an outcome bin, seconds (bins are aligned to the Unix epoch).
+BIN_S = 0.1
+
+if _CONFIG.get("count_every_failure") and hasattr(
+    geventhttpclient.client, "_may_retry_after_send_error"
+):
+    # geventhttpclient silently re-sends an idempotent request whose connection closed before
+    # the answer (a crashed worker's in-flight requests): with faults, count each as it failed.
+    geventhttpclient.client._may_retry_after_send_error = lambda method: False
+
 _tally: Counter[str] = Counter()
 _phases: dict[str, float] = {}
+_outcomes: Counter[tuple[int, str]] = Counter()
 
 
 def _write_json(name: str, data: object) -> None:
@@ -48,6 +63,8 @@ def _end_warmup(environment: Environment) -> None:
     _tally.clear()
     _phases["measure_start"] = time.time()
     if not _is_worker(environment):
+        # tells the runner's fault injector where the measured window starts
+        _write_json("measuring.json", {"measure_start": _phases["measure_start"]})
         gevent.spawn_later(float(_CONFIG.get("duration", 1.0)), _end_measurement, environment)
 
 
@@ -69,16 +86,42 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     _phases.setdefault("stop", time.time())
-    if _HEADER and not isinstance(environment.runner, MasterRunner):
-        _write_json(f"tally-{os.getpid()}.json", dict(_tally))
+    if not isinstance(environment.runner, MasterRunner):
+        if _HEADER:
+            _write_json(f"tally-{os.getpid()}.json", dict(_tally))
+        rows = [[b, outcome, n] for (b, outcome), n in sorted(_outcomes.items())]
+        _write_json(f"outcomes-{os.getpid()}.json", {"bin_s": BIN_S, "counts": rows})
     if not _is_worker(environment):
         _write_json("phases.json", _phases)
 
 
 @events.request.add_listener
 def _on_request(response: Any = None, exception: Any = None, **_: Any) -> None:
+    _outcomes[(int(time.time() / BIN_S), "ok" if exception is None else cause(exception))] += 1
     if _HEADER and exception is None and response is not None:
         _tally[response.headers.get(_HEADER) or "unknown"] += 1
+
+
+def cause(exception: BaseException) -> str:
+    """A failure's cause, from the exception locust reports (unwrapping geventhttpclient's
+    ``original``): refused, reset, closed (the connection closed before an answer), incomplete
+    (the answer broke off, or could not be parsed), timeout, 5xx, 4xx, or other."""
+    while (inner := getattr(exception, "original", None)) is not None:
+        exception = inner
+    code = getattr(exception, "code", None)
+    if isinstance(code, int):
+        return "5xx" if code >= 500 else "4xx" if code >= 400 else "other"
+    if isinstance(exception, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exception, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "reset"
+    if isinstance(exception, HTTPConnectionClosed):
+        return "closed"
+    if isinstance(exception, HTTPParseError):
+        return "incomplete"
+    if isinstance(exception, TimeoutError | gevent.Timeout):
+        return "timeout"
+    return "other"
 
 
 class LabUser(FastHttpUser):

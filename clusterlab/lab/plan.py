@@ -1,7 +1,9 @@
 """The plan: a scenario's sweep turned into the ordered list of points the runner measures.
 
 Points are interleaved (repeat → worker count → policy → workload) so that drift of the machine
-touches every policy alike; consecutive points that share a target configuration share one target.
+touches every policy alike; consecutive points that share a target configuration share one target
+(except with faults: a point with faults starts from a fresh target, all workers up, no restarts
+counted yet).
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ def build_plan(scenario: Scenario, parallelism: int) -> list[Point]:
     return points
 
 
-def group_by_target(points: list[Point]) -> list[list[Point]]:
-    """Consecutive runs of points that share one target start."""
+def group_by_target(points: list[Point], fresh: bool = False) -> list[list[Point]]:
+    """Consecutive runs of points that share one target start; one point each when ``fresh``."""
+    if fresh:
+        return [[point] for point in points]
     return [list(group) for _, group in itertools.groupby(points, key=lambda p: p.target_key)]
 
 
@@ -79,4 +83,5 @@ def estimate_seconds(scenario: Scenario, points: list[Point]) -> float:
     """A rough duration of the whole run, for the ETA before the first point has finished."""
     per_point = scenario.load.warmup + scenario.load.duration + 2.0
     per_target = 3.0
-    return per_point * len(points) + per_target * len(group_by_target(points))
+    targets = group_by_target(points, fresh=bool(scenario.faults))
+    return per_point * len(points) + per_target * len(targets)

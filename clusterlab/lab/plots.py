@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, Agg, PNG): throughput, fairness and p99 latency against
-worker count per policy, per-worker share, and the USL fit. One function per figure; each takes
-the tables and metrics, writes one file and returns its path (or None when there is nothing to draw).
+worker count per policy, per-worker share, the USL fit, and the timeline of runs with faults.
+One function per figure; each takes the tables and metrics, writes one file and returns its path
+(or None when there is nothing to draw).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from clusterlab.lab.metrics import usl  # noqa: E402
+from clusterlab.lab.recovery import SPAN_S  # noqa: E402
+from clusterlab.lab.recovery import throughput as ok_rate
 
 COLORS = {"rr": "tab:blue", "none": "tab:orange", "reuseport": "tab:green", "n/a": "tab:gray"}
 BOUND_NOTE = "generator-bound (hollow): load generator was the limit, not the cluster"
@@ -231,3 +235,142 @@ def usl_plot(results: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path | No
         ax.legend(fontsize=7)
     fig.suptitle("Universal Scalability Law fit X(N) = λN / (1 + σ(N−1) + κN(N−1))", fontsize=10)
     return _save(fig, path)
+
+
+#: Panels of the timeline at most (rows of workload × workers × repeat, one column per policy).
+TIMELINE_ROWS = 4
+_LEGEND_IN = 0.8  # inches below the panels for the shared legend
+_MARKERS = {
+    "fault": ("tab:red", "-", 1.6, "fault takes effect"),
+    "hang_detected": ("tab:purple", ":", 1.6, "hang detected (heartbeat)"),
+    "listening": ("tab:green", "--", 1.2, "replacement listening"),
+    "restart_limit": ("black", "-", 3.0, "restart limit reached"),
+}
+
+
+def timeline(
+    results: pd.DataFrame,
+    timeseries: pd.DataFrame,
+    events: pd.DataFrame,
+    per_fault: pd.DataFrame,
+    path: Path,
+) -> Path | None:
+    """Throughput (100 ms bins, line: 0.5 s mean) and failures/s (red, right axis) over time
+    for every point with faults, one column per policy, with markers: each fault as it takes
+    effect (red), hangs detected (purple), replacements listening (green dashed), the restart
+    limit (black); dots where throughput is back to 90 %; warm-up shaded."""
+    done = _ok(results)
+    with_faults = set(zip(per_fault["point"], per_fault["repeat"], strict=True))
+    done = done[[(p, r) in with_faults for p, r in zip(done["point"], done["repeat"], strict=True)]]
+    if done.empty:
+        return None
+    policies = list(dict.fromkeys(done["policy"]))
+    rows = list(dict.fromkeys(zip(done["workload"], done["workers"], done["repeat"], strict=True)))
+    shown = rows[:TIMELINE_ROWS]
+    fig, axes = plt.subplots(
+        len(shown),
+        len(policies),
+        squeeze=False,
+        sharex=True,
+        figsize=(6.4 * len(policies), 3.4 * len(shown) + _LEGEND_IN),
+    )
+    top = 0.0
+    for i, (workload, workers, repeat) in enumerate(shown):
+        for j, policy in enumerate(policies):
+            ax = axes[i][j]
+            match = done[
+                (done["workload"] == workload)
+                & (done["workers"] == workers)
+                & (done["repeat"] == repeat)
+                & (done["policy"] == policy)
+            ]
+            if match.empty:
+                ax.set_visible(False)
+                continue
+            top = max(top, _timeline_panel(ax, match.iloc[0], timeseries, events, per_fault))
+    for ax in axes.flat:  # one throughput scale for every panel, to compare policies by eye
+        ax.set_ylim(0, top * 1.05 or 1.0)
+    legend: dict[str, Artist] = {}
+    for ax in fig.axes:  # every panel and its failures axis: each marker kind once
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(
+        list(legend.values()), list(legend), loc="lower center", ncol=4, fontsize=8, frameon=False
+    )
+    more = f" (first {TIMELINE_ROWS} of {len(rows)})" if len(rows) > len(shown) else ""
+    fig.suptitle(f"Faults and recovery over time{more}", fontsize=10)
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, _LEGEND_IN / height, 1, 1 - 0.3 / height))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _timeline_panel(
+    ax: plt.Axes,
+    row: pd.Series,
+    timeseries: pd.DataFrame,
+    events: pd.DataFrame,
+    per_fault: pd.DataFrame,
+) -> float:
+    """Draw one point; return the highest throughput drawn."""
+
+    def mine(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[(frame["point"] == row["point"]) & (frame["repeat"] == row["repeat"])]
+
+    series, happened, faults = mine(timeseries), mine(events), mine(per_fault)
+    color = COLORS.get(str(row["policy"]), "tab:purple")
+    rps = ok_rate(series)
+    width = float(np.median(np.diff(rps.index))) if len(rps) > 1 else 0.1
+    smooth = rps.rolling(max(1, round(SPAN_S / width)), center=True, min_periods=1).mean()
+    ax.plot(rps.index, rps.to_numpy(), color=color, alpha=0.25, linewidth=0.6)
+    ax.plot(smooth.index, smooth.to_numpy(), color=color, linewidth=1.4, label="successful req/s")
+    ax.axvspan(min(0.0, float(rps.index.min()) if len(rps) else 0.0), 0, color="0.9", zorder=0)
+    fails = series[(series["source"] == "locust") & (series["series"] == "fail_100ms")]
+    per_bin = fails.groupby("t")["value"].sum() / width
+    failures = ax.twinx()
+    failures.bar(
+        per_bin.index,
+        per_bin.to_numpy(),
+        width=width,
+        color="tab:red",
+        alpha=0.45,
+        label="failed req/s",
+    )
+    failures.set_ylabel("failed req/s", color="tab:red", fontsize=8)
+    failures.tick_params(axis="y", labelcolor="tab:red", labelsize=7)
+    failures.set_ylim(bottom=0)
+    lines = {
+        "fault": faults["t_effect"].dropna().to_numpy(dtype=float),
+        "hang_detected": happened.loc[happened["event"] == "hang_detected", "t"].to_numpy(float),
+        "listening": faults["t_listening"].dropna().to_numpy(dtype=float),
+        "restart_limit": happened.loc[happened["event"] == "restart_limit", "t"].to_numpy(float),
+    }
+    for name, times in lines.items():
+        color_, style, width_, label = _MARKERS[name]
+        for k, t in enumerate(times):
+            ax.axvline(
+                t, color=color_, linestyle=style, linewidth=width_, label=label if k == 0 else None
+            )
+    back = faults.dropna(subset=["to_recover_s"])
+    if len(back) and len(smooth):
+        at = back["t_effect"].to_numpy(float) + back["to_recover_s"].to_numpy(float)
+        ax.plot(
+            at,
+            np.interp(at, smooth.index, smooth.to_numpy()),
+            "o",
+            color="tab:green",
+            markersize=5,
+            label="back to 90 %",
+        )
+    lost = row.get("rr_dropped")
+    lost_text = f", RR lost {lost:.0f}" if isinstance(lost, float) and np.isfinite(lost) else ""
+    crashed = faults[faults["exit_kind"].notna()]
+    ax.set_title(
+        f"{row['policy']} · {row['workers']} workers · {row['workload']} · repeat "
+        f"{int(row['repeat']) + 1}: {len(crashed)} crashes, "
+        f"{int(crashed['replacement'].notna().sum())} replaced{lost_text}",
+        fontsize=9,
+    )
+    ax.set(xlabel="seconds from start of measurement (warm-up shaded)", ylabel="successful req/s")
+    return float(smooth.max()) if len(smooth) else 0.0

@@ -1,5 +1,6 @@
-"""Build a run's report from its tables alone: metrics → summary.json → plots → report.md and a
-self-contained report.html. The content is assembled once as blocks, then rendered twice.
+"""Build a run's report from its tables alone: metrics (and recovery metrics, for runs with
+faults) → summary.json → plots → report.md and a self-contained report.html. The content is
+assembled once as blocks, then rendered twice.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from typing import Any
 
 import pandas as pd
 
-from clusterlab.lab import plots
+from clusterlab.lab import plots, recovery
 from clusterlab.lab.metrics import aggregate, fairness_columns, usl_fits
 from clusterlab.lab.results import POINT_KEYS, Results, load_results
 
 SUMMARY_SCHEMA = "clusterlab.lab.summary"
 NOISY_OTHER_CPU = 25.0
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 PLOT_HELP = {
     "throughput": "Successful requests/s against worker count, one line per policy (median over "
     "repeats, band = min–max). Dashed: ideal linear scaling from the smallest count; dotted: "
@@ -35,7 +36,26 @@ PLOT_HELP = {
     "line is the fair share 1/n. A tall first bar is a hot worker.",
     "usl": "Measured throughput (points) and the Universal Scalability Law fit (line). σ is "
     "contention (serial work), κ coherency cost (crosstalk); N* is the predicted peak.",
+    "timeline": "Each point with faults over time, one column per policy: successful requests/s "
+    "(100 ms bins, faint; 0.5 s mean, solid) and failed requests/s (red bars, right axis). Red "
+    "line: a fault takes effect (a signal at once; an armed exception or hang when a request "
+    "fires it); purple dotted: the heartbeat timeout caught a hang; green dashed: the "
+    "replacement listens; green dot: throughput back to 90 % of its pre-crash level; thick "
+    "black: the restart limit was reached (no more restarts). Warm-up is shaded.",
 }
+RECOVERY_HELP = (
+    "Per point: faults injected (and skipped: no ready worker, or the load had ended), those that "
+    "took effect, crashes (the worker exited) and how many of them were replaced; seconds from "
+    "the fault taking effect to the replacement's 'listening' and to throughput back at 90 % of "
+    "its pre-crash level (median / max); failed requests while recovering, by cause; under rr "
+    "the connections the primary re-queued from a dying worker and those it lost (closed "
+    "unserved: must be 0); restarts scheduled and refused by the restart limit. Method: "
+    "throughput is locust's successful requests in 100 ms bins; the pre-crash level is their "
+    "mean over the 2 s before the fault; it is back once a 0.5 s span has a mean of at "
+    "least 90 % of that (the time is that span's start; 0 = it never fell that low; – = not "
+    "back before the next fault or the end). A fault's failures are those in the bins from it "
+    "to the next fault's effect (or the end of measurement)."
+)
 
 
 @dataclass(frozen=True)
@@ -52,11 +72,13 @@ def build_report(directory: str | Path) -> Path:
     results = refresh_fairness(data.results, data.workers)
     aggregates = aggregate(results) if not results.empty else pd.DataFrame()
     fits = usl_fits(results) if not results.empty else pd.DataFrame()
+    per_fault = recovery.faults(data.events, data.timeseries, results)
+    per_point = recovery.points(data.events, per_fault, results)
     parallelism = int(data.meta["machine"]["available_parallelism"])
-    drawn = _draw(data, results, fits, parallelism)
-    summary = summary_dict(data, results, aggregates, fits, drawn)
+    drawn = _draw(data, results, fits, per_fault, parallelism)
+    summary = summary_dict(data, results, aggregates, fits, drawn, per_fault, per_point)
     (data.directory / "summary.json").write_text(json.dumps(summary, indent=2))
-    blocks = _blocks(data, results, aggregates, fits, drawn)
+    blocks = _blocks(data, results, aggregates, fits, drawn, per_fault, per_point)
     (data.directory / "report.md").write_text(render_markdown(blocks))
     (data.directory / "report.html").write_text(render_html(blocks, data.directory))
     return data.directory / "report.md"
@@ -75,7 +97,11 @@ def refresh_fairness(results: pd.DataFrame, workers: pd.DataFrame) -> pd.DataFra
 
 
 def _draw(
-    data: Results, results: pd.DataFrame, fits: pd.DataFrame, parallelism: int
+    data: Results,
+    results: pd.DataFrame,
+    fits: pd.DataFrame,
+    per_fault: pd.DataFrame,
+    parallelism: int,
 ) -> dict[str, str]:
     wanted = data.meta["scenario"]["report"]["plots"]
     makers = {
@@ -84,6 +110,7 @@ def _draw(
         "latency": lambda p: plots.latency(results, p),
         "share": lambda p: plots.share(results, data.workers, p),
         "usl": lambda p: plots.usl_plot(results, fits, p),
+        "timeline": lambda p: plots.timeline(results, data.timeseries, data.events, per_fault, p),
     }
     # Against a url target there is no worker sweep: only the per-worker share applies.
     no_sweep = results.empty or bool((results["workers"] == 0).all())
@@ -112,12 +139,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _handoffs(row: dict[str, Any]) -> dict[str, Any] | None:
+    counts = {n: row.get(f"rr_{n}") for n in ("accepted", "handed", "requeued", "dropped")}
+    if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in counts.values()):
+        return None
+    return counts
+
+
 def summary_dict(
     data: Results,
     results: pd.DataFrame,
     aggregates: pd.DataFrame,
     fits: pd.DataFrame,
     drawn: dict[str, str],
+    per_fault: pd.DataFrame,
+    per_point: pd.DataFrame,
 ) -> dict[str, Any]:
     """The versioned summary (schema: summary.schema.json), the input of later comparisons."""
     meta = data.meta
@@ -158,6 +194,7 @@ def summary_dict(
                 },
                 "generator_bound": bool(row.get("generator_bound")),
                 "bound_reason": row.get("bound_reason") or None,
+                "rr": _handoffs(row),
             }
         )
     ok = results[results["status"] == "ok"] if not results.empty else results
@@ -179,6 +216,16 @@ def summary_dict(
             "points": points,
             "aggregates": aggregates.to_dict("records"),
             "usl": fits.to_dict("records"),
+            "recovery": {
+                "method": {
+                    "bin_s": 0.1,
+                    "pre_window_s": recovery.PRE_WINDOW_S,
+                    "span_s": recovery.SPAN_S,
+                    "recovered_fraction": recovery.RECOVERED,
+                },
+                "points": per_point.to_dict("records"),
+                "faults": per_fault.to_dict("records"),
+            },
             "plots": drawn,
         }
     )
@@ -225,6 +272,8 @@ def _blocks(
     aggregates: pd.DataFrame,
     fits: pd.DataFrame,
     drawn: dict[str, str],
+    per_fault: pd.DataFrame,
+    per_point: pd.DataFrame,
 ) -> list[Block]:
     meta, scenario, machine = data.meta, data.meta["scenario"], data.meta["machine"]
     load = scenario["load"]
@@ -257,6 +306,8 @@ def _blocks(
     blocks.append(Block("h2", "Summary"))
     table = summary_table(aggregates)
     blocks.append(Block("table", table) if not table.empty else Block("p", "No point finished."))
+    if scenario.get("faults"):
+        blocks += _recovery_blocks(scenario, per_fault, per_point)
     bound = results[results["generator_bound"].astype(bool)] if not results.empty else results
     blocks.append(Block("h2", "Generator-bound points"))
     if bound.empty:
@@ -339,11 +390,131 @@ def _blocks(
         Block(
             "p",
             "Tables: results.csv, workers.csv, timeseries.csv, events.csv, "
-            "failures.csv; summary.json (schema clusterlab.lab.summary v1). "
+            f"failures.csv; summary.json (schema clusterlab.lab.summary v{SUMMARY_VERSION}). "
             "Rebuild with `clusterlab report DIR`.",
         )
     )
     return blocks
+
+
+def _recovery_blocks(
+    scenario: dict[str, Any], per_fault: pd.DataFrame, per_point: pd.DataFrame
+) -> list[Block]:
+    blocks = [Block("h2", "Recovery")]
+    respawn = scenario.get("respawn")
+    policy = (
+        "no restarts (no [respawn] table)"
+        if not respawn
+        else f"respawn {respawn['policy']}"
+        + (
+            f" (base {respawn['base']:g} s, cap {respawn['cap']:g} s)"
+            if respawn["policy"] == "backoff"
+            else ""
+        )
+        + f", restart limit {respawn['max_restarts']} within {respawn['within']:g} s"
+        + (
+            f", heartbeat every {respawn['heartbeat']['interval']:g} s "
+            f"(timeout {respawn['heartbeat']['timeout']:g} s)"
+            if respawn.get("heartbeat")
+            else ", no heartbeat"
+        )
+    )
+    streams = "; ".join(_describe_fault(f) for f in scenario["faults"])
+    blocks.append(Block("p", f"Faults: {streams}. Supervision: {policy}."))
+    if per_point.empty:
+        blocks.append(Block("p", "No point with faults finished."))
+        return blocks
+    blocks.append(Block("table", recovery_table(per_point)))
+    blocks.append(Block("p", RECOVERY_HELP))
+    lost = per_point["rr_dropped"].dropna()
+    if (lost > 0).any():
+        blocks.append(
+            Block(
+                "p",
+                f"**Connections lost at the primary:** {lost.sum():.0f} queued connections were "
+                "closed unserved under rr (every worker had gone at once).",
+            )
+        )
+    blocks.append(Block("h2", "Every fault"))
+    blocks.append(Block("table", fault_table(per_fault)))
+    return blocks
+
+
+def _describe_fault(fault: dict[str, Any]) -> str:
+    kind = {
+        "exit": f"exit {fault['code']}",
+        "exception": "exception" + (" (fatal)" if fault["fatal"] else " (answered 500)"),
+        "hang": "hang" + (" in a handler" if fault["hang"] == "handler" else " (SIGSTOP)"),
+    }.get(fault["kind"], fault["kind"].upper())
+    if fault["every"] is not None:
+        start = fault["every"] if fault["start"] is None else fault["start"]
+        when = f"every {fault['every']:g} s from {start:g} s"
+    else:
+        when = f"at random, {fault['rate']:g}/s (seed {fault['seed']})"
+    stop = f" until {fault['stop']:g} s" if fault["stop"] is not None else ""
+    return f"{kind} to the {fault['target']} worker {when}{stop}"
+
+
+def _pair(a: Any, b: Any, digits: int = 2) -> str:
+    return f"{_fmt(a, digits)} / {_fmt(b, digits)}"
+
+
+def _causes(row: dict[str, Any]) -> str:
+    found = [f"{c} {row[f'fail_{c}']:.0f}" for c in recovery.CAUSES if row.get(f"fail_{c}")]
+    return ", ".join(found) or "–"
+
+
+def recovery_table(per_point: pd.DataFrame) -> pd.DataFrame:
+    """The report's recovery table: one row per point with faults."""
+    rows = []
+    for r in per_point.to_dict("records"):
+        rows.append(
+            {
+                "workload": r["workload"],
+                "policy": r["policy"],
+                "workers": r["workers"],
+                "rep": r["repeat"] + 1,
+                "faults (skipped)": f"{r['faults']} ({r['skipped']})",
+                "crashes": r["crashes"],
+                "replaced": r["replaced"],
+                "to listening s (med / max)": _pair(
+                    r["to_listening_median_s"], r["to_listening_max_s"]
+                ),
+                "back to 90 %": f"{r['recovered']} of {r['took_effect']}",
+                "to 90 % s (med / max)": _pair(r["to_recover_median_s"], r["to_recover_max_s"]),
+                "failed req (per fault med)": f"{r['failures']:.0f} ({_fmt(r['failures_per_fault_median'], 0)})",
+                "by cause": _causes(r),
+                "rr requeued / lost": _pair(r["rr_requeued"], r["rr_dropped"], 0),
+                "restarts (refused)": f"{r['restarts']} ({r['refused']})"
+                + (" limit" if r["limit_reached"] else ""),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def fault_table(per_fault: pd.DataFrame) -> pd.DataFrame:
+    """Every injected fault: when it acted, what it did, how long recovery took."""
+    rows = []
+    for r in per_fault.to_dict("records"):
+        rows.append(
+            {
+                "policy": r["policy"],
+                "point": r["point"] + 1,
+                "fault": r["fault"],
+                "t s": _fmt(r["t_effect"], 2) if math.isfinite(r["t_effect"]) else "never fired",
+                "kind": r["how"] if r["how"] in ("SIGKILL", "SIGTERM", "SIGSTOP") else r["kind"],
+                "worker (slot)": f"{r['worker']} ({_fmt(r['slot'], 0)})",
+                "exit": r["exit_kind"] or "–",
+                "hang detected s": _fmt(r["t_hang_detected"] - r["t_effect"], 2),
+                "replacement": r["replacement"] or "–",
+                "to listening s": _fmt(r["to_listening_s"], 2),
+                "pre-crash req/s": _fmt(r["pre_rps"], 0),
+                "to 90 % s": _fmt(r["to_recover_s"], 2),
+                "failed req": _fmt(r["failures"], 0),
+                "by cause": _causes(r),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _point_table(results: pd.DataFrame) -> pd.DataFrame:

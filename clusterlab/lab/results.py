@@ -3,11 +3,14 @@ measured, and read back into pandas with one call (``load_results``).
 
 Files: results.csv (point × repeat), workers.csv, timeseries.csv, events.csv, failures.csv, and
 meta.json (scenario, machine facts, timing, partial flag), all under the run's directory.
+events.csv's ``time`` is Unix time, ``t`` the same instant in seconds from the point's start of
+measurement (the origin of timeseries.csv's ``t``); ``detail`` holds the other fields as JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,11 @@ COLUMNS: dict[str, list[str]] = {
         "jain_connections",
         "cv_connections",
         "max_mean_connections",
+        "measure_start",
+        "rr_accepted",
+        "rr_handed",
+        "rr_requeued",
+        "rr_dropped",
     ],
     "workers": POINT_KEYS
     + [
@@ -67,12 +75,24 @@ COLUMNS: dict[str, list[str]] = {
         "rss_mb",
     ],
     "timeseries": POINT_KEYS + ["t", "source", "key", "series", "value"],
-    "events": POINT_KEYS + ["time", "event", "worker", "pid", "detail"],
+    "events": POINT_KEYS
+    + ["time", "t", "event", "worker", "pid", "slot", "kind", "code", "signal", "detail"],
     "failures": POINT_KEYS + ["method", "name", "error", "occurrences"],
 }
 
 
-TEXT_COLUMNS = ("error", "bound_reason", "counts_source", "detail", "worker", "key", "name")
+INTEGER_COLUMNS = {"events": ("pid", "slot", "code")}
+TEXT_COLUMNS = (
+    "error",
+    "bound_reason",
+    "counts_source",
+    "detail",
+    "worker",
+    "key",
+    "name",
+    "kind",
+    "signal",
+)
 
 
 @dataclass
@@ -105,6 +125,9 @@ def load_results(directory: str | Path) -> Results:
             if exists
             else pd.DataFrame()
         )
+        # columns added since a run was written (events' t, slot, …) read as missing values
+        missing = [c for c in COLUMNS[name] if c not in frame.columns]
+        frame = frame.assign(**dict.fromkeys(missing, math.nan)) if missing else frame
         frames[name] = frame if not frame.empty else pd.DataFrame(columns=COLUMNS[name])
     results = frames["results"]
     if not results.empty:
@@ -129,6 +152,9 @@ class RunTables:
     def write(self) -> None:
         for name in TABLES:
             frame = pd.DataFrame(self.rows[name], columns=COLUMNS[name])
+            for column in INTEGER_COLUMNS.get(name, ()):
+                # integers with gaps: "123", not "123.0"
+                frame[column] = pd.to_numeric(frame[column]).round().astype("Int64")
             _atomic_write(self.directory / f"{name}.csv", frame.to_csv(index=False))
 
     def write_meta(self, meta: dict[str, Any]) -> None:

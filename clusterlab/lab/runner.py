@@ -1,5 +1,6 @@
 """The runner: walk the plan, and for each point start the target, load it with locust while
-sampling, collect the counts, and append rows to the tables; then build the report.
+sampling (and injecting the scenario's faults), collect the counts, and append rows to the
+tables; then build the report.
 
 Every process a run starts is stopped by the run, on success, on failure and on Ctrl-C; finished
 points are kept and an interrupted run's report says it is partial.
@@ -18,7 +19,15 @@ from typing import Any, Protocol
 
 from clusterlab import available_parallelism
 from clusterlab.lab import collect
-from clusterlab.lab.control import TargetConfig, TargetError, TargetHandle, start_target
+from clusterlab.lab.control import (
+    ClusterTarget,
+    TargetConfig,
+    TargetError,
+    TargetHandle,
+    free_port,
+    start_target,
+)
+from clusterlab.lab.faults import FaultInjector, PlannedFault, schedule
 from clusterlab.lab.loadgen import LoadError, read_load, start_load, stop_load, wait_load
 from clusterlab.lab.machine import machine_facts
 from clusterlab.lab.metrics import fairness_columns
@@ -72,7 +81,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress) -> RunOu
     done = 0
     interrupted = False
     try:
-        for group in group_by_target(points):
+        for group in group_by_target(points, fresh=bool(scenario.faults)):
             failed += _run_group(scenario, group, len(points), parallelism, tables, progress)
             done += len(group)
     except KeyboardInterrupt:
@@ -96,8 +105,16 @@ def _run_group(
     first = group[0]
     raw = tables.directory / "raw" / f"target-{first.index:03d}"
     raw.mkdir()
-    config = TargetConfig(scenario.target, first.workers, first.policy, raw / "target.log")
+    config = TargetConfig(
+        scenario.target,
+        first.workers,
+        first.policy,
+        raw / "target.log",
+        respawn=scenario.respawn,
+        port=free_port() if scenario.faults else 0,
+    )
     target: TargetHandle | None = None
+    rows: list[dict[str, Any]] = []
     failed = recorded = 0
     try:
         progress.point_started(first, total)
@@ -110,6 +127,7 @@ def _run_group(
             if point is not first:
                 progress.point_started(point, total)
             row = _measure(scenario, point, target, parallelism, tables)
+            rows.append(row)
             progress.point_finished(point, total, row)
             failed += row["status"] != "ok"
             recorded += 1
@@ -123,7 +141,7 @@ def _run_group(
         if target is not None:
             target.stop()
             events = target.events()
-            tables.add("events", _event_rows(first, events))
+            tables.add("events", _event_rows(group, rows, events))
             (raw / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
         tables.write()
     return failed
@@ -149,8 +167,15 @@ def _measure(
     out = tables.directory / "raw" / f"point-{point.index:03d}"
     started = time.time()
     before = target.snapshot()
+    supervised_before = target.supervision()
     run = start_load(
-        scenario.load, workload, target.url, processes, out, scenario.target.worker_header
+        scenario.load,
+        workload,
+        target.url,
+        processes,
+        out,
+        scenario.target.worker_header,
+        count_every_failure=bool(scenario.faults),
     )
     roles = ["locust"] if processes == 1 else ["locust master"] + ["locust worker"] * processes
     tables.add(
@@ -168,8 +193,12 @@ def _measure(
             found[("primary", "0")] = target.primary_pid
         return {**found, **run.pids()}
 
+    skipped: list[tuple[PlannedFault, str, float]] = []
+    plan = schedule(scenario.faults, scenario.load.duration, point.repeat)
+    send = target.inject if isinstance(target, ClusterTarget) else _no_faults
+    injector = FaultInjector(plan, send, out, lambda f, why: skipped.append((f, why, time.time())))
     try:
-        with Sampler(sources) as sampler:
+        with Sampler(sources) as sampler, injector:
             wait_load(run)
         outcome = read_load(out)
     except LoadError as exc:
@@ -178,7 +207,9 @@ def _measure(
         return row
     finally:
         stop_load(run)
+        tables.add("events", [_skipped_row(point, *item) for item in skipped])
     after = target.snapshot()
+    supervised_after = target.supervision()
     reports = [e for e in target.events() if e["event"] == "counts" and e["t"] >= started]
     samples = sampler.frame()
     usage = window_usage(samples, outcome.measure_start, outcome.measure_end)
@@ -191,8 +222,10 @@ def _measure(
         "status": "ok",
         "error": "",
         "started": started,
+        "measure_start": outcome.measure_start,
         "users": scenario.load.users,
         "processes": processes,
+        **_handoffs(supervised_before.get("rr"), supervised_after.get("rr")),
     }
     row.update(fairness_columns(workers))
     tables.add("results", [row])
@@ -200,6 +233,32 @@ def _measure(
     tables.add("failures", collect.failure_rows(keys, outcome))
     tables.add("timeseries", collect.timeseries_rows(keys, outcome, reports, samples))
     return row
+
+
+def _no_faults(command: dict[str, Any]) -> None:
+    raise TargetError("this target takes no faults (it is not a cluster the lab started)")
+
+
+def _handoffs(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, float]:
+    """The point's round-robin hand-offs: accepted, handed, requeued (given back by a worker
+    that left and handed on) and dropped (closed unserved: queued connections lost)."""
+    names = ("accepted", "handed", "requeued", "dropped")
+    if before is None or after is None:
+        return {f"rr_{n}": math.nan for n in names}
+    return {f"rr_{n}": float(after[n] - before[n]) for n in names}
+
+
+def _skipped_row(point: Point, planned: PlannedFault, reason: str, at: float) -> dict[str, Any]:
+    """A planned fault the runner could not send (the primary reports the ones it skips); its
+    ``t`` is when it was due."""
+    return {
+        **_keys(point),
+        "time": at,
+        "t": planned.offset,
+        "event": "fault_skipped",
+        "kind": planned.fault.kind,
+        "detail": json.dumps({"id": planned.id, "offset": planned.offset, "reason": reason}),
+    }
 
 
 def _failed_row(scenario: Scenario, point: Point, error: str) -> dict[str, Any]:
@@ -227,20 +286,36 @@ def _started_row(point: Point, event: str, pid: int, detail: str) -> dict[str, A
     }
 
 
-def _event_rows(first: Point, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
+_COLUMN_FIELDS = ("event", "t", "worker", "pid", "slot", "kind", "code", "signal")
+_ANSWERS = ("counts", "snapshot", "supervision")
+
+
+def _event_rows(
+    group: list[Point], rows: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The target's events as events.csv rows, each given to the point whose load had started
+    by then (the first point before any load), with ``t`` from that point's measured window."""
+    starts = {row["point"]: row for row in rows if row.get("status") == "ok"}
+    out = []
     for event in events:
-        if event["event"] in ("counts", "snapshot"):
+        if event["event"] in _ANSWERS:
             continue
-        detail = {k: v for k, v in event.items() if k not in ("event", "t", "worker", "pid")}
-        rows.append(
+        owner = group[0]
+        for point in group:
+            row = starts.get(point.index)
+            if row is not None and row["started"] <= event["t"]:
+                owner = point
+        origin = starts.get(owner.index, {}).get("measure_start", math.nan)
+        detail = {k: v for k, v in event.items() if k not in _COLUMN_FIELDS}
+        out.append(
             {
-                **_keys(first),
+                **_keys(owner),
                 "time": event["t"],
+                "t": round(event["t"] - origin, 4),
+                **{k: event.get(k) for k in _COLUMN_FIELDS[3:]},
+                "worker": None if event.get("worker") is None else str(event["worker"]),
                 "event": event["event"],
-                "worker": event.get("worker"),
-                "pid": event.get("pid"),
-                "detail": str(detail) if detail else "",
+                "detail": json.dumps(detail) if detail else "",
             }
         )
-    return rows
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -18,8 +18,11 @@ import jsonschema
 
 from clusterlab.lab.gates import Gate, parse_gates
 
-PLOTS = ("throughput", "fairness", "latency", "share", "usl")
+PLOTS = ("throughput", "fairness", "latency", "share", "usl", "timeline")
 TargetKind = Literal["builtin", "asgi", "wsgi", "script", "command", "url"]
+FaultKind = Literal["sigkill", "sigterm", "exit", "exception", "hang"]
+RespawnMode = Literal["never", "immediate", "backoff"]
+CLUSTER_KINDS = ("builtin", "asgi", "wsgi", "script")
 
 
 class ScenarioError(ValueError):
@@ -71,6 +74,51 @@ class Load:
 
 
 @dataclass(frozen=True)
+class Fault:
+    """One stream of injected faults (a ``[[faults]]`` table).
+
+    Times are seconds from the start of the measured window. ``every``: the first fault at
+    ``start`` (default: one interval in), then one per interval; ``rate``: Poisson arrivals at
+    that many faults per second from ``start``, drawn from ``seed``. ``target``: ``"random"``
+    (seeded), ``"busiest"`` (most requests in the last second), ``"slot:N"`` or ``"worker:N"``.
+    """
+
+    kind: FaultKind
+    every: float | None = None
+    rate: float | None = None
+    seed: int = 0
+    start: float | None = None
+    stop: float | None = None
+    target: str = "random"
+    code: int = 1
+    hang: Literal["sigstop", "handler"] = "sigstop"
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    interval: float
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Respawn:
+    """How the lab's supervisor replaces workers: a ``clusterlab.supervisor.RestartPolicy`` (same
+    defaults) and an optional ``HeartbeatPolicy``; past the restart limit the survivors keep
+    serving (``on_limit="keep"``) so the run measures what is left."""
+
+    policy: RespawnMode = "backoff"
+    base: float = 0.1
+    factor: float = 2.0
+    cap: float = 10.0
+    max_restarts: int = 5
+    within: float = 10.0
+    reset_after: float = 10.0
+    seed: int = 0
+    heartbeat: Heartbeat | None = None
+
+
+@dataclass(frozen=True)
 class Report:
     out: str | None = None
     plots: tuple[str, ...] = PLOTS
@@ -78,7 +126,8 @@ class Report:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A validated scenario. ``faults`` is reserved for crash injection (not yet accepted)."""
+    """A validated scenario. ``respawn`` is None when the file has no ``[respawn]`` table: then
+    the lab never restarts a worker."""
 
     name: str
     path: str
@@ -88,7 +137,8 @@ class Scenario:
     workloads: tuple[Workload, ...]
     report: Report = field(default_factory=Report)
     description: str = ""
-    faults: tuple[dict[str, Any], ...] = ()
+    faults: tuple[Fault, ...] = ()
+    respawn: Respawn | None = None
     gates: tuple[Gate, ...] = ()
     gates_table: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +153,8 @@ class Scenario:
             "load": _plain(self.load.__dict__),
             "workloads": {w.name: dict(w.requests) for w in self.workloads},
             "report": _plain(self.report.__dict__),
+            "faults": [_plain(f.__dict__) for f in self.faults],
+            "respawn": asdict(self.respawn) if self.respawn else None,
             "gates": self.gates_table,
         }
 
@@ -131,11 +183,6 @@ def load_scenario(path: str | Path) -> Scenario:
 
 def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenario") -> Scenario:
     """Validate already-parsed TOML data; ``where`` names the source in error messages."""
-    if "faults" in data:
-        raise ScenarioError(
-            f"{where}: faults: expected no faults table (crash injection is not available yet), "
-            "got a table"
-        )
     _check_schema(data, where)
     target = _resolve_paths(Target(**_with_tuples(data["target"], ("command",))), where)
     _check_target(target, where)
@@ -152,6 +199,10 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         for name, mix in data["workloads"].items()
     )
     report = Report(**_with_tuples(data.get("report", {}), ("plots",)))
+    faults = tuple(Fault(**table) for table in data.get("faults", ()))
+    respawn = _respawn(data.get("respawn"))
+    _check_faults(data.get("faults", []), faults, target, load, where)
+    _check_respawn(data.get("respawn", {}), respawn, target, where)
     try:
         gates = parse_gates(data.get("gates", {}))
     except ValueError as exc:
@@ -165,6 +216,8 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         workloads=workloads,
         report=report,
         description=data.get("description", ""),
+        faults=faults,
+        respawn=respawn,
         gates=gates,
         gates_table=dict(data.get("gates", {})),
     )
@@ -229,6 +282,100 @@ def _check_load(load: Load, where: str) -> None:
         raise ScenarioError(
             f"{where}: load.rate: expected no rate when load.model = 'closed' (use load.wait), "
             f"got {_got(load.rate)}"
+        )
+
+
+def _respawn(table: dict[str, Any] | None) -> Respawn | None:
+    if table is None:
+        return None
+    beat = table.get("heartbeat")
+    return Respawn(**{**table, "heartbeat": Heartbeat(**beat) if beat else None})
+
+
+_KIND_ONLY = {"code": "exit", "hang": "hang", "fatal": "exception"}
+_BACKOFF_ONLY = ("base", "factor", "cap")
+
+
+def _check_faults(
+    tables: list[dict[str, Any]], faults: tuple[Fault, ...], target: Target, load: Load, where: str
+) -> None:
+    """What the JSON Schema cannot say: one schedule per stream, times inside the measured
+    window, options that belong to another kind, faults the target cannot take."""
+    if faults:
+        _need_cluster("faults", target, where)
+    for i, (table, fault) in enumerate(zip(tables, faults, strict=True)):
+        at = f"{where}: faults[{i}]"
+        if ("every" in table) == ("rate" in table):
+            got = "both" if "every" in table else "neither"
+            raise ScenarioError(
+                f"{at}: expected either every (seconds) or rate (per second), got {got}"
+            )
+        for name, kind in _KIND_ONLY.items():
+            if name in table and fault.kind != kind:
+                raise ScenarioError(
+                    f"{at}.{name}: expected no {name} unless kind = {kind!r}, got {_got(table[name])}"
+                )
+        stop = load.duration if fault.stop is None else fault.stop
+        if stop > load.duration:
+            raise ScenarioError(
+                f"{at}.stop: expected at most load.duration ({load.duration:g}), got {_got(stop)}"
+            )
+        if fault.start is not None and fault.start >= stop:
+            raise ScenarioError(
+                f"{at}.start: expected less than stop ({stop:g}), got {_got(fault.start)}"
+            )
+        _check_fault_for_target(fault, target, at)
+
+
+def _need_cluster(name: str, target: Target, where: str) -> None:
+    if not target.is_cluster:
+        raise ScenarioError(
+            f"{where}: {name}: expected a target the lab runs as a cluster (target.kind "
+            f"builtin, asgi, wsgi or script), got target.kind = {target.kind!r}"
+        )
+
+
+def _check_fault_for_target(fault: Fault, target: Target, at: str) -> None:
+    armed = fault.kind in ("exit", "exception") or (
+        fault.kind == "hang" and fault.hang == "handler"
+    )
+    if target.kind == "script" and armed:
+        got = _got(fault.kind) + (' with hang = "handler"' if fault.kind == "hang" else "")
+        raise ScenarioError(
+            f'{at}.kind: expected "sigkill", "sigterm" or "hang" with hang = "sigstop" for '
+            "target.kind = 'script' (the lab cannot arm faults inside your worker script), "
+            f"got {got}"
+        )
+    if target.kind == "wsgi" and fault.kind == "hang" and fault.hang == "handler":
+        raise ScenarioError(
+            f"{at}.hang: expected \"sigstop\" for target.kind = 'wsgi' (a stuck handler blocks "
+            'one of waitress\'s threads, which no heartbeat sees), got "handler"'
+        )
+
+
+def _check_respawn(
+    table: dict[str, Any], respawn: Respawn | None, target: Target, where: str
+) -> None:
+    if respawn is None:
+        return
+    _need_cluster("respawn", target, where)
+    if respawn.policy != "backoff":
+        for name in _BACKOFF_ONLY:
+            if name in table:
+                raise ScenarioError(
+                    f"{where}: respawn.{name}: expected no {name} unless policy = 'backoff', "
+                    f"got {_got(table[name])}"
+                )
+    if "cap" in table and respawn.cap < respawn.base:
+        raise ScenarioError(
+            f"{where}: respawn.cap: expected at least respawn.base ({respawn.base:g}), "
+            f"got {_got(respawn.cap)}"
+        )
+    beat = respawn.heartbeat
+    if beat is not None and beat.timeout <= beat.interval:
+        raise ScenarioError(
+            f"{where}: respawn.heartbeat.timeout: expected more than respawn.heartbeat.interval "
+            f"({beat.interval:g}), got {_got(beat.timeout)}"
         )
 
 

@@ -1,6 +1,11 @@
 """The lab's target: a clusterlab primary whose workers serve the built-in endpoints, a user's
 ASGI/WSGI app or a user's worker script, and report their request and connection counts.
 
+The workers run under ``clusterlab.supervisor.Supervisor`` (restart policy and heartbeats from
+the scenario's ``[respawn]``; never restarted without one); the primary forwards every cluster
+and supervisor event, and injects the runner's faults: signals it sends to the worker's pid,
+other faults it arms in the worker over the cluster channel, fired by the next request.
+
 Run as ``python -m clusterlab.lab.target``. With ``--control`` the primary speaks JSON lines with
 the runner (commands on stdin, events on stdout); without it, it prints for a human (``serve``).
 """
@@ -16,16 +21,31 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any, TextIO
 
 from clusterlab import cluster as _cluster_module
+from clusterlab import supervisor
+from clusterlab.supervisor import (
+    HeartbeatPolicy,
+    RestartLimit,
+    RestartPolicy,
+    SupervisedWorker,
+    Supervisor,
+)
 
 # The cluster module resolves its members at run time (one object per process, as Node's).
 cluster: Any = _cluster_module
 
 MESSAGE_KEY = "clusterlab.lab"
 REPORT_INTERVAL = 0.1
+#: Seconds a stopping target gives its workers to finish before SIGKILL (a SIGSTOPped or hung
+#: worker never finishes); shorter than the runner's own patience with the primary.
+STOP_GRACE = 3.0
+#: "busiest" is the worker that served most requests over this many seconds.
+BUSY_WINDOW = 1.0
 _POLICIES = {"rr": "SCHED_RR", "none": "SCHED_NONE", "reuseport": "SCHED_REUSEPORT"}
+_SIGNALS = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--control", action="store_true", help="JSON lines on stdin/stdout")
+    parser.add_argument(
+        "--respawn", type=json.loads, default=None, help="the scenario's [respawn] table as JSON"
+    )
     return parser.parse_args(argv)
 
 
@@ -58,15 +81,17 @@ def _serve_worker(args: argparse.Namespace) -> None:
     from clusterlab.servers import serve_asgi, serve_wsgi
 
     endpoints.COUNTERS.worker_id = str(cluster.worker.id)
+    endpoints.FAULTS.on_fire = _tell_fired
     _start_reporting(endpoints.COUNTERS)
     if args.kind == "wsgi":
+        _beat_from_thread()
         serve_wsgi(
             endpoints.counting_wsgi(_import(args.app, args.app_dir)), host=args.host, port=args.port
         )
         return
     app = endpoints.builtin_app if args.kind == "builtin" else _import(args.app, args.app_dir)
     serve_asgi(
-        endpoints.counting_asgi(app),
+        _beating(endpoints.counting_asgi(app)),
         host=args.host,
         port=args.port,
         http=endpoints.CountingHttpToolsProtocol,
@@ -76,6 +101,9 @@ def _serve_worker(args: argparse.Namespace) -> None:
 
 
 def _start_reporting(counters: Any) -> None:
+    """Send the counts every REPORT_INTERVAL and when asked; take the faults the primary arms."""
+    from clusterlab.lab import endpoints
+
     lock = threading.Lock()
 
     def report() -> None:
@@ -83,8 +111,13 @@ def _start_reporting(counters: Any) -> None:
             cluster.worker.send({MESSAGE_KEY: "counts", **counters.snapshot()})
 
     def on_message(message: Any, _handle: Any = None) -> None:
-        if isinstance(message, dict) and message.get(MESSAGE_KEY) == "report":
+        what = message.get(MESSAGE_KEY) if isinstance(message, dict) else None
+        if what == "report":
             report()
+        elif what == "fault" and message["kind"] == "exit":
+            os._exit(int(message["code"]))
+        elif what == "fault":
+            endpoints.FAULTS.arm(message)
 
     def loop() -> None:
         while cluster.worker.is_connected():
@@ -93,6 +126,42 @@ def _start_reporting(counters: Any) -> None:
 
     cluster.worker.on("message", on_message)
     threading.Thread(target=loop, name="lab-counts", daemon=True).start()
+
+
+def _tell_fired(fault: dict[str, Any]) -> None:
+    message = {k: fault.get(k) for k in ("id", "kind", "fatal")}
+    cluster.worker.send({MESSAGE_KEY: "fault_fired", "t": time.time(), **message})
+
+
+def _beating(app: Any) -> Any:
+    """Start the supervisor's heartbeats (when it asked for them) on the serving loop itself, at
+    the app's first call (uvicorn's lifespan start-up): a handler that blocks the loop stops
+    them, so the supervisor sees the hang."""
+    started: list[bool] = []
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if not started and os.environ.get(supervisor.ENV_HEARTBEAT):
+            started.append(True)
+            supervisor.heartbeat()
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def _beat_from_thread() -> None:
+    """WSGI under waitress gives no hook into its main loop: beat from a thread of the worker.
+    A stopped (SIGSTOP) worker falls silent; a stuck handler does not (the scenario refuses
+    hang = "handler" for wsgi targets)."""
+    if not os.environ.get(supervisor.ENV_HEARTBEAT):
+        return
+    beat = supervisor.Heartbeat()
+
+    def loop() -> None:
+        while cluster.worker.is_connected():
+            beat.beat(force=True)
+            time.sleep(beat.interval)
+
+    threading.Thread(target=loop, name="lab-heartbeat", daemon=True).start()
 
 
 def _import(spec: str, app_dir: str | None) -> Any:
@@ -108,17 +177,40 @@ def _import(spec: str, app_dir: str | None) -> Any:
 # --- primary side ----------------------------------------------------------------------------
 
 
+def policies(respawn: dict[str, Any] | None) -> tuple[RestartPolicy, HeartbeatPolicy | None]:
+    """The supervisor's policies for a scenario's ``[respawn]`` table (None: never restart)."""
+    if not respawn:
+        return RestartPolicy.never(), None
+    beat = respawn.get("heartbeat")
+    options = {k: v for k, v in respawn.items() if k not in ("policy", "heartbeat")}
+    restart = RestartPolicy(mode=respawn["policy"], **options)
+    return restart, HeartbeatPolicy(**beat) if beat else None
+
+
 class _Primary:
-    """Forks the workers, forwards their events and counts, answers the runner's commands."""
+    """Supervises the workers, forwards their events and counts, answers the runner's commands
+    and injects its faults."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out: TextIO = sys.stdout
         self.port: int | None = None
-        self.listening: set[int] = set()
+        self.ready_sent = False
+        self.stopping = False
         self.pending: dict[int, dict[int, Any]] = {}
         self.latest: dict[int, Any] = {}
+        self.recent: dict[int, deque[tuple[float, float]]] = {}
+        self.faulted: dict[int, int] = {}  # worker id → fault id, until it acted or the worker left
         self.done = asyncio.Event()
+        restart, heartbeat = policies(args.respawn)
+        # "keep": past the restart limit the survivors go on serving, so the run measures them.
+        self.supervisor = Supervisor(
+            workers=args.workers,
+            restart=restart,
+            heartbeat=heartbeat,
+            grace=STOP_GRACE,
+            on_limit="keep",
+        )
 
     async def run(self) -> int:
         if self.args.control:
@@ -127,10 +219,19 @@ class _Primary:
             os.dup2(2, 1)
         cluster.scheduling_policy = getattr(cluster, _POLICIES[self.args.policy])
         self._setup()
-        for name in ("fork", "online", "listening", "message", "exit"):
+        for name in ("online", "listening", "message"):
             cluster.on(name, getattr(self, f"_on_{name}"))
-        for _ in range(self.args.workers):
-            cluster.fork()
+        for name in (
+            "spawn",
+            "exit",
+            "restart_scheduled",
+            "restart_limit",
+            "restart_refused",
+            "hang_detected",
+            "stopped",
+        ):
+            self.supervisor.on(name, getattr(self, f"_on_supervisor_{name}"))
+        self.supervisor.start()
         loop = asyncio.get_running_loop()
         status = {"code": 0}
 
@@ -158,40 +259,116 @@ class _Primary:
         if self.args.control:
             self.out.write(json.dumps({"event": event, "t": time.time(), **fields}) + "\n")
 
-    def _on_fork(self, worker: Any) -> None:
-        self.emit("fork", worker=worker.id, pid=worker.process.pid)
+    def _slot(self, worker_id: int) -> int | None:
+        found = [sw.slot for sw in self.supervisor.workers if sw.id == worker_id]
+        return found[0] if found else None
+
+    # --- cluster events ------------------------------------------------------------------
 
     def _on_online(self, worker: Any) -> None:
-        self.emit("online", worker=worker.id)
+        self.emit("online", worker=worker.id, slot=self._slot(worker.id))
 
     def _on_listening(self, worker: Any, address: Any) -> None:
-        self.emit("listening", worker=worker.id, port=address.port)
+        self.emit("listening", worker=worker.id, port=address.port, slot=self._slot(worker.id))
         self.port = self.port or address.port
-        self.listening.add(worker.id)
-        if len(self.listening) == self.args.workers:
-            pids = {w.id: w.process.pid for w in cluster.workers.values()}
-            self.emit("ready", port=self.port, workers=pids)
-            if not self.args.control:
-                print(
-                    f"serving http://{self.args.host}:{self.port}/ with {self.args.workers} "
-                    f"workers (policy {self.args.policy}); Ctrl-C stops",
-                    flush=True,
-                )
+        ready = [sw for sw in self.supervisor.workers if sw.ready]
+        if self.ready_sent or len(ready) < self.args.workers:
+            return
+        self.ready_sent = True
+        self.emit("ready", port=self.port, workers={sw.id: sw.pid for sw in ready})
+        if not self.args.control:
+            print(
+                f"serving http://{self.args.host}:{self.port}/ with {self.args.workers} "
+                f"workers (policy {self.args.policy}); Ctrl-C stops",
+                flush=True,
+            )
 
     def _on_message(self, worker: Any, message: Any, _handle: Any = None) -> None:
-        if not (isinstance(message, dict) and message.get(MESSAGE_KEY) == "counts"):
+        what = message.get(MESSAGE_KEY) if isinstance(message, dict) else None
+        if what == "fault_fired":
+            fired = {k: message.get(k) for k in ("t", "id", "kind", "fatal")}
+            self.emit("fault_fired", **self._who(worker), **fired)
+            if message.get("kind") == "exception" and not message.get("fatal"):
+                self.faulted.pop(worker.id, None)  # it answered 500 and serves on
+            return
+        if what != "counts":
             return
         counts = {k: message.get(k) for k in ("requests", "connections")}
         self.emit("counts", worker=worker.id, sent=message.get("t"), **counts)
         self.latest[worker.id] = counts
+        self._remember(worker.id, float(message.get("t") or 0.0), float(counts["requests"] or 0))
         for waiting in self.pending.values():
             waiting[worker.id] = counts
 
-    def _on_exit(self, worker: Any, code: Any, signal: Any) -> None:
-        self.emit("exit", worker=worker.id, code=code, signal=signal)
-        if not cluster.workers:
-            self.emit("stopped")
-            self.done.set()
+    def _who(self, worker: Any) -> dict[str, Any]:
+        return {"worker": worker.id, "pid": worker.process.pid, "slot": self._slot(worker.id)}
+
+    def _remember(self, worker_id: int, t: float, requests: float) -> None:
+        recent = self.recent.setdefault(worker_id, deque())
+        recent.append((t, requests))
+        while recent and recent[0][0] < t - 2 * BUSY_WINDOW:
+            recent.popleft()
+
+    def _recent_requests(self, worker_id: int) -> float:
+        """Requests the worker served over the last BUSY_WINDOW seconds of its reports."""
+        recent = self.recent.get(worker_id)
+        if not recent:
+            return 0.0
+        last_t, last = recent[-1]
+        first = next(v for t, v in recent if t >= last_t - BUSY_WINDOW)
+        return last - first
+
+    # --- supervisor events ---------------------------------------------------------------
+
+    def _on_supervisor_spawn(self, sw: SupervisedWorker) -> None:
+        self.emit("fork", worker=sw.id, pid=sw.pid, slot=sw.slot)
+
+    def _on_supervisor_exit(
+        self, sw: SupervisedWorker, kind: str, code: int | None, sig: str | None
+    ) -> None:
+        self.faulted.pop(sw.id, None)
+        self.recent.pop(sw.id, None)
+        self.emit(
+            "exit",
+            worker=sw.id,
+            pid=sw.pid,
+            slot=sw.slot,
+            code=code,
+            signal=sig,
+            kind=kind,
+            boot=kind == "boot_failure",
+        )
+
+    def _on_supervisor_restart_scheduled(
+        self, slot: int, delay: float, attempt: int, kind: str
+    ) -> None:
+        self.emit("restart_scheduled", slot=slot, delay=delay, attempt=attempt, kind=kind)
+
+    def _on_supervisor_restart_limit(self, limit: RestartLimit) -> None:
+        self.emit(
+            "restart_limit",
+            slot=limit.slot,
+            kind=limit.last_exit,
+            max_restarts=limit.max_restarts,
+            within=limit.within,
+            restarts_in_window=limit.restarts_in_window,
+            message=limit.message(),
+        )
+
+    def _on_supervisor_restart_refused(self, slot: int, kind: str) -> None:
+        self.emit("restart_refused", slot=slot, kind=kind)
+
+    def _on_supervisor_hang_detected(self, sw: SupervisedWorker, silent: float) -> None:
+        self.emit("hang_detected", worker=sw.id, pid=sw.pid, slot=sw.slot, silent=silent)
+
+    def _on_supervisor_stopped(self, status: int) -> None:
+        # Every worker is gone. Before the target was ready (it cannot boot) or when asked to
+        # stop, the target ends; mid-run (no restarts) it stays up to answer the runner.
+        self.emit("supervisor_stopped", status=status)
+        if self.stopping or not self.ready_sent:
+            self._finish()
+
+    # --- the runner's commands -----------------------------------------------------------
 
     async def _read_commands(self) -> None:
         loop = asyncio.get_running_loop()
@@ -203,9 +380,14 @@ class _Primary:
             except ValueError:
                 self.emit("error", message=f"not a JSON command: {line[:80]!r}")
                 continue
-            if command.get("cmd") == "snapshot":
+            what = command.get("cmd")
+            if what == "snapshot":
                 await self._snapshot(command.get("id", 0))
-            elif command.get("cmd") == "stop":
+            elif what == "supervision":
+                self._supervision(command.get("id", 0))
+            elif what == "fault":
+                self._inject(command)
+            elif what == "stop":
                 break
         self._stop()
 
@@ -221,12 +403,71 @@ class _Primary:
         del self.pending[request_id]
         self.emit("snapshot", id=request_id, workers={str(k): v for k, v in answers.items()})
 
+    def _supervision(self, request_id: int) -> None:
+        """The round-robin hand-off counters (rr only) and the supervisor's totals."""
+        rr = cluster.round_robin_stats() if self.args.policy == "rr" else None
+        self.emit("supervision", id=request_id, rr=rr, stats=dict(self.supervisor.stats))
+
+    def _inject(self, command: dict[str, Any]) -> None:
+        """Carry out one fault: a signal to the worker's pid now, or a fault armed in the
+        worker (exit at once; exception or handler hang at its next request)."""
+        kind = command["kind"]
+        fields = {"id": command["id"], "stream": command.get("stream"), "kind": kind}
+        sw, reason = self._pick(command)
+        if sw is None:
+            self.emit("fault_skipped", **fields, target=command["target"], reason=reason)
+            return
+        fields.update(worker=sw.id, pid=sw.pid, slot=sw.slot, target=command["target"])
+        sig = _SIGNALS.get(kind)
+        if kind == "hang" and command.get("hang") != "handler":
+            sig = signal.SIGSTOP
+        self.faulted[sw.id] = command["id"]
+        if sig is not None:
+            at = time.time()
+            try:
+                os.kill(sw.pid, sig)
+            except ProcessLookupError:
+                self.emit("fault_skipped", **fields, reason="the worker had just exited")
+                return
+            self.emit("fault", t=at, how=sig.name, **fields)
+            return
+        options = {k: command.get(k) for k in ("code", "fatal", "hang")}
+        sw.worker.send({MESSAGE_KEY: "fault", **fields, **options})
+        how = f"exit {options['code']}" if kind == "exit" else "armed"
+        self.emit("fault", how=how, **fields, **options)
+
+    def _pick(self, command: dict[str, Any]) -> tuple[SupervisedWorker | None, str]:
+        """The worker a fault goes to, among the ready ones without a pending fault; or why
+        there is none."""
+        ready = [
+            sw
+            for sw in self.supervisor.workers
+            if sw.ready and sw.alive and sw.id not in self.faulted
+        ]
+        spec = str(command["target"])
+        if not ready:
+            return None, "no ready worker without a pending fault"
+        if spec == "random":
+            return ready[min(int(float(command["draw"]) * len(ready)), len(ready) - 1)], ""
+        if spec == "busiest":
+            return max(ready, key=lambda sw: (self._recent_requests(sw.id), -sw.slot)), ""
+        what, _, number = spec.partition(":")
+        found = [sw for sw in ready if (sw.slot if what == "slot" else sw.id) == int(number)]
+        if not found:
+            return None, f"no ready {what} {number} without a pending fault"
+        return found[0], ""
+
     def _stop(self) -> None:
-        if not cluster.workers:
+        self.stopping = True
+        if self.supervisor.state == "stopped":
+            self._finish()
+            return
+        self.supervisor.stop(STOP_GRACE)  # its 'stopped' event finishes
+
+    def _finish(self) -> None:
+        if not self.done.is_set():
             self.emit("stopped")
             self.done.set()
-            return
-        cluster.disconnect()
 
     async def _print_counts(self) -> None:
         while True:

@@ -26,8 +26,8 @@ duration = 3
 """
 
 
-def test_the_four_bundled_scenarios_exist_and_load():
-    assert {p.stem for p in BUNDLED} == {"quick", "policies", "capacity", "ci"}
+def test_the_five_bundled_scenarios_exist_and_load():
+    assert {p.stem for p in BUNDLED} == {"quick", "policies", "capacity", "ci", "crash"}
     for path in BUNDLED:
         assert load_scenario(path).name == path.stem
 
@@ -146,7 +146,7 @@ CASES = [
         "",
         "workloads: expected a table of named request mixes, got nothing",
     ),
-    ("[target]", "[faults]\nkill = 1\n[target]", "faults: expected no faults table"),
+    ("[target]", "[faults]\nkill = 1\n[target]", "faults: expected a list of fault tables"),
     ("[target]", 'name = "has space"\n[target]', "name: expected a name of letters"),
     (
         "[target]",
