@@ -39,6 +39,7 @@ class Target:
     url: str | None = None
     worker_header: str = "X-Worker-Id"
     ready_timeout: float = 30.0
+    start_method: Literal["exec", "forkserver"] = "exec"
 
     @property
     def is_cluster(self) -> bool:
@@ -265,6 +266,11 @@ def _check_target(target: Target, where: str) -> None:
     if target.script and not Path(target.script).is_file():
         raise ScenarioError(
             f"{where}: target.script: expected an existing file, got {_got(target.script)}"
+        )
+    if target.start_method != "exec" and not target.is_cluster:
+        raise ScenarioError(
+            f"{where}: target.start_method: expected only for a cluster the lab starts "
+            f"(builtin, asgi, wsgi, script), got {_got(target.start_method)} for kind {target.kind!r}"
         )
     if target.kind == "command" and not any("{port}" in part for part in target.command):
         raise ScenarioError(

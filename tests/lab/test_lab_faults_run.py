@@ -17,6 +17,7 @@ CRASHY = """
 name = "crashy"
 [target]
 kind = "builtin"
+start_method = "forkserver"   # replacements forked from the template: exit statuses via it
 [sweep]
 workers = [2]
 policies = ["rr"]

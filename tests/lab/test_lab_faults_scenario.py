@@ -151,3 +151,19 @@ def test_clusterlab_run_with_bad_faults_exits_two_and_writes_nothing(tmp_path):
     assert done.stderr.strip().count("\n") == 0
     assert f"{bad}: faults[0].code: expected no code unless kind = 'exit'" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+
+
+def test_start_method_is_read_and_refused_for_targets_the_lab_does_not_start(tmp_path):
+    base = '[sweep]\nworkers = [1]\n[workloads]\nh = { "/hello" = 1 }\n[load]\nusers = 1\nduration = 1\n'
+    good = tmp_path / "good.toml"
+    good.write_text('[target]\nkind = "builtin"\nstart_method = "forkserver"\n' + base)
+    assert load_scenario(good).target.start_method == "forkserver"
+    assert load_scenario(good).to_dict()["target"]["start_method"] == "forkserver"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[target]\nkind = "url"\nurl = "http://127.0.0.1:9"\nstart_method = "forkserver"\n' + base)
+    with pytest.raises(ScenarioError, match="target.start_method"):
+        load_scenario(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[target]\nkind = "builtin"\nstart_method = "fork"\n' + base)
+    with pytest.raises(ScenarioError, match="start_method"):
+        load_scenario(typo)
