@@ -27,15 +27,12 @@ lint: install
 lab: install
 	$(VENV)/bin/clusterlab run scenarios/quick.toml
 
-# Peer benchmarks (hand-off and keep-alive vs Node.js and uvicorn); BENCH_ARGS=--quick for a short run.
-CL_TARGET := {python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy
+# Every row of targets.md's performance table beside its peer (bench/suite.py), under 10 minutes on
+# 2 cores; BENCH_ARGS=--quick for ~3 minutes, BENCH_ARGS='--only scaling,primary' for some rows.
 bench: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m bench.handoff --peers node-rr,node-none,uvicorn,gunicorn-sync,gunicorn-gthread \
-		--modes close,keepalive --wait-quiet 15 --ready-text ' listening on ' \
-		--target 'clusterlab-rr=$(CL_TARGET) rr' --target 'clusterlab-none=$(CL_TARGET) none' \
-		--target 'clusterlab-reuseport=$(CL_TARGET) reuseport' $(BENCH_ARGS)
+	@$(PY) -c 'import gunicorn' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.suite --wait-quiet 10 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

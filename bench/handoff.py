@@ -21,6 +21,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,16 +48,19 @@ def target_from_template(name: str, template: str, workers: int = 2,
 
 @dataclass
 class _Sampler:
-    """One server's wrk sample; records each run and the foreign CPU % during it.
+    """One server's wrk sample; records each run, the foreign CPU % during it, and what the
+    server cost: its primary's (root process's) CPU % of one core and RSS, the whole tree's CPU %.
 
     With ``quiet = (max %, wait s)`` and wait > 0, a sample during which other processes used
-    more than max % of the CPUs is discarded and retaken (3 retries at most)."""
+    more than max % of the CPUs is discarded and retaken (3 retries at most, and only while
+    :data:`bench.report.QUIET` has budget left)."""
 
     url: str
     close: bool
     load: dict[str, Any]
     server_pids: list[int]
     quiet: tuple[float, float]
+    pid: int = 0
     runs: list[dict[str, Any]] = field(default_factory=list)
     discarded: int = 0
 
@@ -65,13 +69,16 @@ class _Sampler:
         for attempt in range(1 + (3 if wait_s else 0)):
             before = report.wait_quiet(self.server_pids, max_pct, wait_s) if wait_s else None
             meter = report.ForeignCpu(self.server_pids)
+            cost = report.ServerCost(self.pid) if self.pid else None
+            t0 = time.monotonic()
             r = run_wrk(self.url, close=self.close, **self.load)
             foreign = meter.pct()
-            if foreign < max_pct or attempt == 3 or not wait_s:
+            report.QUIET.saw(foreign)
+            if foreign < max_pct or attempt == 3 or not wait_s or not report.may_retake(t0):
                 break
             self.discarded += 1
         self.runs.append({**r.as_dict(), "foreign_cpu_pct": round(foreign, 1),
-                          "foreign_cpu_pct_before": before})
+                          "foreign_cpu_pct_before": before, **(cost.read() if cost else {})})
         return r.requests_per_s
 
 
@@ -94,7 +101,8 @@ def run_handoff(specs: Sequence[peers.ServerSpec], modes: Sequence[str] = ("clos
         pids = [srv.pid for srv in servers]
         load = {"threads": threads, "connections": connections, "duration_s": duration_s}
         for mode in modes:
-            samplers = {s.name: _Sampler(s.url, MODES[mode], load, pids, quiet) for s in specs}
+            samplers = {srv.spec.name: _Sampler(srv.spec.url, MODES[mode], load, pids, quiet, srv.pid)
+                        for srv in servers}
             results[mode] = {name: {"runs": smp.runs} for name, smp in samplers.items()}
             interleaved_rounds(samplers, rounds)
             for name, smp in samplers.items():
@@ -105,14 +113,23 @@ def run_handoff(specs: Sequence[peers.ServerSpec], modes: Sequence[str] = ("clos
     return summarize(results)
 
 
+COST_KEYS = ("cpu_pct", "primary_cpu_pct", "primary_rss_mib", "server_cpu_pct")
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """Add median, spread, errors and worst foreign CPU % from each entry's runs (in place)."""
+    """Add median, spread, errors and worst foreign CPU % from each entry's runs (in place), and
+    the medians of wrk's CPU % (``generator_cpu_pct``) and of the server's cost figures."""
     for by_name in results.values():
         for r in by_name.values():
             if r["runs"]:
                 r.update(Stats([x["requests_per_s"] for x in r["runs"]]).as_dict(),
                          errors=sum(x["errors"] for x in r["runs"]),
                          foreign_cpu_pct_max=max(x["foreign_cpu_pct"] for x in r["runs"]))
+                for key in COST_KEYS:
+                    values = [x[key] for x in r["runs"] if x.get(key) is not None]
+                    if values:
+                        name = "generator_cpu_pct" if key == "cpu_pct" else key
+                        r[name] = Stats(values).median
     return results
 
 

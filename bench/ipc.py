@@ -3,6 +3,9 @@
     python bench/ipc.py [seconds]      # prints one JSON line: roundtrips_per_s,
                                        # w2p_msgs_per_s, p2w_msgs_per_s
 
+From Python (``bench.suite``): ``bench.ipc.measure(seconds)`` runs the script in a fresh
+interpreter (it is its own primary) and returns that line as a dict.
+
 Round trips: the primary sends, the worker echoes, the next goes on the reply. One-way: the
 sender floods small objects while respecting back-pressure (the worker's `send` blocks when the
 channel is full; the primary waits for the write callback of every 1,024th message); the rate is
@@ -16,15 +19,24 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from clusterlab import cluster
 
-SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
 BATCH = 1024
 
 
-async def primary() -> None:
+def measure(seconds: float = 3.0, timeout: float | None = None,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run this benchmark as its own primary (``python bench/ipc.py seconds``); its JSON figures."""
+    from bench.peers import run_json
+
+    argv = [sys.executable, str(Path(__file__).resolve()), f"{seconds:g}"]
+    return run_json(argv, timeout or seconds * 4 + 30, env)
+
+
+async def primary(seconds: float) -> None:
     loop = asyncio.get_running_loop()
     worker = cluster.fork()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -38,7 +50,7 @@ async def primary() -> None:
         phase = state["phase"]
         if phase == "roundtrip":
             state["count"] += 1
-            if time.perf_counter() - state["t0"] < SECONDS:
+            if time.perf_counter() - state["t0"] < seconds:
                 worker.send({"t": "ping", "seq": state["count"], "v": "x"})
             else:
                 done_rt.set()
@@ -47,7 +59,7 @@ async def primary() -> None:
                 if state["count"] == 0:
                     state["t0"] = time.perf_counter()
                 state["count"] += 1
-                if time.perf_counter() - state["t0"] >= SECONDS and "w2p" not in state:
+                if time.perf_counter() - state["t0"] >= seconds and "w2p" not in state:
                     state["w2p"] = state["count"] / (time.perf_counter() - state["t0"])
                     worker.send({"t": "stop"})
             elif message["t"] == "stopped":
@@ -57,7 +69,7 @@ async def primary() -> None:
 
     worker.on("message", on_message)
     await online.wait()
-    out: dict[str, Any] = {"clusterlab": True, "python": sys.version.split()[0], "seconds": SECONDS}
+    out: dict[str, Any] = {"clusterlab": True, "python": sys.version.split()[0], "seconds": seconds}
 
     state.update(phase="roundtrip", count=0, t0=time.perf_counter())
     worker.send({"t": "ping", "seq": 0, "v": "x"})
@@ -71,7 +83,7 @@ async def primary() -> None:
 
     state["phase"] = "p2w"
     worker.send({"t": "count"})
-    stop_at = time.perf_counter() + SECONDS
+    stop_at = time.perf_counter() + seconds
     seq = 0
     while time.perf_counter() < stop_at:
         written = loop.create_future()
@@ -122,7 +134,8 @@ def child() -> None:
     cluster.worker.on("message", on_message)
 
 
-if cluster.is_primary:
-    asyncio.run(primary())
-else:
-    child()
+if __name__ == "__main__":  # also in the workers: they run this script as __main__
+    if cluster.is_primary:
+        asyncio.run(primary(float(sys.argv[1]) if len(sys.argv) > 1 else 3.0))
+    else:
+        child()

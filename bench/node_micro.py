@@ -12,10 +12,8 @@ Runs ``node bench/node/ipc.js SECONDS`` (round trips/s, one-way msgs/s both ways
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,15 +21,13 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench import report
-from bench.peers import NODE_DIR
+from bench.peers import NODE_DIR, run_json
 from bench.wrk import Stats
 
 
 def run_node(script: str, arg: float, timeout: float) -> dict[str, Any]:
-    """Run one bench/node script (bounded in time) and parse its JSON line."""
-    argv = ["node", str(NODE_DIR / script), f"{arg:g}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    """Run one bench/node script (bounded in time, stopped by pid on failure) and parse its JSON line."""
+    return run_json(["node", str(NODE_DIR / script), f"{arg:g}"], timeout)
 
 
 def _echo(conn: Connection) -> None:
@@ -74,16 +70,19 @@ def pipe_ipc(seconds: float) -> dict[str, float]:
 
 def guarded(job: Callable[[], dict[str, Any]], max_pct: float, wait_s: float) -> dict[str, Any]:
     """Run ``job`` and record the foreign CPU % during it; with ``wait_s`` > 0 wait for a quiet
-    machine first and retake (3 retries at most) a run that other processes disturbed."""
+    machine first and retake (3 retries at most, within :data:`bench.report.QUIET`'s budget) a
+    run that other processes disturbed."""
     retaken = -1
     for _ in range(4 if wait_s else 1):
         retaken += 1
         if wait_s:
             report.wait_quiet([], max_pct, wait_s)
         meter = report.ForeignCpu([])
+        t0 = time.monotonic()
         out = job()
         foreign = meter.pct()
-        if foreign < max_pct:
+        report.QUIET.saw(foreign)
+        if foreign < max_pct or not wait_s or not report.may_retake(t0):
             break
     return {**out, "foreign_cpu_pct": round(foreign, 1), "retaken": retaken}
 

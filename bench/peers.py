@@ -1,11 +1,13 @@
 """Start and stop benchmark servers: Node.js cluster peers, uvicorn, gunicorn, and clusterlab targets.
 
-A :class:`ServerSpec` says how to launch one server (argv, extra env, port, readiness text).
-:func:`start` launches it in its own session with output to a log file, waits until the readiness
-text has been printed ``ready_count`` times (if given) and ``GET /`` answers 200, and returns a
-:class:`Server` context manager. :func:`stop_tree` stops the whole process tree by pid with
-psutil (SIGTERM, then SIGKILL after a grace period); every started server is also stopped at
-interpreter exit, so exceptions and Ctrl-C leave nothing behind.
+A :class:`ServerSpec` says how to launch one server (argv, extra env, port, readiness text, the
+path to load). :func:`start` launches it in its own session with output to a log file, waits until
+the readiness text has been printed ``ready_count`` times (if given) and ``GET <path>`` answers 200,
+and returns a :class:`Server` context manager. :func:`stop_tree` stops the whole process tree by
+pid with psutil (SIGTERM, then SIGKILL after a grace period); every started server is also stopped
+at interpreter exit, so exceptions and Ctrl-C leave nothing behind. :func:`run_json` runs a
+one-shot benchmark script (its own session, bounded in time, stopped by pid on any failure) and
+returns its JSON line.
 
 Peers that are not installed are reported by :func:`peer_specs` as skip notes, never faked.
 """
@@ -16,6 +18,7 @@ import atexit
 import contextlib
 import http.client
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -28,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -40,7 +44,8 @@ PEERS = ("node-rr", "node-none", "uvicorn", "gunicorn-sync", "gunicorn-gthread")
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to launch one server; ``ready_text`` must appear ``ready_count`` times in its output."""
+    """How to launch one server; ``ready_text`` must appear ``ready_count`` times in its output.
+    ``path`` is what the load asks for (and the readiness check, which wants a 200)."""
 
     name: str
     argv: list[str]
@@ -49,10 +54,11 @@ class ServerSpec:
     ready_text: str | None = None
     ready_count: int = 1
     note: str = ""
+    path: str = "/"
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/"
+        return f"http://{HOST}:{self.port}{self.path}"
 
     @property
     def command(self) -> str:
@@ -132,10 +138,10 @@ class Server:
             self.log.unlink()
 
 
-def _http_ok(port: int) -> bool:
+def _http_ok(port: int, path: str = "/") -> bool:
     conn = http.client.HTTPConnection(HOST, port, timeout=1)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", path)
         return conn.getresponse().status == 200
     except OSError:
         return False
@@ -159,7 +165,7 @@ def start(spec: ServerSpec, timeout: float = 30.0) -> Server:
                 raise RuntimeError(f"{spec.name} exited with {proc.returncode}")
             text = server.log.read_text(errors="replace") if spec.ready_text else ""
             ready = not spec.ready_text or text.count(spec.ready_text) >= spec.ready_count
-            if ready and _http_ok(spec.port):
+            if ready and _http_ok(spec.port, spec.path):
                 return server
             time.sleep(0.05)
         raise RuntimeError(f"{spec.name} not ready after {timeout:.0f} s")
@@ -200,16 +206,48 @@ def gunicorn(kind: str, port: int, workers: int = 2, threads: int = 8) -> Server
 
 def target(name: str, argv: Sequence[str], port: int, workers: int = 2,
            env: dict[str, str] | None = None, ready_text: str | None = None,
-           ready_count: int = 1) -> ServerSpec:
+           ready_count: int = 1, path: str = "/") -> ServerSpec:
     """A clusterlab (or any) server given as argv; ``{port}``, ``{workers}``, ``{python}``,
-    ``{root}`` in argv and env values are filled in. Readiness: ``GET /`` answers 200 (and
+    ``{root}`` in argv and env values are filled in. Readiness: ``GET path`` answers 200 (and
     ``ready_text`` printed ``ready_count`` times, if given)."""
     fill = {"port": str(port), "workers": str(workers), "python": sys.executable, "root": str(ROOT)}
     return ServerSpec(
         name, [a.format(**fill) for a in argv], port,
         env={k: v.format(**fill) for k, v in (env or {}).items()}, ready_text=ready_text,
-        ready_count=ready_count,
+        ready_count=ready_count, path=path,
     )
+
+
+def run_json(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a benchmark script that prints one JSON line last (e.g. ``bench/ipc.py``,
+    ``node bench/node/respawn.js``) in its own session; return that line parsed.
+
+    Bounded by ``timeout``; on a timeout, a failure, an exception or Ctrl-C its whole process
+    tree is stopped by pid. Raises RuntimeError (with the end of its stderr) when it fails."""
+    proc = subprocess.Popen(
+        list(argv), cwd=ROOT, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_tree(proc.pid, grace=1)
+        proc.communicate()
+        raise RuntimeError(f"{shlex.join(argv)}: no result after {timeout:.0f} s") from None
+    finally:
+        if proc.poll() is None:
+            stop_tree(proc.pid, grace=1)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a straggler of its own session, if any
+    lines = out.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(err.strip().splitlines()[-10:])
+        raise RuntimeError(f"{shlex.join(argv)} exited with {proc.returncode}:\n{tail}")
+    try:
+        return dict(json.loads(lines[-1]))
+    except ValueError:
+        raise RuntimeError(f"{shlex.join(argv)}: last line is not JSON: {lines[-1][:200]!r}") from None
 
 
 def missing(name: str) -> str | None:

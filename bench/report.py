@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from clusterlab import available_parallelism
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,24 +43,49 @@ def machine_facts() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cpus": os.cpu_count(),
-        "available_parallelism": len(os.sched_getaffinity(0)),
+        "affinity": len(os.sched_getaffinity(0)),
+        "available_parallelism": available_parallelism(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "os": platform.platform(),
+        "kernel": platform.release(),
         "python": sys.version.split()[0],
         "node": _version(["node", "--version"]),
-        "wrk": _version(["wrk", "--version"]),
+        "wrk": _version(["wrk", "--version"]).split(" Copyright")[0],
+        "packages": {name: _package(name) for name in PACKAGES},
+        "git_revision": _version(["git", "-C", str(RESULTS.parent.parent), "describe", "--always", "--dirty"]),
         "load_avg_at_start": os.getloadavg(),
     }
 
 
-def write_json(prefix: str, data: dict[str, Any]) -> Path:
-    """Write ``bench/results/<prefix>-<UTC timestamp>.json`` atomically; return its path."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+PACKAGES = ("clusterlab", "uvicorn", "uvloop", "httptools", "gunicorn", "locust", "psutil")
+
+
+def _package(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def stamp() -> str:
+    """``YYYYMMDD-HHMMSS`` in UTC, the name of a result file."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``path`` atomically (a temporary file renamed over it); return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def write_json(prefix: str, data: dict[str, Any], out_dir: Path = RESULTS) -> Path:
+    """Write ``<out_dir>/<prefix>-<UTC timestamp>.json`` (``<timestamp>.json`` when ``prefix``
+    is empty) atomically; return its path."""
+    name = f"{prefix}-{stamp()}" if prefix else stamp()
+    return write_text(out_dir / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -74,7 +102,8 @@ def _busy_s() -> float:
     return float(sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal")))
 
 
-def _tree_cpu_s(pids: Sequence[int]) -> float:
+def tree_cpu_s(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes and all their descendants."""
     total = 0.0
     for pid in pids:
         try:
@@ -104,7 +133,7 @@ class ForeignCpu:
 
     def _ours(self) -> float:
         t = os.times()
-        return t.user + t.system + t.children_user + t.children_system + _tree_cpu_s(self.pids)
+        return t.user + t.system + t.children_user + t.children_system + tree_cpu_s(self.pids)
 
     def pct(self) -> float:
         wall0, busy0, ours0 = self._t0
@@ -113,12 +142,105 @@ class ForeignCpu:
         return max(0.0, 100 * foreign / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
 
 
-def wait_quiet(server_pids: Sequence[int], max_pct: float, max_wait_s: float) -> float:
-    """Wait (1 s windows, up to ``max_wait_s``) until foreign CPU < ``max_pct``; return the last %."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        meter = ForeignCpu(server_pids)
-        time.sleep(1)
-        pct = meter.pct()
-        if pct < max_pct or time.monotonic() >= deadline:
-            return pct
+class ServerCost:
+    """What one server (a process tree) cost over a window: its root process's CPU (the primary,
+    uvicorn's supervisor, gunicorn's arbiter), as % of one core, its RSS at the end, and the whole
+    tree's CPU %. Descendants that exit during the window lose their share (none should)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._t0 = (time.monotonic(), proc_cpu_s(pid), tree_cpu_s([pid]))
+
+    def read(self) -> dict[str, float | None]:
+        wall0, root0, tree0 = self._t0
+        wall = time.monotonic() - wall0
+        if wall <= 0:
+            return {}
+        return {"primary_cpu_pct": round(100 * (proc_cpu_s(self.pid) - root0) / wall, 2),
+                "primary_rss_mib": rss_mib(self.pid),
+                "server_cpu_pct": round(100 * (tree_cpu_s([self.pid]) - tree0) / wall, 1)}
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(t.user + t.system)
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of one process in MiB (None if it is gone)."""
+    try:
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 2)
+    except psutil.NoSuchProcess:
+        return None
+
+
+class Quiet:
+    """What the quiet-machine checks share over a run.
+
+    * The last foreign CPU % measured (by a sample or a wait window): when one under the limit
+      ended less than ``fresh_s`` ago, :func:`wait_quiet` does not wait again (the machine was
+      quiet a moment ago; a disturbed sample is still retaken).
+    * An optional budget (``budget_s``, None = unlimited) of seconds that waiting and retaking
+      may cost in all; once it is spent, samples are taken at once and kept (their foreign CPU %
+      is still recorded), so a busy machine cannot stretch a run without bound.
+    """
+
+    def __init__(self, budget_s: float | None = None, fresh_s: float = 2.0) -> None:
+        self.budget_s, self.fresh_s = budget_s, fresh_s
+        self.spent_s = 0.0
+        self._last: tuple[float, float] | None = None  # (monotonic time, pct)
+
+    def left(self) -> float:
+        return float("inf") if self.budget_s is None else max(0.0, self.budget_s - self.spent_s)
+
+    def charge(self, seconds: float) -> None:
+        self.spent_s += max(0.0, seconds)
+
+    def saw(self, pct: float) -> None:
+        self._last = (time.monotonic(), pct)
+
+    def recently_quiet(self, max_pct: float) -> float | None:
+        """The last foreign CPU % if it was under ``max_pct`` and is fresh, else None."""
+        if self._last and self._last[1] < max_pct and time.monotonic() - self._last[0] < self.fresh_s:
+            return self._last[1]
+        return None
+
+
+QUIET = Quiet()
+
+
+def may_retake(started: float) -> bool:
+    """Whether a disturbed sample begun at ``started`` (monotonic) may be retaken under the
+    budget of :data:`QUIET`; if so, its time is charged to it."""
+    if QUIET.left() <= 0:
+        return False
+    QUIET.charge(time.monotonic() - started)
+    return True
+
+
+def wait_quiet(server_pids: Sequence[int], max_pct: float, max_wait_s: float) -> float | None:
+    """Wait (1 s windows, up to ``max_wait_s``) until foreign CPU < ``max_pct``; return the last %.
+
+    Returns at once when a sample that just ended was quiet (see :class:`Quiet`), and with None
+    (no window measured) once :data:`QUIET`'s budget is spent."""
+    if (recent := QUIET.recently_quiet(max_pct)) is not None:
+        return recent
+    max_wait_s = min(max_wait_s, QUIET.left())
+    if max_wait_s <= 0:
+        return None
+    t0 = time.monotonic()
+    deadline = t0 + max_wait_s
+    try:
+        while True:
+            meter = ForeignCpu(server_pids)
+            time.sleep(1)
+            pct = meter.pct()
+            QUIET.saw(pct)
+            if pct < max_pct or time.monotonic() >= deadline:
+                return pct
+    finally:
+        QUIET.charge(time.monotonic() - t0)

@@ -4,8 +4,13 @@
 
 fork: `cluster.fork()` → `'online'` and → `'listening'` (the worker listens on a shared port with
 `cluster.listen`, the minimal server start). kill: SIGKILL of a listening worker → replacement
-`'listening'` (forked on `'exit'`). Sequential, median of n (default 20). Workers are started by
-plain exec of the interpreter (no pre-started template process).
+`'listening'` (forked on `'exit'`). Sequential, median of n (default 20). Workers are started
+with the cluster's start method: plain exec of the interpreter by default, or what
+``CLUSTERLAB_START_METHOD`` names (e.g. ``forkserver``, a pre-started template process); the JSON
+line says which (``start_method``).
+
+From Python (``bench.suite``): ``bench.respawn.measure(n, start_method=None)`` runs the script in
+a fresh interpreter and returns that line as a dict.
 """
 
 from __future__ import annotations
@@ -15,10 +20,20 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from clusterlab import cluster
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+
+def measure(n: int = 20, start_method: str | None = None, timeout: float = 150,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run this benchmark as its own primary (``python bench/respawn.py n``), with
+    ``CLUSTERLAB_START_METHOD=start_method`` when given; its JSON figures."""
+    from bench.peers import run_json
+
+    extra = {**(env or {}), **({"CLUSTERLAB_START_METHOD": start_method} if start_method else {})}
+    return run_json([sys.executable, str(Path(__file__).resolve()), str(n)], timeout, extra)
 
 
 async def fork_one(record: dict[str, list[float]] | None) -> object:
@@ -41,14 +56,14 @@ async def exited(worker: object) -> None:
     await done
 
 
-async def primary() -> None:
+async def primary(n: int) -> None:
     samples: dict[str, list[float]] = {"online": [], "listening": [], "kill": []}
-    for _ in range(N):
+    for _ in range(n):
         worker = await fork_one(samples)
         worker.kill("SIGTERM")  # type: ignore[attr-defined]
         await exited(worker)
     worker = await fork_one(None)
-    for _ in range(N):
+    for _ in range(n):
         t0 = time.perf_counter()
         worker.kill("SIGKILL")  # type: ignore[attr-defined]
         await exited(worker)
@@ -58,7 +73,8 @@ async def primary() -> None:
     await exited(worker)
     print(json.dumps({
         "clusterlab": True,
-        "n": N,
+        "n": n,
+        "start_method": cluster.settings.get("start_method", "exec"),
         "fork_online_ms": statistics.median(samples["online"]),
         "fork_listening_ms": statistics.median(samples["listening"]),
         "kill_listening_ms": statistics.median(samples["kill"]),
@@ -66,7 +82,8 @@ async def primary() -> None:
     }), flush=True)
 
 
-if cluster.is_primary:
-    asyncio.run(primary())
-else:
-    sock = cluster.listen(port=0, host="127.0.0.1")
+if __name__ == "__main__":  # also in the workers: they run this script as __main__
+    if cluster.is_primary:
+        asyncio.run(primary(int(sys.argv[1]) if len(sys.argv) > 1 else 20))
+    else:
+        sock = cluster.listen(port=0, host="127.0.0.1")

@@ -2,17 +2,20 @@
 
 ``run_wrk(url, close=True)`` adds ``-H 'Connection: close'`` so every request opens a new
 connection (the hand-off benchmark); the default is keep-alive. Errors are wrk's
-"Non-2xx or 3xx responses" and "Socket errors: connect, read, write, timeout".
+"Non-2xx or 3xx responses" and "Socket errors: connect, read, write, timeout". Each run also
+records the CPU seconds wrk itself used (``cpu_s``), so a benchmark can say how much of the
+machine the generator took.
 """
 
 from __future__ import annotations
 
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -29,13 +32,19 @@ class WrkResult:
     non_2xx: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)
     command: str = ""
+    cpu_s: float = 0.0
+
+    @property
+    def cpu_pct(self) -> float:
+        """wrk's own CPU over the run, in % of one core."""
+        return 100 * self.cpu_s / self.duration_s if self.duration_s else float("nan")
 
     @property
     def errors(self) -> int:
         return self.non_2xx + sum(self.socket_errors.values())
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "errors": self.errors}
+        return {**asdict(self), "errors": self.errors, "cpu_pct": self.cpu_pct}
 
 
 def parse_wrk(text: str, command: str = "") -> WrkResult:
@@ -66,15 +75,27 @@ def wrk_argv(url: str, threads: int = 1, connections: int = 50, duration_s: floa
     return argv + (["-H", "Connection: close"] if close else []) + [url]
 
 
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_wrk(url: str, threads: int = 1, connections: int = 50, duration_s: float = 5,
             close: bool = False) -> WrkResult:
-    """Run wrk once (bounded: killed ``duration_s + 15`` s after start) and parse it."""
+    """Run wrk once (bounded: killed ``duration_s + 15`` s after start) and parse it.
+
+    wrk's CPU time is the growth of this process's reaped-children rusage over the run: exact
+    for wrk as long as no other child of ours is reaped meanwhile (the benchmarks run one thing
+    at a time; servers are reaped only when stopped), and unlike polling wrk's pid it includes
+    wrk's last moments."""
     if not shutil.which("wrk"):
         raise RuntimeError("wrk not on PATH (apt-get install -y wrk)")
     argv = wrk_argv(url, threads, connections, duration_s, close)
+    cpu0 = _children_cpu_s()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 15, check=True)
+    cpu_s = _children_cpu_s() - cpu0
     cmd = " ".join(f"'{a}'" if " " in a else a for a in argv)
-    return parse_wrk(out.stdout, cmd)
+    return replace(parse_wrk(out.stdout, cmd), cpu_s=round(cpu_s, 3))
 
 
 @dataclass(frozen=True)

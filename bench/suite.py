@@ -1,0 +1,857 @@
+"""Every row of targets.md's performance table, clusterlab beside its peer, in one run.
+
+    .venv/bin/python -m bench.suite [--quick] [--only ROWS] [--out bench/results] [--wait-quiet S]
+    .venv/bin/python -m bench.suite --quick --only scaling,lab-overhead
+    .venv/bin/python -m bench.suite --scaling-workers 1,2,4,8,16      # a 16-core machine
+
+Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport):
+
+* ``rr``, ``none``, ``reuseport``: hello world, 2 workers, ``wrk -t1 -c50``, a new connection per
+  request, vs Node.js's cluster SCHED_RR / SCHED_NONE (:mod:`bench.handoff`);
+* ``keepalive``: the same with keep-alive; clusterlab's fastest worker server (uvicorn with
+  uvloop and httptools through ``serve_asgi``, SCHED_NONE) vs ``uvicorn --workers 2`` and Node.js;
+* ``ipc``: round trips and one-way messages, primary ↔ one worker (``bench/ipc.py`` vs
+  ``node/ipc.js``), alternating runs;
+* ``respawn``: SIGKILL of a worker → replacement ``'listening'``, median of 20, per start method
+  (``--respawn-start-methods``), vs Node.js ``fork()`` → ``'listening'`` (``bench/respawn.py`` vs
+  ``node/respawn.js``), alternating runs;
+* ``scaling``: ``/cpu?ms=2`` of the lab's built-in target (``python -m clusterlab.lab.target``),
+  keep-alive wrk, 1 worker vs N workers (``--scaling-workers``, default 1 and
+  ``available_parallelism()``): the speed-up against 0.9 × the cores left once wrk took its share;
+* ``primary``: the primary's own CPU % and RSS under RR at the anchor load (new connection per
+  request, hello, 2 workers), sampled every second for ``--primary-seconds`` (5 min; 20 s with
+  ``--quick``): RSS start/end/max and slope; Node.js's primary from the RR rounds beside it;
+* ``lab-overhead``: ``clusterlab run bench/scenarios/overhead.toml`` timed from launch to exit, ÷
+  the sum of its points' load durations read back from its ``summary.json``.
+
+Servers measured against each other run at once and are measured in rotated order over rounds
+(A/B); figures are medians with min–max. A peer that is not installed (node, uvicorn, gunicorn,
+wrk) is skipped with a note, never faked. Writes ``<out>/<UTC YYYYMMDD-HHMMSS>.json`` (settings,
+machine facts, every raw run, medians, spread) and the same table as Markdown beside it (``.md``).
+Every process started is stopped by pid, also on failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import ipc, node_micro, peers, report, respawn
+from bench.handoff import run_handoff, summarize, target_from_template
+from bench.wrk import Stats, interleaved_rounds, run_wrk
+from clusterlab import available_parallelism
+
+ROWS = ("rr", "none", "reuseport", "keepalive", "ipc", "respawn", "scaling", "primary",
+        "lab-overhead")
+ALIASES = {"handoff": ("rr", "none", "reuseport"), "all": ROWS}
+POLICY_NAMES = {"rr": "SCHED_RR", "none": "SCHED_NONE", "reuseport": "SCHED_REUSEPORT"}
+HELLO = "{python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy "
+READY = " listening on "
+SCENARIO = peers.BENCH / "scenarios" / "overhead.toml"
+# Start methods of the respawn row, one row each ("clusterlab (exec)", ...); a method is passed
+# to bench/respawn.py as CLUSTERLAB_START_METHOD. Add "forkserver" here once the core ships it.
+RESPAWN_START_METHODS = ("exec",)
+# The primary's RSS counts as flat when its least-squares slope (after the first tenth of the run)
+# stays within this many MiB per minute; judged only on a run of FLAT_JUDGED_S or longer.
+RSS_FLAT_MIB_PER_MIN = 0.2
+FLAT_JUDGED_S = 290.0
+SCALING_EFFICIENCY = 0.9
+
+
+# --- targets, rows and rendering (pure) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio target: ``op`` is ``">="`` or ``"<="``, ``bound`` the ratio."""
+
+    op: str
+    bound: float
+
+    def met(self, ratio: float | None) -> bool | None:
+        if ratio is None or math.isnan(ratio):
+            return None
+        return ratio >= self.bound if self.op == ">=" else ratio <= self.bound
+
+    def __str__(self) -> str:
+        bound = f"{self.bound:.2f}".rstrip("0")
+        return f"{'≥' if self.op == '>=' else '≤'} {bound}{'0' if bound.endswith('.') else ''}×"
+
+
+TARGETS = {
+    "rr": Target(">=", 1.5),
+    "none": Target(">=", 1.0),
+    "keepalive-uvicorn": Target(">=", 1.0),
+    "keepalive-node": Target(">=", 0.7),
+    "ipc-roundtrips": Target(">=", 1.5),
+    "ipc-oneway": Target(">=", 1.0),
+    "respawn": Target("<=", 0.5),
+    "lab-overhead": Target("<=", 1.15),
+}
+
+
+@dataclass
+class Row:
+    """One line of the table. ``target`` is a :class:`Target` (then ``met`` follows from
+    ``ratio``), a text (a target that is not a ratio; set ``met`` yourself) or None."""
+
+    what: str
+    clusterlab: str
+    peer: str = "—"
+    peer_figure: str = "—"
+    ratio: float | None = None
+    target: Target | str | None = None
+    met: bool | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, Target) and self.met is None:
+            self.met = self.target.met(self.ratio)
+
+    def cells(self) -> list[str]:
+        met = {True: "yes", False: "no", None: "—"}[self.met]
+        return [self.what, self.clusterlab, self.peer, self.peer_figure, fmt_ratio(self.ratio),
+                str(self.target) if self.target is not None else "—",
+                f"{met} ({self.note})" if self.note else met]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target"] = str(self.target) if self.target is not None else None
+        d["cells"] = self.cells()
+        return d
+
+
+HEADER = ["row", "clusterlab", "peer", "peer figure", "ratio", "target", "met?"]
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``, or None when either is missing or ``b`` is 0."""
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "—" if r is None or math.isnan(r) else f"{r:.2f}×"
+
+
+def fmt_num(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def fmt_stats(st: dict[str, Any] | None, unit: str = "", digits: int = 0) -> str:
+    """``'14,383 req/s (11,900–14,826)'`` from a dict with median, min and max."""
+    if not st or st.get("median") is None:
+        return "—"
+    unit = f" {unit}" if unit else ""
+    med = fmt_num(st["median"], digits)
+    if st.get("min") is None or len(st.get("samples", [0, 0])) < 2:
+        return f"{med}{unit}"
+    return f"{med}{unit} ({fmt_num(st['min'], digits)}–{fmt_num(st['max'], digits)})"
+
+
+def stats(samples: Sequence[float]) -> dict[str, Any] | None:
+    """Median, min, max, spread and samples, or None without samples."""
+    return Stats([float(x) for x in samples]).as_dict() if samples else None
+
+
+def render_text(rows: Sequence[Row]) -> str:
+    return report.table(HEADER, [r.cells() for r in rows])
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(rows: Sequence[Row], machine: dict[str, Any] | None = None,
+                    notes: Sequence[str] = (), command: str = "", when: str = "",
+                    wall_s: float | None = None, raw: str = "") -> str:
+    """The table as Markdown, headed by the machine it came from and how it was made."""
+    lines = []
+    if machine:
+        lines.append(f"Machine: {machine_line(machine)}.")
+    made = [f"`{command}`" if command else "", when, f"{wall_s:.0f} s" if wall_s else "",
+            f"raw results `{raw}`" if raw else ""]
+    if any(made):
+        lines.append("Run: " + ", ".join(m for m in made if m) + ".")
+    if lines:
+        lines.append("")
+    lines.append("| " + " | ".join(HEADER) + " |")
+    lines.append("| " + " | ".join("---" for _ in HEADER) + " |")
+    lines += ["| " + " | ".join(_md_cell(c) for c in r.cells()) + " |" for r in rows]
+    if notes:
+        lines += ["", *[f"* {_md_cell(n)}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One line of machine facts (from :func:`bench.report.machine_facts`)."""
+    load = m.get("load_avg_at_start") or [float("nan")]
+    return (f"{m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs (available_parallelism "
+            f"{m.get('available_parallelism', '?')}), {m.get('memory_gib', '?')} GiB, Linux "
+            f"{m.get('kernel', '?')}, Python {m.get('python', '?')}, Node.js {m.get('node', '?')}, "
+            f"{m.get('wrk', '?')}; load average at start {load[0]:.2f}")
+
+
+def rss_trend(samples: Sequence[tuple[float, float]], settle_frac: float = 0.1) -> dict[str, Any]:
+    """RSS over a run from ``(seconds since start, MiB)`` samples: start, end, min, max, and the
+    least-squares slope in MiB per minute over the samples after the first ``settle_frac`` of
+    the run (allocator warm-up), with the growth over that part."""
+    if not samples:
+        return {}
+    span = samples[-1][0] - samples[0][0]
+    tail = [s for s in samples if s[0] - samples[0][0] >= settle_frac * span]
+    if len(tail) < 2:
+        tail = list(samples)
+    slope = 0.0
+    if len(tail) >= 2:
+        mt = sum(t for t, _ in tail) / len(tail)
+        mv = sum(v for _, v in tail) / len(tail)
+        var = sum((t - mt) ** 2 for t, _ in tail)
+        slope = 60 * sum((t - mt) * (v - mv) for t, v in tail) / var if var else 0.0
+    values = [v for _, v in samples]
+    return {"start_mib": values[0], "end_mib": values[-1], "min_mib": min(values),
+            "max_mib": max(values), "slope_mib_per_min": slope, "span_s": span,
+            "settled_from_s": tail[0][0] - samples[0][0],
+            "settled_growth_mib": tail[-1][1] - tail[0][1]}
+
+
+def rss_flat(trend: dict[str, Any]) -> bool | None:
+    """Flat RSS (slope within :data:`RSS_FLAT_MIB_PER_MIN`); None when the run was too short."""
+    if not trend or trend["span_s"] < FLAT_JUDGED_S:
+        return None
+    return abs(trend["slope_mib_per_min"]) <= RSS_FLAT_MIB_PER_MIN
+
+
+def scaling_ideal(workers: int, parallelism: int, generator_cores: float) -> float:
+    """The speed-up N workers can reach over 1: N, capped by the cores left once the load
+    generator took its share (the target is :data:`SCALING_EFFICIENCY` × this)."""
+    return max(1.0, min(float(workers), parallelism - max(0.0, generator_cores)))
+
+
+def parse_only(text: str | None) -> list[str]:
+    """``'scaling,lab-overhead'`` → rows in table order; ``handoff`` and ``all`` expand."""
+    if not text:
+        return list(ROWS)
+    wanted: set[str] = set()
+    for name in (n.strip() for n in text.split(",")):
+        if not name:
+            continue
+        if name in ALIASES:
+            wanted.update(ALIASES[name])
+        elif name in ROWS:
+            wanted.add(name)
+        else:
+            raise ValueError(f"unknown row {name!r}; known: {', '.join([*ROWS, *ALIASES])}")
+    return [r for r in ROWS if r in wanted]
+
+
+def parse_workers(text: str | None, parallelism: int) -> list[int]:
+    """``'1,2,4'`` → [1, 2, 4]; default 1 and ``parallelism``; 1 is always measured (the base)."""
+    counts = {1, parallelism} if not text else {int(x) for x in text.split(",") if x.strip()}
+    if any(n < 1 for n in counts):
+        raise ValueError(f"worker counts must be ≥ 1, got {text!r}")
+    return sorted(counts | {1})
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    rounds: int = 3
+    duration_s: float = 5.0
+    connections: int = 50
+    workers: int = 2
+    ipc_seconds: float = 1.5
+    micro_rounds: int = 3
+    forks: int = 20
+    respawn_start_methods: tuple[str, ...] = RESPAWN_START_METHODS
+    keepalive_peers: tuple[str, ...] = ("uvicorn", "node-rr")
+    scaling_workers: tuple[int, ...] = ()
+    scaling_ms: float = 2.0
+    scaling_policy: str = "rr"
+    primary_seconds: float = 300.0
+    lab_runs: int = 1
+    wait_quiet_s: float = 0.0
+    quiet_pct: float = 5.0
+    quiet_budget_s: float = 20.0
+
+    @property
+    def quiet(self) -> tuple[float, float]:
+        return (self.quiet_pct, self.wait_quiet_s)
+
+
+QUICK = {"duration_s": 2.0, "ipc_seconds": 1.0, "micro_rounds": 2, "primary_seconds": 20.0,
+         "quiet_budget_s": 15.0}
+
+
+@dataclass
+class Suite:
+    """One run of the selected rows: their table rows, raw results and notes."""
+
+    settings: Settings
+    rows: list[Row] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    interrupted: BaseException | None = None
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"note: {text}", flush=True)
+
+    # -- wrk rows --
+
+    def _wrk_missing(self, *whats: str) -> bool:
+        if shutil.which("wrk"):
+            return False
+        self.rows += [Row(what, "skipped", note="wrk not installed") for what in whats]
+        return True
+
+    def _hello(self, policy: str) -> peers.ServerSpec:
+        s = self.settings
+        return target_from_template(f"clusterlab-{policy}", HELLO + policy, s.workers, READY)
+
+    def _peers(self, names: Sequence[str]) -> tuple[list[peers.ServerSpec], dict[str, str]]:
+        specs, notes = peers.peer_specs(names, self.settings.workers)
+        skipped = {n.split(":")[0]: n.split(": skipped, ", 1)[-1] for n in notes}
+        for n in notes:
+            self.note(n)
+        return specs, skipped
+
+    def _wrk_rounds(self, key: str, specs: Sequence[peers.ServerSpec], mode: str,
+                    connections: int | None = None) -> dict[str, Any]:
+        s = self.settings
+        print(f"{key}: {', '.join(sp.name for sp in specs)}; {s.rounds} rounds of "
+              f"{s.duration_s:g} s, {'new connection per request' if mode == 'close' else mode}",
+              flush=True)
+        results: dict[str, Any] = {}
+        self.raw[key] = {"servers": {sp.name: sp.command for sp in specs}, "results": results}
+        try:
+            run_handoff(specs, (mode,), s.rounds, s.duration_s, connections or s.connections,
+                        quiet=s.quiet, results=results)
+        except (KeyboardInterrupt, SystemExit) as exc:  # rows from what was measured, then stop
+            summarize(results)
+            self.interrupted = exc
+        return dict(results.get(mode, {}))
+
+    def handoff(self, policies: Sequence[str]) -> None:
+        """RR, NONE, REUSEPORT, new connection per request, vs Node.js's cluster."""
+        names = {"rr": "RR hand-off, new connection per request",
+                 "none": "SCHED_NONE, same load", "reuseport": "SCHED_REUSEPORT, same load"}
+        if self._wrk_missing(*(names[p] for p in policies)):
+            return
+        node_names = [f"node-{p}" for p in policies if p in ("rr", "none")]
+        node_specs, skipped = self._peers(node_names)
+        specs = [self._hello(p) for p in policies] + node_specs
+        res = self._wrk_rounds("handoff", specs, "close")
+        for p in policies:
+            cl = res.get(f"clusterlab-{p}")
+            figure = fmt_stats(cl, "req/s")
+            if p == "reuseport":
+                self.rows.append(Row(names[p], figure, "Node.js",
+                                     "(Node.js 20's cluster has no such policy)"))
+                continue
+            peer = f"Node.js {POLICY_NAMES[p]}"
+            if f"node-{p}" in skipped:
+                self.rows.append(Row(names[p], figure, peer, f"skipped: {skipped[f'node-{p}']}",
+                                     target=TARGETS[p]))
+                continue
+            node = res.get(f"node-{p}")
+            self.rows.append(Row(names[p], figure, peer, fmt_stats(node),
+                                 ratio(_med(cl), _med(node)), TARGETS[p]))
+
+    def keepalive(self) -> None:
+        """Keep-alive hello: clusterlab's fastest worker server vs uvicorn --workers and Node.js."""
+        what = "keep-alive hello (SCHED_NONE, serve_asgi)"
+        if self._wrk_missing(what):
+            return
+        peer_specs, skipped = self._peers(self.settings.keepalive_peers)
+        res = self._wrk_rounds("keepalive", [self._hello("none"), *peer_specs], "keepalive")
+        cl = res.get("clusterlab-none")
+        labels = {"uvicorn": ("`uvicorn --workers 2`", TARGETS["keepalive-uvicorn"]),
+                  "node-rr": ("Node.js SCHED_RR", TARGETS["keepalive-node"]),
+                  "node-none": ("Node.js SCHED_NONE", TARGETS["keepalive-node"])}
+        for name in self.settings.keepalive_peers:
+            label, target = labels.get(name, (name, None))
+            if name in skipped:
+                self.rows.append(Row(what, fmt_stats(cl, "req/s"), label,
+                                     f"skipped: {skipped[name]}", target=target))
+                continue
+            peer = res.get(name)
+            self.rows.append(Row(what, fmt_stats(cl, "req/s"), label, fmt_stats(peer),
+                                 ratio(_med(cl), _med(peer)), target))
+
+    def scaling(self) -> None:
+        """/cpu?ms=2 with 1 worker vs N workers; the speed-up vs 0.9 × the cores wrk left."""
+        s = self.settings
+        path = f"/cpu?ms={s.scaling_ms:g}"
+        if self._wrk_missing(f"CPU-bound `{path}` speed-up"):
+            return
+        parallelism = available_parallelism()
+        counts = list(s.scaling_workers) or parse_workers(None, parallelism)
+        if counts == [1]:
+            self.rows.append(Row(f"CPU-bound `{path}` speed-up", "skipped",
+                                 note="available_parallelism() is 1"))
+            return
+        argv = ["{python}", "-m", "clusterlab.lab.target", "--workers", "{workers}", "--policy",
+                s.scaling_policy, "--port", "{port}"]
+        specs = [peers.target(f"clusterlab-{n}w", argv, peers.free_port(), n,
+                              ready_text="serving http://", path=path) for n in counts]
+        res = self._wrk_rounds("scaling", specs, "keepalive", max(s.connections, 4 * counts[-1]))
+        base = res.get("clusterlab-1w")
+        self.raw["scaling"].update(parallelism=parallelism, path=path, policy=s.scaling_policy)
+        for n in counts[1:]:
+            r = res.get(f"clusterlab-{n}w")
+            gen_cores = (r or {}).get("generator_cpu_pct", 0.0) / 100
+            ideal = scaling_ideal(n, parallelism, gen_cores)
+            target = SCALING_EFFICIENCY * ideal
+            speedup = ratio(_med(r), _med(base))
+            mark = " = available_parallelism()" if n == parallelism else ""
+            cost = (f"server {r.get('server_cpu_pct', 0) / 100:.2f} cores, wrk {gen_cores:.2f}"
+                    if r else "")
+            self.rows.append(Row(
+                f"CPU-bound `{path}`, {n} workers{mark} vs 1 ({s.scaling_policy})",
+                fmt_stats(r, "req/s"), "1 worker", fmt_stats(base), speedup,
+                f"≥ {target:.2f}× (0.9 × {ideal:.2f})",
+                None if speedup is None else speedup >= target, cost))
+            self.raw["scaling"].setdefault("rows", {})[n] = {
+                "speedup": speedup, "ideal": ideal, "target": target,
+                "generator_cores": gen_cores, "plain_target": SCALING_EFFICIENCY * n}
+
+    # -- IPC and respawn --
+
+    def _alternate(self, key: str, jobs: dict[str, Callable[[], dict[str, Any]]],
+                   rounds: int) -> dict[str, list[dict[str, Any]]]:
+        """Run every job once per round, rotating the order; each run guarded by the quiet check."""
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in jobs}
+        self.raw[key] = {"runs": runs}
+        s = self.settings
+        print(f"{key}: {', '.join(jobs)}; {rounds} alternating rounds", flush=True)
+
+        def once(name: str) -> Callable[[], float]:
+            def run() -> float:
+                runs[name].append(node_micro.guarded(jobs[name], s.quiet_pct, s.wait_quiet_s))
+                return 0.0
+            return run
+
+        try:
+            interleaved_rounds({name: once(name) for name in jobs}, rounds)
+        except (KeyboardInterrupt, SystemExit) as exc:  # rows from what was measured, then stop
+            self.interrupted = exc
+        return runs
+
+    def ipc(self) -> None:
+        """Round trips and one-way messages between the primary and one worker, vs Node.js."""
+        s = self.settings
+        timeout = s.ipc_seconds * 4 + 30
+        jobs: dict[str, Callable[[], dict[str, Any]]] = {
+            "clusterlab": lambda: ipc.measure(s.ipc_seconds, timeout)}
+        node = shutil.which("node") is not None
+        if node:
+            jobs["node"] = lambda: node_micro.run_node("ipc.js", s.ipc_seconds, timeout)
+        else:
+            self.note("node-ipc: skipped, node not on PATH")
+        runs = self._alternate("ipc", jobs, s.micro_rounds)
+        oneway = TARGETS["ipc-oneway"]
+        figures = [("IPC round trips, primary ↔ worker", "roundtrips_per_s", "round trips/s",
+                    TARGETS["ipc-roundtrips"]),
+                   ("IPC one-way, worker → primary", "w2p_msgs_per_s", "msgs/s", oneway),
+                   ("IPC one-way, primary → worker", "p2w_msgs_per_s", "msgs/s", oneway)]
+        summary = self.raw["ipc"]["summary"] = {}
+        for what, key, unit, target in figures:
+            cl = stats([r[key] for r in runs["clusterlab"]])
+            peer = stats([r[key] for r in runs.get("node", [])]) if node else None
+            summary[key] = {"clusterlab": cl, "node": peer}
+            self.rows.append(Row(what, fmt_stats(cl, unit), "Node.js",
+                                 fmt_stats(peer) if node else "skipped: node not on PATH",
+                                 ratio(_med(cl), _med(peer)), target))
+
+    def respawn(self) -> None:
+        """SIGKILL → replacement 'listening' per start method, vs Node.js fork() → 'listening'."""
+        s = self.settings
+        jobs: dict[str, Callable[[], dict[str, Any]]] = {}
+        for method in s.respawn_start_methods:
+            jobs[f"clusterlab ({method})"] = (
+                lambda m=method: respawn.measure(s.forks, start_method=m))
+        node = shutil.which("node") is not None
+        if node:
+            jobs["node"] = lambda: node_micro.run_node("respawn.js", s.forks, 150)
+        else:
+            self.note("node-respawn: skipped, node not on PATH")
+        runs = self._alternate("respawn", jobs, s.micro_rounds)
+        peer = stats([r["fork_listening_ms"] for r in runs.get("node", [])])
+        summary = self.raw["respawn"]["summary"] = {
+            "node": {k: stats([r[k] for r in runs.get("node", [])])
+                     for k in ("fork_online_ms", "fork_listening_ms", "kill_listening_ms")}}
+        for method in s.respawn_start_methods:
+            name = f"clusterlab ({method})"
+            got = {r.get("start_method", "exec") for r in runs[name]}
+            cl = stats([r["kill_listening_ms"] for r in runs[name]])
+            summary[name] = {k: stats([r[k] for r in runs[name]])
+                             for k in ("fork_online_ms", "fork_listening_ms", "kill_listening_ms")}
+            what = f"respawn: SIGKILL → replacement `'listening'` (median of {s.forks}), {name}"
+            if runs[name] and got != {method}:
+                self.rows.append(Row(what, "skipped", note=f"the core ran start method {got}"))
+                continue
+            self.rows.append(Row(what, fmt_stats(cl, "ms", 1), "Node.js `fork()` → `'listening'`",
+                                 fmt_stats(peer, "ms", 1) if node else "skipped: node not on PATH",
+                                 ratio(_med(cl), _med(peer)), TARGETS["respawn"]))
+
+    # -- the primary's own cost --
+
+    def primary(self) -> None:
+        """The primary's CPU % and RSS under RR at the anchor load, sampled every second."""
+        what = "primary's own cost under RR (anchor load)"
+        if self._wrk_missing(what):
+            return
+        s = self.settings
+        handoff = self.raw.get("handoff", {}).get("results", {}).get("close", {})
+        if "clusterlab-rr" not in handoff:
+            # The side-by-side CPU figures come from A/B rounds; take them here if rr did not run.
+            node_specs, _ = self._peers(["node-rr"])
+            res = self._wrk_rounds("primary_ab", [self._hello("rr"), *node_specs], "close")
+            if self.interrupted:
+                return
+        else:
+            res = handoff
+        long_run = self._primary_long(s.primary_seconds)
+        cl, node = res.get("clusterlab-rr", {}), res.get("node-rr")
+        self.rows.append(Row(
+            "primary's own cost under RR, anchor load: CPU, RSS",
+            f"{_fmt(cl.get('primary_cpu_pct'))} % of a core, {_fmt(cl.get('primary_rss_mib'))} MiB",
+            "Node.js SCHED_RR primary",
+            f"{_fmt(node.get('primary_cpu_pct'))} %, {_fmt(node.get('primary_rss_mib'))} MiB"
+            if node else "skipped: node not on PATH",
+            ratio(cl.get("primary_cpu_pct"), (node or {}).get("primary_cpu_pct")), "reported",
+            note="CPU ratio; medians of the A/B rounds"))
+        trend, cpu = long_run["rss"], long_run["cpu_pct"]
+        flat = rss_flat(trend)
+        self.rows.append(Row(
+            f"primary's RSS over a {s.primary_seconds:g} s RR run (same load)",
+            f"{trend['start_mib']:.1f} → {trend['end_mib']:.1f} MiB (max {trend['max_mib']:.1f}), "
+            f"{round(trend['slope_mib_per_min'], 3) + 0.0:+.3f} MiB/min; CPU {_fmt(_med(cpu))} %",
+            target=f"flat over 5 min (≤ {RSS_FLAT_MIB_PER_MIN:g} MiB/min)", met=flat,
+            note="" if flat is not None else f"judged on ≥ 5 min runs, this one {s.primary_seconds:g} s"))
+
+    def _primary_long(self, seconds: float) -> dict[str, Any]:
+        s = self.settings
+        spec = self._hello("rr")
+        print(f"primary: {spec.name} under wrk -t1 -c{s.connections}, new connection per request, "
+              f"for {seconds:g} s; the primary sampled every second", flush=True)
+        out: dict[str, Any] = {"server": spec.command, "seconds": seconds}
+        self.raw["primary"] = out
+        with peers.start(spec) as srv:
+            run_wrk(spec.url, 1, s.connections, 1, close=True)  # warm-up
+            if s.wait_quiet_s:
+                report.wait_quiet([srv.pid], s.quiet_pct, s.wait_quiet_s)
+            meter = report.ForeignCpu([srv.pid])
+            with _ProcSampler(srv.pid) as sampler:
+                r = run_wrk(spec.url, 1, s.connections, seconds, close=True)
+            if srv.proc.poll() is not None:
+                raise RuntimeError(f"{spec.name} died during the run:\n{srv.log_tail()}")
+            out["foreign_cpu_pct"] = round(meter.pct(), 1)
+        out["wrk"] = r.as_dict()
+        out["samples"] = sampler.samples
+        out["cpu_pct"] = stats([x["primary_cpu_pct"] for x in sampler.samples[1:]])
+        out["rss"] = rss_trend([(x["t"], x["primary_rss_mib"]) for x in sampler.samples])
+        return out
+
+    # -- the lab --
+
+    def lab_overhead(self) -> None:
+        """``clusterlab run`` of a 2-point scenario, wall time ÷ the sum of its load durations."""
+        s = self.settings
+        runs: list[dict[str, Any]] = []
+        self.raw["lab_overhead"] = {"scenario": str(SCENARIO.relative_to(peers.ROOT)), "runs": runs}
+        for i in range(s.lab_runs):
+            print(f"lab-overhead: clusterlab run {SCENARIO.relative_to(peers.ROOT)} "
+                  f"({i + 1}/{s.lab_runs})", flush=True)
+            if s.wait_quiet_s:
+                report.wait_quiet([], s.quiet_pct, s.wait_quiet_s)
+            runs.append(run_lab(SCENARIO))
+        wall = stats([r["wall_s"] for r in runs])
+        load = stats([r["load_s"] for r in runs])
+        ratios = stats([r["wall_s"] / r["load_s"] for r in runs])
+        first = runs[0]
+        self.rows.append(Row(
+            f"lab overhead: `clusterlab run`, {first['points']} points, wall time",
+            fmt_stats(wall, "s", 1), "sum of the points' load durations",
+            f"{fmt_stats(load, 's', 1)} ({first['points']} × ({first['warmup_s']:g} + "
+            f"{first['duration_s']:g}) s)", _med(ratios), TARGETS["lab-overhead"],
+            note=f"vs measured windows only {_med(stats([r['wall_s'] / r['window_s'] for r in runs])):.2f}×"))
+
+
+def _med(st: dict[str, Any] | None) -> float | None:
+    return None if not st else st.get("median")
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:,.{digits}f}"
+
+
+class _ProcSampler:
+    """Every ``period`` s: one process's CPU % of one core (since the last sample), its RSS (MiB),
+    and its whole tree's CPU %, on a background thread."""
+
+    def __init__(self, pid: int, period: float = 1.0) -> None:
+        self.pid, self.period = pid, period
+        self.samples: list[dict[str, float | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="primary-sampler", daemon=True)
+
+    def __enter__(self) -> _ProcSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        last = (t0, report.proc_cpu_s(self.pid), report.tree_cpu_s([self.pid]))
+        while not self._stop.wait(self.period):
+            now, cpu, tree = time.monotonic(), report.proc_cpu_s(self.pid), report.tree_cpu_s([self.pid])
+            wall = now - last[0]
+            self.samples.append({"t": round(now - t0, 2),
+                                 "primary_cpu_pct": round(100 * (cpu - last[1]) / wall, 2),
+                                 "primary_rss_mib": report.rss_mib(self.pid),
+                                 "server_cpu_pct": round(100 * (tree - last[2]) / wall, 1)})
+            last = (now, cpu, tree)
+
+
+def _clusterlab_argv() -> list[str]:
+    script = Path(sys.executable).parent / "clusterlab"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("clusterlab")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from clusterlab.cli import main; sys.exit(main())"]
+
+
+def run_lab(scenario: Path, timeout: float = 300) -> dict[str, Any]:
+    """Time ``clusterlab run SCENARIO -q`` from launch to exit (in its own session, stopped by
+    pid on failure or Ctrl-C); read the points' load durations back from its summary.json."""
+    with tempfile.TemporaryDirectory(prefix="bench-lab-") as tmp:
+        out_dir = Path(tmp) / "run"
+        argv = [*_clusterlab_argv(), "run", str(scenario), "--out", str(out_dir), "-q"]
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=peers.ROOT, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                peers.stop_tree(proc.pid)
+                proc.wait()
+        wall = time.monotonic() - t0
+        if proc.returncode != 0:
+            tail = "\n".join(output.strip().splitlines()[-10:])
+            raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{tail}")
+        summary = json.loads((out_dir / "summary.json").read_text())
+    return lab_figures(summary, wall, argv)
+
+
+def lab_figures(summary: dict[str, Any], wall_s: float, argv: Sequence[str] = ()) -> dict[str, Any]:
+    """Wall time vs the load the run's summary.json says it applied: per measured point, the
+    scenario's warm-up + duration (``load_s``) and the measured windows (``window_s``)."""
+    load = summary["scenario"]["load"]
+    points = [p for p in summary["points"] if p.get("status") == "ok"]
+    if not points:
+        raise RuntimeError("the lab run measured no point")
+    per_point = float(load.get("warmup") or 0) + float(load["duration"])
+    run = summary.get("run", {})
+    internal = (run["finished"] - run["started"]) if run.get("finished") else None
+    return {"command": " ".join(argv), "wall_s": wall_s, "points": len(points),
+            "failed_points": len(summary["points"]) - len(points),
+            "warmup_s": float(load.get("warmup") or 0), "duration_s": float(load["duration"]),
+            "load_s": per_point * len(points),
+            "window_s": sum(float(p.get("window_s") or 0) for p in points),
+            "run_started_to_finished_s": internal,
+            "point_rows": [{k: p.get(k) for k in ("point", "workload", "policy", "workers", "rps",
+                                                   "window_s", "cpu_pct")} for p in points]}
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _settings(a: argparse.Namespace) -> Settings:
+    s = Settings()
+    if a.quick:
+        for k, v in QUICK.items():
+            setattr(s, k, v)
+    for key in ("rounds", "duration_s", "connections", "ipc_seconds", "micro_rounds", "forks",
+                "primary_seconds", "lab_runs", "wait_quiet_s", "quiet_pct", "quiet_budget_s", "scaling_ms",
+                "scaling_policy"):
+        value = getattr(a, key)
+        if value is not None:
+            setattr(s, key, value)
+    if a.respawn_start_methods:
+        s.respawn_start_methods = tuple(m for m in a.respawn_start_methods.split(",") if m)
+    if a.keepalive_peers is not None:
+        s.keepalive_peers = tuple(m for m in a.keepalive_peers.split(",") if m)
+    s.scaling_workers = tuple(parse_workers(a.scaling_workers, available_parallelism()))
+    if s.primary_seconds < 3 or s.rounds < 1 or s.micro_rounds < 1 or s.lab_runs < 1:
+        raise ValueError("--primary-seconds must be ≥ 3 and every count of rounds/runs ≥ 1")
+    return s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[1:6]))
+    ap.add_argument("--quick", action="store_true",
+                    help="wrk runs of 2 s, IPC phases of 1 s, 2 IPC/respawn rounds, a 20 s primary run")
+    ap.add_argument("--only", help=f"comma list of {','.join(ROWS)} (handoff = rr,none,reuseport)")
+    ap.add_argument("--out", type=Path, default=report.RESULTS, help="results directory")
+    ap.add_argument("--rounds", type=int, help="wrk A/B rounds (3)")
+    ap.add_argument("--duration", dest="duration_s", type=float, help="seconds per wrk run (5)")
+    ap.add_argument("--connections", type=int, help="wrk connections (50)")
+    ap.add_argument("--ipc-seconds", type=float, help="seconds per IPC phase (1.5)")
+    ap.add_argument("--micro-rounds", type=int, help="alternating IPC and respawn rounds (3)")
+    ap.add_argument("--forks", type=int, help="respawns per run, median of them (20)")
+    ap.add_argument("--respawn-start-methods", metavar="M[,M]",
+                    help=f"clusterlab start methods to time ({','.join(RESPAWN_START_METHODS)}; "
+                    "e.g. exec,forkserver)")
+    ap.add_argument("--keepalive-peers", metavar="P[,P]",
+                    help="keep-alive peers (uvicorn,node-rr); also node-none, gunicorn-sync, "
+                    "gunicorn-gthread")
+    ap.add_argument("--scaling-workers", metavar="N[,N]",
+                    help="worker counts for the CPU-bound row (1 and available_parallelism())")
+    ap.add_argument("--scaling-ms", type=float, help="CPU ms per request of /cpu (2)")
+    ap.add_argument("--scaling-policy", choices=sorted(POLICY_NAMES), help="(rr)")
+    ap.add_argument("--primary-seconds", type=float, help="the primary's long run (300; --quick 20)")
+    ap.add_argument("--lab-runs", type=int, help="timed lab runs, median (1)")
+    ap.add_argument("--wait-quiet", dest="wait_quiet_s", type=float, metavar="S",
+                    help="before each sample wait up to S s for foreign CPU < --quiet-pct; "
+                    "retake disturbed samples (0: record only)")
+    ap.add_argument("--quiet-pct", type=float, help="(5)")
+    ap.add_argument("--quiet-budget", dest="quiet_budget_s", type=float, metavar="S",
+                    help="seconds the whole run may spend waiting and retaking: bounds the "
+                    "run time on a busy machine; afterwards samples are kept as taken (20; --quick 15)")
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        selected = parse_only(a.only)
+        settings = _settings(a)
+    except ValueError as exc:
+        ap.error(str(exc))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started, t0 = time.time(), time.monotonic()
+    machine = report.machine_facts()
+    suite = Suite(settings)
+    steps: list[tuple[str, Callable[[], None]]] = []
+    if policies := [p for p in ("rr", "none", "reuseport") if p in selected]:
+        steps.append(("handoff", lambda: suite.handoff(policies)))
+    for name in ("keepalive", "scaling", "ipc", "respawn", "primary", "lab-overhead"):
+        if name in selected:
+            steps.append((name, getattr(suite, name.replace("-", "_"))))
+    report.QUIET.budget_s = settings.quiet_budget_s
+    status = 0
+    for name, step in steps:
+        spent_before = report.QUIET.left()
+        first_row = len(suite.rows)
+        try:
+            step()
+            if suite.interrupted is not None:
+                raise suite.interrupted
+        except (KeyboardInterrupt, SystemExit) as exc:
+            print("interrupted; every process started was stopped", file=sys.stderr)
+            suite.note(f"{name}: interrupted; the run is partial")
+            status = 143 if isinstance(exc, SystemExit) else 130
+            break
+        except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"error: {name}: {exc}", file=sys.stderr)
+            suite.rows.append(Row(name, "failed", note=first[:120]))
+            suite.raw.setdefault("errors", {})[name] = str(exc)
+            status = 1
+        finally:
+            worst = max((_worst_foreign(suite.raw.get(k)) for k in STEP_RAW.get(name, ())),
+                        default=0.0)
+            if worst > settings.quiet_pct:
+                for row in suite.rows[first_row:]:
+                    busy = f"others used up to {worst:.0f}% of the CPUs"
+                    row.note = f"{row.note}; {busy}" if row.note else busy
+            if settings.wait_quiet_s and spent_before > 0 and report.QUIET.left() <= 0:
+                suite.note(f"the quiet-machine budget ({settings.quiet_budget_s:g} s) ran out "
+                           f"during {name}: later samples were kept as taken")
+    wall = time.monotonic() - t0
+    print()
+    print(render_text(suite.rows))
+    for n in suite.notes:
+        print(f"* {n}")
+    worst = _worst_foreign(suite.raw)
+    if worst > settings.quiet_pct:
+        warning = (f"other processes used up to {worst:.0f}% of the CPUs during some samples: "
+                   "figures are suspect (see --wait-quiet)")
+        suite.notes.append(warning)
+        print(f"warning: {warning}")
+    print(f"suite: {wall:.0f} s")
+    if a.no_write:
+        return status
+    name = report.stamp()
+    command = shlex.join(["python", "-m", "bench.suite", *(sys.argv[1:] if argv is None else argv)])
+    data = {"benchmark": "suite", "started": started, "wall_s": wall, "complete": status == 0,
+            "command": command, "selected": selected, "machine": machine,
+            "settings": asdict(settings), "quiet_spent_s": round(report.QUIET.spent_s, 1),
+            "notes": suite.notes,
+            "table": [r.as_dict() for r in suite.rows], "raw": suite.raw}
+    json_path = report.write_text(a.out / f"{name}.json",
+                                  json.dumps(data, indent=2, default=str) + "\n")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    md = render_markdown(suite.rows, machine, suite.notes, command, when, wall,
+                         _display(json_path))
+    md_path = report.write_text(a.out / f"{name}.md", md)
+    print(f"wrote {_display(json_path)} and {_display(md_path)}")
+    return status
+
+
+def _display(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(peers.ROOT))
+    return str(path)
+
+
+# Where each step keeps its samples in Suite.raw (each sample records foreign_cpu_pct).
+STEP_RAW = {"handoff": ("handoff",), "keepalive": ("keepalive",), "scaling": ("scaling",),
+            "ipc": ("ipc",), "respawn": ("respawn",), "primary": ("primary_ab", "primary")}
+
+
+def _worst_foreign(raw: Any) -> float:
+    worst = 0.0
+
+    def walk(x: Any) -> None:
+        nonlocal worst
+        if isinstance(x, dict):
+            if isinstance(x.get("foreign_cpu_pct"), int | float):
+                worst = max(worst, float(x["foreign_cpu_pct"]))
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(raw)
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""bench.suite's pure parts: targets, ratios, rendering, the RSS trend, the scaling ideal, the lab
+figures and argument parsing. No wrk, no node, no process started (the suite itself is run with
+``python -m bench.suite``, not from here)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import suite
+from bench.suite import Row, Target
+
+
+def test_target_met_and_text() -> None:
+    at_least, at_most = Target(">=", 1.5), Target("<=", 0.5)
+    assert at_least.met(1.5) is True and at_least.met(1.49) is False
+    assert at_most.met(0.5) is True and at_most.met(0.51) is False
+    assert at_least.met(None) is None and at_most.met(math.nan) is None
+    assert str(at_least) == "≥ 1.5×" and str(at_most) == "≤ 0.5×"
+    assert str(Target(">=", 1.0)) == "≥ 1.0×" and str(Target("<=", 1.15)) == "≤ 1.15×"
+
+
+def test_ratio_and_formatting() -> None:
+    assert suite.ratio(3.0, 2.0) == 1.5
+    assert suite.ratio(None, 2.0) is None and suite.ratio(1.0, 0.0) is None
+    assert suite.ratio(1.0, None) is None and suite.ratio(math.nan, 1.0) is None
+    assert suite.fmt_ratio(1.256) == "1.26×" and suite.fmt_ratio(None) == "—"
+    st = suite.stats([14383.2, 11900.0, 14826.0])
+    assert st is not None and st["median"] == 14383.2
+    assert suite.fmt_stats(st, "req/s") == "14,383 req/s (11,900–14,826)"
+    assert suite.fmt_stats(suite.stats([79.14]), "ms", 1) == "79.1 ms"
+    assert suite.fmt_stats(None) == "—" and suite.stats([]) is None
+
+
+def test_row_met_follows_a_ratio_target() -> None:
+    assert Row("x", "1", ratio=1.6, target=Target(">=", 1.5)).met is True
+    assert Row("x", "1", ratio=1.2, target=Target(">=", 1.5)).met is False
+    assert Row("x", "1", target=Target(">=", 1.5)).met is None  # peer skipped: no verdict
+    text_target = Row("x", "1", target="reported", met=None, note="why")
+    assert text_target.cells()[-2:] == ["reported", "— (why)"]
+    cells = Row("RR", "10 req/s", "Node.js", "8", 1.25, Target(">=", 1.5)).cells()
+    assert cells == ["RR", "10 req/s", "Node.js", "8", "1.25×", "≥ 1.5×", "no"]
+    d = Row("RR", "1", ratio=2.0, target=Target(">=", 1.5)).as_dict()
+    assert d["target"] == "≥ 1.5×" and d["met"] is True and d["cells"][-1] == "yes"
+
+
+def test_markdown_has_machine_header_table_and_notes() -> None:
+    rows = [Row("a | b", "1 req/s", "Node.js", "2", 0.5, Target(">=", 1.0)),
+            Row("c", "skipped", note="wrk not installed")]
+    machine = {"cpu": "AMD EPYC", "cpus": 2, "available_parallelism": 2, "memory_gib": 23.5,
+               "kernel": "6.18", "python": "3.11.7", "node": "v20.20.2", "wrk": "wrk 4.1.0",
+               "load_avg_at_start": [0.25, 0.1, 0.0]}
+    md = suite.render_markdown(rows, machine, ["node-rr: skipped, node not on PATH"],
+                               "python -m bench.suite --quick", "2026-11-28 05:00 UTC", 150.4,
+                               "bench/results/x.json")
+    lines = md.splitlines()
+    assert lines[0].startswith("Machine: AMD EPYC, 2 CPUs (available_parallelism 2)")
+    assert "load average at start 0.25" in lines[0]
+    assert "`python -m bench.suite --quick`" in lines[1] and "150 s" in lines[1]
+    table = [ln for ln in lines if ln.startswith("|")]
+    assert table[0] == "| row | clusterlab | peer | peer figure | ratio | target | met? |"
+    assert table[2] == "| a \\| b | 1 req/s | Node.js | 2 | 0.50× | ≥ 1.0× | no |"
+    assert table[3].endswith("| — | — (wrk not installed) |")
+    assert lines[-1] == "* node-rr: skipped, node not on PATH"
+    # The terminal table carries the same cells.
+    text = suite.render_text(rows)
+    assert "0.50×" in text and "met?" in text.splitlines()[0]
+
+
+def test_rss_trend_slope_and_flatness() -> None:
+    flat = [(float(t), 30.0) for t in range(301)]
+    trend = suite.rss_trend(flat)
+    assert trend["start_mib"] == 30.0 and trend["max_mib"] == 30.0
+    assert abs(trend["slope_mib_per_min"]) < 1e-9 and trend["span_s"] == 300
+    assert suite.rss_flat(trend) is True
+    growing = [(float(t), 30.0 + t / 60) for t in range(301)]  # 1 MiB per minute
+    trend = suite.rss_trend(growing)
+    assert trend["slope_mib_per_min"] == pytest.approx(1.0)
+    assert trend["end_mib"] == pytest.approx(35.0) and suite.rss_flat(trend) is False
+    # A warm-up jump in the first tenth of the run does not count as growth.
+    warm = [(float(t), 25.0 if t < 20 else 30.0) for t in range(301)]
+    trend = suite.rss_trend(warm)
+    assert trend["start_mib"] == 25.0 and abs(trend["slope_mib_per_min"]) < 1e-9
+    assert suite.rss_flat(trend) is True
+    short = suite.rss_trend([(float(t), 30.0 + t) for t in range(20)])
+    assert suite.rss_flat(short) is None  # 20 s: reported, not judged
+    assert suite.rss_trend([]) == {} and suite.rss_flat({}) is None
+
+
+def test_scaling_ideal_takes_off_the_generator() -> None:
+    assert suite.scaling_ideal(2, 2, 0.0) == 2.0
+    assert suite.scaling_ideal(2, 2, 0.3) == pytest.approx(1.7)
+    assert suite.scaling_ideal(4, 16, 0.5) == 4.0  # enough cores: N itself
+    assert suite.scaling_ideal(16, 16, 1.0) == 15.0
+    assert suite.scaling_ideal(2, 1, 0.5) == 1.0  # never below 1
+
+
+def test_parse_only_and_workers() -> None:
+    assert suite.parse_only(None) == list(suite.ROWS)
+    assert suite.parse_only("lab-overhead,scaling") == ["scaling", "lab-overhead"]
+    assert suite.parse_only("handoff,primary") == ["rr", "none", "reuseport", "primary"]
+    with pytest.raises(ValueError, match="unknown row 'bogus'"):
+        suite.parse_only("scaling,bogus")
+    assert suite.parse_workers(None, 2) == [1, 2]
+    assert suite.parse_workers(None, 1) == [1]
+    assert suite.parse_workers("16,2,4,8", 16) == [1, 2, 4, 8, 16]
+    with pytest.raises(ValueError):
+        suite.parse_workers("0,2", 2)
+
+
+def test_lab_figures_read_durations_from_the_summary() -> None:
+    summary = {
+        "scenario": {"load": {"warmup": 1, "duration": 5}},
+        "run": {"started": 100.0, "finished": 114.0},
+        "points": [
+            {"point": 0, "status": "ok", "window_s": 5.01, "workload": "hello"},
+            {"point": 1, "status": "ok", "window_s": 4.99, "workload": "hello"},
+            {"point": 2, "status": "failed", "window_s": None, "workload": "hello"},
+        ],
+    }
+    fig = suite.lab_figures(summary, 15.0)
+    assert fig["points"] == 2 and fig["failed_points"] == 1
+    assert fig["load_s"] == 12.0 and fig["window_s"] == pytest.approx(10.0)
+    assert fig["run_started_to_finished_s"] == 14.0
+    assert fig["wall_s"] / fig["load_s"] == 1.25
+    summary["points"] = [summary["points"][2]]
+    with pytest.raises(RuntimeError, match="no point"):
+        suite.lab_figures(summary, 15.0)
+
+
+def test_missing_wrk_skips_its_rows_without_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(suite.shutil, "which", lambda name: None)
+    run = suite.Suite(suite.Settings())
+    run.handoff(["rr", "none"])
+    run.scaling()
+    assert [r.clusterlab for r in run.rows] == ["skipped"] * 3
+    assert all(r.note == "wrk not installed" and r.met is None for r in run.rows)
+
+
+def test_quiet_budget_and_freshness() -> None:
+    from bench.report import Quiet
+
+    q = Quiet(budget_s=10.0, fresh_s=60.0)
+    assert q.left() == 10.0 and q.recently_quiet(5.0) is None
+    q.charge(4.0)
+    assert q.left() == 6.0
+    q.saw(3.0)
+    assert q.recently_quiet(5.0) == 3.0  # quiet a moment ago: no need to wait again
+    q.saw(30.0)
+    assert q.recently_quiet(5.0) is None
+    q.charge(20.0)
+    assert q.left() == 0.0
+    assert Quiet().left() == math.inf
