@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint lab bench clean
+.PHONY: install test lint lab bench stress clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
 	@$(PY) -c 'import gunicorn' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.suite --wait-quiet 10 $(BENCH_ARGS)
+
+# The reliability suite's long versions (60 s crash storms, 50k hand-offs, ...), under 10 minutes;
+# ends with a table: each reliability target and the figure measured for it.
+stress: install
+	CLUSTERLAB_STRESS=1 $(PY) -m pytest -q tests/reliability
 
 clean:
 	rm -rf $(VENV) build *.egg-info

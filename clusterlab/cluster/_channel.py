@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import pickle
 import socket
+import stat
 import struct
 from collections import deque
 from typing import Any
@@ -168,6 +170,10 @@ class FrameReader:
                 del buf[:offset]
         return found
 
+    def pending(self) -> int:
+        """Bytes of a frame begun but not complete."""
+        return len(self._buf)
+
     def close(self) -> None:
         """Close descriptors that arrived without a frame to claim them."""
         while self._fds:
@@ -183,6 +189,12 @@ def handle_fd(handle: Any) -> int:
         raise TypeError(f"handle must have a fileno() method, got {handle!r}") from None
     if not isinstance(fd, int) or fd < 0:
         raise TypeError(f"handle {handle!r} has no open descriptor")
+    try:
+        is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        raise TypeError(f"handle {handle!r} has no open descriptor") from None
+    if not is_socket:
+        raise TypeError(f"handle must be a socket (a server or a connection), got {handle!r}")
     return fd
 
 

@@ -279,6 +279,9 @@ class _Link:
         if not self.connected:
             return
         self.connected = False
+        left = self.reader.pending()
+        if left:
+            self.primary.channel_error(self, ChannelError(f"the channel closed in the middle of a frame ({left} bytes)"))
         self._fail_writes(ChannelClosed())
         self.close_channel()
         self.primary.on_disconnect(self)
@@ -647,12 +650,14 @@ class Primary:
         worker = link.worker
         if kind == _channel.INTERNAL:
             try:
-                message = _channel.decode_internal(payload)
-                self._internal(link, message, fds)
-            except (ChannelError, ValueError) as exc:
+                message = _checked_internal(_channel.decode_internal(payload))
+            except ChannelError as exc:
                 for fd in fds:
                     os.close(fd)
                 self.channel_error(link, exc)
+                return
+            # Outside the try: an exception from a user's listener is not the worker's fault.
+            self._internal(link, message, fds)
             return
         try:
             message = _channel.decode_user(kind, payload, link.serialization)
@@ -661,9 +666,13 @@ class Primary:
                 os.close(fd)
             self.channel_error(link, exc)
             return
-        handle = _channel.socket_from_fd(fds[0]) if fds else None
         for extra in fds[1:]:
             os.close(extra)
+        try:
+            handle = _channel.socket_from_fd(fds[0]) if fds else None
+        except OSError as exc:  # not a socket (socket_from_fd closed it)
+            self.channel_error(link, ChannelError(f"a message came with a handle that is not a socket: {exc}"))
+            return
         worker.emit("message", message, handle)
         self.events.emit("message", worker, message, handle)
 
@@ -674,7 +683,8 @@ class Primary:
             worker.emit("error", exc)
         else:
             print(f"clusterlab: worker {worker.id}: {exc}", file=sys.stderr)
-        if fatal:  # the stream can't be trusted any more: drop the channel
+        if fatal:  # the stream can't be trusted any more: drop the channel (and what it held)
+            link.reader.close()
             link._on_disconnect()
 
     def _internal(self, link: _Link, message: dict[str, Any], fds: list[int]) -> None:
@@ -687,9 +697,7 @@ class Primary:
         elif act == "queryServer":
             self._query_server(link, message)
         elif act == "listening":
-            address = Address(
-                message.get("address"), int(message["port"]), message["address_type"], message.get("fd")
-            )
+            address = Address(message.get("address"), message["port"], message["address_type"], message.get("fd"))
             worker.state = "listening"
             worker.emit("listening", address)
             self.events.emit("listening", worker, address)
@@ -698,16 +706,14 @@ class Primary:
         elif act == "exitedAfterDisconnect":
             worker.exited_after_disconnect = True
             link.write(_channel.internal_frame({"act": "ack", "seq": message.get("seq")}), [], None)
-        else:
-            raise ValueError(f"unknown internal message {act!r}")
         for fd in fds:
             os.close(fd)
 
     def _query_server(self, link: _Link, message: dict[str, Any]) -> None:
         if link.worker.exited_after_disconnect:
             return  # a disconnecting worker gets no new servers (as Node)
-        endpoint = Endpoint.from_message(message)
-        key = f"{endpoint.base_key}:{int(message['index'])}"
+        endpoint = message["endpoint"]
+        key = f"{endpoint.base_key}:{message['index']}"
         reply: dict[str, Any] = {"act": "ack", "seq": message.get("seq"), "key": key, "errno": 0}
         fds: list[int] = []
         handle = self.handles.get(key)
@@ -794,6 +800,46 @@ class Primary:
             self.later(callback)
         else:
             self._disconnect_callbacks.append(callback)
+
+
+_ADDRESS_TYPES = (4, 6, -1, "udp4", "udp6")
+
+
+def _checked_internal(message: dict[str, Any]) -> dict[str, Any]:
+    """The internal message with every field its act needs, of the right type; else ChannelError.
+
+    Checked before anything acts on it, so a malformed frame is the sending worker's 'error' and
+    never an exception in the primary.
+    """
+    act = message["act"]
+
+    def need(name: str, *types: type, optional: bool = False) -> Any:
+        value = message.get(name)
+        if value is None and optional:
+            return None
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ChannelError(f"invalid internal message {act!r}: field {name!r} is {value!r}")
+        return value
+
+    if act in ("online", "exitedAfterDisconnect"):
+        return message
+    if act == "queryServer":
+        need("index", int)
+        try:
+            return {**message, "endpoint": Endpoint.from_message(message)}
+        except ValueError as exc:
+            raise ChannelError(str(exc)) from None
+    if act == "listening":
+        need("port", int)
+        need("address", str, optional=True)
+        need("fd", int, optional=True)
+        if message.get("address_type") not in _ADDRESS_TYPES:
+            raise ChannelError(f"invalid internal message 'listening': address_type {message.get('address_type')!r}")
+        return message
+    if act == "close":
+        need("key", str)
+        return message
+    raise ChannelError(f"unknown internal message {act!r}")
 
 
 def _register_exit_hook(hook: Callable[[], None]) -> None:

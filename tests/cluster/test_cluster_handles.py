@@ -175,3 +175,28 @@ def test_many_handles_in_a_burst_stay_paired_with_their_messages(run_primary):
     """).check()
     rec = r.one("result")
     assert rec["n"] == 200 and rec["ok"] is True
+
+
+def test_a_handle_that_is_not_a_socket_is_refused_before_anything_is_sent(run_primary, tmp_path):
+    # Node sends only net handles; a file or a pipe is a TypeError at send(), on either side.
+    r = run_primary(f"""
+        if cluster.is_primary:
+            w = cluster.fork()
+            w.on("message", lambda m, h: out("got", m=m, handle=h is not None))
+            def on_online():
+                try:
+                    w.send("file", open({str(tmp_path / "f.txt")!r}, "w"))
+                except TypeError as exc:
+                    out("primary_refused", msg=str(exc))
+            w.on("online", on_online)
+        else:
+            r, wfd = os.pipe()
+            try:
+                cluster.worker.send("pipe", os.fdopen(wfd, "w"))
+            except TypeError as exc:
+                out("worker_refused", msg=str(exc))
+            cluster.worker.send("after", callback=lambda err: cluster.worker.disconnect())
+    """).check()
+    assert "socket" in r.one("primary_refused")["msg"]
+    assert "socket" in r.one("worker_refused")["msg"]
+    assert [rec["m"] for rec in r.records("got")] == ["after"], "nothing was sent for the refused ones"
