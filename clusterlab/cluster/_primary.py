@@ -135,7 +135,7 @@ class _Link:
             return
         self.worker.exited_after_disconnect = True
         self.write(_channel.internal_frame({"act": "disconnect"}), [], None)
-        self.primary.remove_handles(self)
+        self.primary.pause_handles(self)
 
     def is_connected(self) -> bool:
         return self.connected
@@ -344,6 +344,8 @@ class Primary:
         self._shutdown_started = False
         self._shutdown_started_at = 0.0
         self._forkserver: ForkServer | None = None
+        # RR handles whose listener closed while disconnecting workers still drain them.
+        self._draining: dict[str, list[RoundRobinHandle]] = {}
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -450,9 +452,10 @@ class Primary:
         """Close every channel and handle; each worker exits when its channel closes."""
         for link in list(self._links.values()):
             link.close_channel()
-        for handle in list(self.handles.values()):
+        for handle in [*self.handles.values(), *(h for hs in self._draining.values() for h in hs)]:
             handle.close()
         self.handles.clear()
+        self._draining.clear()
         self.close_forkserver()
 
     # --- signals ---------------------------------------------------------------------------
@@ -742,8 +745,32 @@ class Primary:
     def _close_handle(self, link: _Link, key: str) -> None:
         link.keys.discard(key)
         handle = self.handles.get(key)
-        if handle is not None and handle.has(link) and handle.remove(link):
-            del self.handles[key]
+        if handle is not None and handle.has(link):
+            if handle.remove(link):
+                del self.handles[key]
+            return
+        draining = self._draining.get(key, [])
+        for old in draining:
+            if old.has(link):
+                if old.remove(link):
+                    draining.remove(old)
+                    if not draining:
+                        del self._draining[key]
+                return
+
+    def pause_handles(self, link: _Link) -> None:
+        """A worker was told to disconnect: its shared handles are released now; under SCHED_RR
+        it keeps the connections already handed to it (its servers serve them as they close)."""
+        for key in list(link.keys):
+            handle = self.handles.get(key)
+            if isinstance(handle, RoundRobinHandle) and handle.has(link):
+                if handle.pause(link):
+                    # Its listener is closed; a later listen() on this key binds a new one while
+                    # this one finishes with the workers still draining it.
+                    del self.handles[key]
+                    self._draining.setdefault(key, []).append(handle)
+            else:
+                self._close_handle(link, key)
 
     def remove_handles(self, link: _Link) -> None:
         for key in list(link.keys):

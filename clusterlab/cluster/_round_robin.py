@@ -38,10 +38,11 @@ _TOTALS = {"accepted": 0, "handed": 0, "requeued": 0, "dropped": 0}
 class _Slot:
     """One worker's hand-off pair for this endpoint."""
 
-    __slots__ = ("link", "ours", "theirs", "in_flight", "sendmsg")
+    __slots__ = ("link", "ours", "theirs", "in_flight", "sendmsg", "closing")
 
     def __init__(self, link: Any) -> None:
         self.link = link
+        self.closing = False  # disconnecting: hand it nothing more, leave it what it holds
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ours.setblocking(False)
         self.in_flight = 0
@@ -97,23 +98,43 @@ class RoundRobinHandle:
         self.close()
         return True
 
+    def pause(self, link: Any) -> bool:
+        """A worker is disconnecting: hand it nothing more, but leave it what it already holds.
+
+        A closing clusterlab server takes and serves the connections handed to it before it
+        closes its listener (taking them back would bounce them to nobody when every worker is
+        leaving). True when no worker is left to take new connections: the listening socket is
+        then closed at once, so new clients are refused rather than queued for nobody.
+        """
+        for slot in self._slots:
+            if slot.link is link:
+                slot.closing = True
+        if any(not slot.closing for slot in self._slots):
+            return False
+        self._close_listener()
+        return True
+
     def close(self) -> None:
         """Close the listener and every queued connection (no worker is left to serve them)."""
         for slot in self._slots:
             self._release(slot)
         self._slots.clear()
-        self._stop_reading()
-        if self._resume_timer is not None:
-            self._resume_timer.cancel()
         while self._queue:
             os.close(self._queue.popleft())
             self.dropped += 1
+        self._close_listener()
+        _retire_counts(self)
+        _LIVE.discard(self)
+
+    def _close_listener(self) -> None:
+        self._stop_reading()
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
         if self._sock.fileno() >= 0:
             self._sock.close()
             if self.endpoint.path is not None:
                 _unlink(self.endpoint.path)
-        _retire_counts(self)
-        _LIVE.discard(self)
 
     def queued(self) -> int:
         return len(self._queue)
@@ -127,7 +148,7 @@ class RoundRobinHandle:
         for step in range(n):
             i = (self._next + step) % n
             slot = slots[i]
-            if slot.in_flight < WINDOW:
+            if slot.in_flight < WINDOW and not slot.closing:
                 self._next = i
                 return slot
         return None

@@ -105,6 +105,13 @@ class HandoffServer:
         if self._serving:
             self._loop.remove_reader(self._sock.fileno())
             self._serving = False
+            # What the primary handed over before the disconnect is ours to serve (it hands
+            # nothing more to a disconnecting worker, and nobody else may be left to take it).
+            for _ in range(16):
+                before = len(self._tasks)
+                self._on_ready()
+                if len(self._tasks) == before or self._sock.fileno() < 0:
+                    break
         self._sock.close()
         self._closed.set()
 

@@ -99,7 +99,33 @@ class _ClusterServerMixin:
             self._closing = True
         if serving:
             self.shutdown()  # type: ignore[attr-defined]
+        self._serve_handed_over()
         self.server_close()
+
+    def _serve_handed_over(self) -> None:
+        """SCHED_RR: serve the connections the primary handed over before the disconnect.
+
+        The primary hands nothing more to a disconnecting worker; what it already handed is
+        this worker's to serve (when every worker is leaving, nobody else could).
+        """
+        accept = getattr(getattr(self, "socket", None), "accept_nowait", None)
+        if accept is None or self._closed:
+            return
+        for _ in range(1024):  # the primary's window is far smaller; a bound, not a limit
+            try:
+                conn, address = accept()
+            except OSError:  # none left (BlockingIOError), or the pair is gone
+                return
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self.verify_request(conn, address):  # type: ignore[attr-defined]
+                self.shutdown_request(conn)  # type: ignore[attr-defined]
+                continue
+            try:
+                self.process_request(conn, address)  # type: ignore[attr-defined]
+            except Exception:
+                self.handle_error(conn, address)  # type: ignore[attr-defined]
+                self.shutdown_request(conn)  # type: ignore[attr-defined]
 
 
 def _split_address(address: Any) -> tuple[str, int]:

@@ -321,3 +321,60 @@ def test_rr_burst_of_concurrent_connections_all_answered(start_primary):
     assert len(clients.replies) == 300
     assert len(set(clients.replies)) == 3, collections.Counter(clients.replies)
     stop(p)
+
+
+def test_rr_graceful_disconnect_serves_every_connection_already_handed_over(start_primary):
+    # Every worker leaving at once (as on SIGTERM): the primary hands a disconnecting worker
+    # nothing more but leaves it what it holds, and the closing server serves those before it
+    # closes. Every connection the primary accepted is answered; none is dropped. Clients still
+    # in the kernel's backlog are refused when the listener closes (as in Node).
+    p = start_primary("""
+        import asyncio
+        from http.server import BaseHTTPRequestHandler
+        from clusterlab.servers import HTTPServer
+        if cluster.is_primary:
+            def on_listening(w, a):
+                out("listening", port=a.port)
+                asyncio.get_running_loop().call_later(1.0, lambda: cluster.disconnect(
+                    lambda: out("done", rr=cluster.round_robin_stats())))
+            cluster.on("listening", on_listening)
+            cluster.on("exit", lambda w, c, s: out("exit", code=c, signal=s))
+            cluster.fork()
+        else:
+            class Slow(BaseHTTPRequestHandler):
+                def do_GET(self):
+                    time.sleep(0.2)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                def log_message(self, *a):
+                    pass
+            HTTPServer(("127.0.0.1", 0), Slow).serve_forever()  # one request at a time
+    """, env=RR)
+    port = p.wait_for("listening", timeout=15)[0]["port"]
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                text = read_all(c)
+            outcome = "ok" if text.startswith("HTTP/1.0 200") and text.endswith("ok") else "bad"
+        except OSError as exc:
+            outcome = type(exc).__name__
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    rr = p.wait_for("done", timeout=20)[0]["rr"]
+    assert p.wait(20) == 0, p.output()
+    assert rr["dropped"] == 0, rr
+    assert results.count("ok") == rr["accepted"] >= 6, (results, rr)
+    assert p.records("exit")[0]["code"] == 0

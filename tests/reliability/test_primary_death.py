@@ -88,10 +88,6 @@ def _inside_and_young(load, seconds):
     return live and all(o.headers_at and now - o.start < seconds / 2 for o in live)
 
 
-@pytest.mark.xfail(strict=True, reason="design gap vs the target: at a graceful shutdown the "
-                   "primary removes each worker's RR handles as it sends 'disconnect', reads back "
-                   "the connections handed to it but not yet taken and, with no worker left, "
-                   "closes them (round_robin_stats()['dropped'] > 0, clients reset)")
 def test_primary_sigterm_with_saturated_workers_drops_no_accepted_connection(
         start_primary, free_tcp_port, tmp_path, figure):
     # Single-threaded workers busy 200 ms a request, 12 clients: each worker holds its full
