@@ -64,7 +64,7 @@ READY = " listening on "
 SCENARIO = peers.BENCH / "scenarios" / "overhead.toml"
 # Start methods of the respawn row, one row each ("clusterlab (exec)", ...); a method is passed
 # to bench/respawn.py as CLUSTERLAB_START_METHOD. Add "forkserver" here once the core ships it.
-RESPAWN_START_METHODS = ("exec",)
+RESPAWN_START_METHODS = ("exec", "forkserver")
 # The primary's RSS counts as flat when its least-squares slope (after the first tenth of the run)
 # stays within this many MiB per minute; judged only on a run of FLAT_JUDGED_S or longer.
 RSS_FLAT_MIB_PER_MIN = 0.2
