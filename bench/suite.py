@@ -281,7 +281,7 @@ class Settings:
     micro_rounds: int = 3
     forks: int = 20
     respawn_start_methods: tuple[str, ...] = RESPAWN_START_METHODS
-    keepalive_peers: tuple[str, ...] = ("uvicorn", "node-rr")
+    keepalive_peers: tuple[str, ...] = ("uvicorn", "node-rr", "gunicorn-gthread")
     scaling_workers: tuple[int, ...] = ()
     scaling_ms: float = 2.0
     scaling_policy: str = "rr"
@@ -385,7 +385,9 @@ class Suite:
         cl = res.get("clusterlab-none")
         labels = {"uvicorn": ("`uvicorn --workers 2`", TARGETS["keepalive-uvicorn"]),
                   "node-rr": ("Node.js SCHED_RR", TARGETS["keepalive-node"]),
-                  "node-none": ("Node.js SCHED_NONE", TARGETS["keepalive-node"])}
+                  "node-none": ("Node.js SCHED_NONE", TARGETS["keepalive-node"]),
+                  "gunicorn-gthread": ("gunicorn gthread, 2 × 8 threads", None),
+                  "gunicorn-sync": ("gunicorn sync, 2 workers", None)}
         for name in self.settings.keepalive_peers:
             label, target = labels.get(name, (name, None))
             if name in skipped:
@@ -731,8 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"clusterlab start methods to time ({','.join(RESPAWN_START_METHODS)}; "
                     "e.g. exec,forkserver)")
     ap.add_argument("--keepalive-peers", metavar="P[,P]",
-                    help="keep-alive peers (uvicorn,node-rr); also node-none, gunicorn-sync, "
-                    "gunicorn-gthread")
+                    help="keep-alive peers (default uvicorn,node-rr,gunicorn-gthread); also node-none, "
+                    "gunicorn-sync")
     ap.add_argument("--scaling-workers", metavar="N[,N]",
                     help="worker counts for the CPU-bound row (1 and available_parallelism())")
     ap.add_argument("--scaling-ms", type=float, help="CPU ms per request of /cpu (2)")
