@@ -204,6 +204,30 @@ def fetch(port, host="127.0.0.1", family=socket.AF_INET, timeout=5.0, payload=b"
 '''
 
 
+# Primary scripts that run a Supervisor: `record(sup)` prints every supervisor event as a
+# record (with monotonic time and the primary's CPU time); needs `import dataclasses`.
+SUPERVISOR_RECORD = '''
+def now():
+    return {"t": time.monotonic(), "cpu": time.process_time()}
+
+
+def record(sup):
+    sup.on("spawn", lambda sw: out("spawn", slot=sw.slot, id=sw.id, wpid=sw.pid, **now()))
+    sup.on("ready", lambda sw, boot: out("ready", slot=sw.slot, id=sw.id, wpid=sw.pid,
+                                         boot=boot, **now()))
+    sup.on("exit", lambda sw, kind, code, sig: out("exit", slot=sw.slot, id=sw.id, wpid=sw.pid,
+                                                   kind=kind, code=code, signal=sig, **now()))
+    sup.on("restart_scheduled", lambda slot, delay, attempt, kind: out(
+        "scheduled", slot=slot, delay=delay, attempt=attempt, kind=kind, **now()))
+    sup.on("restart_limit", lambda lim: out("limit", **dataclasses.asdict(lim), **now()))
+    sup.on("hang_detected", lambda sw, silent: out("hang", slot=sw.slot, id=sw.id, wpid=sw.pid,
+                                                   silent=silent, **now()))
+    sup.on("rolled", lambda n: out("rolled", n=n, **now()))
+    sup.on("stopped", lambda status: out("stopped", status=status, stats=sup.stats,
+                                         rr=cluster.round_robin_stats(), **now()))
+'''
+
+
 def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERLAB_")}
     env.pop("PYTHONSTARTUP", None)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import SUPERVISOR_RECORD
+
 STRESS = os.environ.get("CLUSTERLAB_STRESS", "") not in ("", "0")
 
 
@@ -37,25 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 from clusterlab.supervisor import HeartbeatPolicy, RestartPolicy, Supervisor, heartbeat
 from clusterlab.servers import HTTPServer, ThreadingHTTPServer
 
-
-def now():
-    return {"t": time.monotonic(), "cpu": time.process_time()}
-
-
-def record(sup):
-    sup.on("spawn", lambda sw: out("spawn", slot=sw.slot, id=sw.id, wpid=sw.pid, **now()))
-    sup.on("ready", lambda sw, boot: out("ready", slot=sw.slot, id=sw.id, wpid=sw.pid,
-                                         boot=boot, **now()))
-    sup.on("exit", lambda sw, kind, code, sig: out("exit", slot=sw.slot, id=sw.id, wpid=sw.pid,
-                                                   kind=kind, code=code, signal=sig, **now()))
-    sup.on("restart_scheduled", lambda slot, delay, attempt, kind: out(
-        "scheduled", slot=slot, delay=delay, attempt=attempt, kind=kind, **now()))
-    sup.on("restart_limit", lambda lim: out("limit", **dataclasses.asdict(lim), **now()))
-    sup.on("hang_detected", lambda sw, silent: out("hang", slot=sw.slot, id=sw.id, wpid=sw.pid,
-                                                   silent=silent, **now()))
-    sup.on("rolled", lambda n: out("rolled", n=n, **now()))
-    sup.on("stopped", lambda status: out("stopped", status=status, stats=sup.stats,
-                                         rr=cluster.round_robin_stats(), **now()))
+{SUPERVISOR_RECORD}
 
 
 class Inflight:
@@ -152,6 +136,7 @@ async def amain(sup):
     out("status", status=status)
     return status
 '''
+COMMON = COMMON.replace("{SUPERVISOR_RECORD}", SUPERVISOR_RECORD)
 
 
 def script(config: str, style: str = "asyncio") -> str:

@@ -13,6 +13,8 @@ before listening), crash (exit 5 CRASH_DELAY s after listening), stubborn (ignor
 
 from __future__ import annotations
 
+from conftest import SUPERVISOR_RECORD
+
 COMMON = '''
 import asyncio, dataclasses, signal
 from http.server import BaseHTTPRequestHandler
@@ -21,24 +23,7 @@ from clusterlab.supervisor import (HeartbeatPolicy, RestartPolicy, Supervisor, h
 from clusterlab.servers import HTTPServer, ThreadingHTTPServer, start_server
 
 
-def now():
-    return {"t": time.monotonic(), "cpu": time.process_time()}
-
-
-def record(sup):
-    sup.on("spawn", lambda sw: out("spawn", slot=sw.slot, id=sw.id, wpid=sw.pid, **now()))
-    sup.on("ready", lambda sw, boot: out("ready", slot=sw.slot, id=sw.id, wpid=sw.pid,
-                                         boot=boot, **now()))
-    sup.on("exit", lambda sw, kind, code, sig: out("exit", slot=sw.slot, id=sw.id, wpid=sw.pid,
-                                                   kind=kind, code=code, signal=sig, **now()))
-    sup.on("restart_scheduled", lambda slot, delay, attempt, kind: out(
-        "scheduled", slot=slot, delay=delay, attempt=attempt, kind=kind, **now()))
-    sup.on("restart_limit", lambda lim: out("limit", **dataclasses.asdict(lim), **now()))
-    sup.on("hang_detected", lambda sw, silent: out("hang", id=sw.id, wpid=sw.pid,
-                                                   silent=silent, **now()))
-    sup.on("rolled", lambda n: out("rolled", n=n, **now()))
-    sup.on("stopped", lambda status: out("stopped", status=status, stats=sup.stats, **now()))
-
+{SUPERVISOR_RECORD}
 
 class PidHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
@@ -109,6 +94,7 @@ async def amain(sup):
     out("status", status=status)
     return status
 '''
+COMMON = COMMON.replace("{SUPERVISOR_RECORD}", SUPERVISOR_RECORD)
 
 
 def script(config: str, style: str = "asyncio") -> str:
