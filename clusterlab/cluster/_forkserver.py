@@ -41,6 +41,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -118,9 +119,9 @@ class TemplateChild:
     def wait(self, timeout: float | None = None) -> int:
         """Block until the template reported the exit (reads its reports if the loop does not)."""
         server = self._server
-        deadline = None if timeout is None else _now() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None and not self._done.is_set():
-            left = None if deadline is None else deadline - _now()
+            left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
             if server is not None:
@@ -401,12 +402,6 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
         parts.append(data)
         size -= len(data)
     return b"".join(parts)
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
 
 
 # --- the template's side ----------------------------------------------------------------------

@@ -598,7 +598,7 @@ class Primary:
                     return server.spawn(
                         child_env, argv, settings["cwd"], settings["uid"], settings["gid"], fd, (stdin, stdout, stderr)
                     )
-                except (ForkServerError, BrokenPipeError, ConnectionError):
+                except (ForkServerError, ConnectionError):
                     server.kill()  # it died: start another once
                     if attempt == 2:
                         raise
@@ -626,13 +626,13 @@ class Primary:
     def _forkserver_for(self, settings: dict[str, Any]) -> ForkServer:
         """The template process for these settings; a new one when they changed."""
         exec_ = settings["exec"]
-        key = (exec_, tuple(settings["exec_argv"]), settings["cwd"], tuple(settings["preload"] or ("*",)))
+        preload = settings["preload"]
+        key = (exec_, tuple(settings["exec_argv"]), settings["cwd"], None if preload is None else tuple(preload))
         current = self._forkserver
         if current is not None and current.key == key and current.alive():
             return current
         if current is not None:
             current.close()  # it stays until the workers it started are gone
-        preload = settings["preload"]
         if preload is None:
             preload = program_imports(exec_ if exec_.startswith("-m ") else os.path.join(settings["cwd"] or "", exec_))
         path0 = None if exec_.startswith("-m ") else os.path.dirname(os.path.abspath(os.path.join(settings["cwd"] or "", exec_)))

@@ -9,6 +9,7 @@ On disconnect the server stops accepting and waits until its open connections ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -91,15 +92,19 @@ class HandoffServer:
 
     def _on_ready(self) -> None:
         try:
-            conns = self._sock.take_many()
+            self._adopt()
         except OSError:
             self.close()
-            return
+
+    def _adopt(self) -> int:
+        """Start serving every connection waiting on the hand-off socket; how many there were."""
+        conns = self._sock.take_many()
         loop, factory, kw = self._loop, self._factory, self._kw
         for conn in conns:
             task = loop.create_task(loop.connect_accepted_socket(factory, conn, **kw))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        return len(conns)
 
     def close(self) -> None:
         if self._serving:
@@ -107,11 +112,9 @@ class HandoffServer:
             self._serving = False
             # What the primary handed over before the disconnect is ours to serve (it hands
             # nothing more to a disconnecting worker, and nobody else may be left to take it).
-            for _ in range(16):
-                before = len(self._tasks)
-                self._on_ready()
-                if len(self._tasks) == before or self._sock.fileno() < 0:
-                    break
+            with contextlib.suppress(OSError):
+                while self._adopt():
+                    pass
         self._sock.close()
         self._closed.set()
 

@@ -108,16 +108,13 @@ class _ClusterServerMixin:
         The primary hands nothing more to a disconnecting worker; what it already handed is
         this worker's to serve (when every worker is leaving, nobody else could).
         """
-        accept = getattr(getattr(self, "socket", None), "accept_nowait", None)
-        if accept is None or self._closed:
+        if self._closed or not hasattr(getattr(self, "socket", None), "accept_nowait"):
             return
         for _ in range(1024):  # the primary's window is far smaller; a bound, not a limit
             try:
-                conn, address = accept()
+                conn, address = self.get_request()
             except OSError:  # none left (BlockingIOError), or the pair is gone
                 return
-            if conn.family in (socket.AF_INET, socket.AF_INET6):
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if not self.verify_request(conn, address):  # type: ignore[attr-defined]
                 self.shutdown_request(conn)  # type: ignore[attr-defined]
                 continue

@@ -232,3 +232,24 @@ def test_the_template_exits_with_the_primary_and_leaves_nothing(start_primary):
     os.kill(p.pid, signal.SIGKILL)
     gone, alive = psutil.wait_procs([worker, template], timeout=5)
     assert alive == [], f"still alive 5 s after the primary was SIGKILLed: {alive}"
+
+
+def test_an_explicit_empty_preload_is_a_change_of_settings(run_primary):
+    # preload=None reads the program's imports; preload=[] preloads nothing: not the same template.
+    r = run_primary("""
+        import psutil
+        if cluster.is_primary:
+            cluster.setup_primary(start_method="forkserver")
+            def second(a):
+                cluster.setup_primary(preload=[])
+                b = cluster.fork()
+                b.on("online", lambda: (out("templates", a=psutil.Process(a.process.pid).ppid(),
+                                            b=psutil.Process(b.process.pid).ppid()),
+                                        a.disconnect(), b.disconnect()))
+            a = cluster.fork()
+            a.on("online", lambda: second(a))
+        else:
+            time.sleep(0.2)
+    """).check()
+    rec = r.one("templates")
+    assert rec["a"] != rec["b"]
