@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+# ruff (lint and format), mypy, and no function outside the tests over 60 lines.
+LINTED := clusterlab tests examples bench tools
 lint: install
-	$(VENV)/bin/ruff check clusterlab tests examples
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
+	$(PY) tools/check_function_length.py --max 60 clusterlab bench examples tools
 
 lab: install
 	$(VENV)/bin/clusterlab run scenarios/quick.toml

@@ -15,15 +15,24 @@ from http.server import BaseHTTPRequestHandler
 from clusterlab import cluster
 from clusterlab.servers import ThreadingHTTPServer, serve_asgi
 
-POLICIES = {"rr": cluster.SCHED_RR, "none": cluster.SCHED_NONE, "reuseport": cluster.SCHED_REUSEPORT}
+POLICIES = {
+    "rr": cluster.SCHED_RR,
+    "none": cluster.SCHED_NONE,
+    "reuseport": cluster.SCHED_REUSEPORT,
+}
 BODY = b"hello world\n"
 
 
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     if scope["type"] != "http":
         return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"12")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"12")],
+        }
+    )
     await send({"type": "http.response.body", "body": BODY})
 
 
@@ -49,7 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     if cluster.is_primary:
         cluster.scheduling_policy = POLICIES[args.policy]
-        cluster.on("listening", lambda w, a: print(f"worker {w.id} listening on {a.port}", flush=True))
+        cluster.on(
+            "listening", lambda w, a: print(f"worker {w.id} listening on {a.port}", flush=True)
+        )
         for _ in range(args.workers):
             cluster.fork()
     elif args.server == "asgi":

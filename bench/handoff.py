@@ -32,8 +32,9 @@ from bench.wrk import Stats, interleaved_rounds, run_wrk
 MODES = {"close": True, "keepalive": False}
 
 
-def target_from_template(name: str, template: str, workers: int = 2,
-                         ready_text: str | None = None) -> peers.ServerSpec:
+def target_from_template(
+    name: str, template: str, workers: int = 2, ready_text: str | None = None
+) -> peers.ServerSpec:
     """``'env K=V prog args {port}'`` -> ServerSpec on a free port (the clusterlab hook);
     ready once ``ready_text`` (if given) was printed once per worker and ``GET /`` answers 200."""
     argv = shlex.split(template)
@@ -77,15 +78,28 @@ class _Sampler:
             if foreign < max_pct or attempt == 3 or not wait_s or not report.may_retake(t0):
                 break
             self.discarded += 1
-        self.runs.append({**r.as_dict(), "foreign_cpu_pct": round(foreign, 1),
-                          "foreign_cpu_pct_before": before, **(cost.read() if cost else {})})
+        self.runs.append(
+            {
+                **r.as_dict(),
+                "foreign_cpu_pct": round(foreign, 1),
+                "foreign_cpu_pct_before": before,
+                **(cost.read() if cost else {}),
+            }
+        )
         return r.requests_per_s
 
 
-def run_handoff(specs: Sequence[peers.ServerSpec], modes: Sequence[str] = ("close",),
-                rounds: int = 3, duration_s: float = 5, connections: int = 50, threads: int = 1,
-                warmup_s: float = 1, quiet: tuple[float, float] = (5.0, 0.0),
-                results: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_handoff(
+    specs: Sequence[peers.ServerSpec],
+    modes: Sequence[str] = ("close",),
+    rounds: int = 3,
+    duration_s: float = 5,
+    connections: int = 50,
+    threads: int = 1,
+    warmup_s: float = 1,
+    quiet: tuple[float, float] = (5.0, 0.0),
+    results: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Start every server, measure each mode over interleaved rounds, stop everything.
 
     ``quiet = (max foreign CPU %, max wait s)``: before each sample wait until other processes
@@ -101,8 +115,10 @@ def run_handoff(specs: Sequence[peers.ServerSpec], modes: Sequence[str] = ("clos
         pids = [srv.pid for srv in servers]
         load = {"threads": threads, "connections": connections, "duration_s": duration_s}
         for mode in modes:
-            samplers = {srv.spec.name: _Sampler(srv.spec.url, MODES[mode], load, pids, quiet, srv.pid)
-                        for srv in servers}
+            samplers = {
+                srv.spec.name: _Sampler(srv.spec.url, MODES[mode], load, pids, quiet, srv.pid)
+                for srv in servers
+            }
             results[mode] = {name: {"runs": smp.runs} for name, smp in samplers.items()}
             interleaved_rounds(samplers, rounds)
             for name, smp in samplers.items():
@@ -122,9 +138,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     for by_name in results.values():
         for r in by_name.values():
             if r["runs"]:
-                r.update(Stats([x["requests_per_s"] for x in r["runs"]]).as_dict(),
-                         errors=sum(x["errors"] for x in r["runs"]),
-                         foreign_cpu_pct_max=max(x["foreign_cpu_pct"] for x in r["runs"]))
+                r.update(
+                    Stats([x["requests_per_s"] for x in r["runs"]]).as_dict(),
+                    errors=sum(x["errors"] for x in r["runs"]),
+                    foreign_cpu_pct_max=max(x["foreign_cpu_pct"] for x in r["runs"]),
+                )
                 for key in COST_KEYS:
                     values = [x[key] for x in r["runs"] if x.get(key) is not None]
                     if values:
@@ -140,20 +158,47 @@ def print_table(results: dict[str, Any]) -> None:
         base = next(iter(done.values()))["median"] if done else float("nan")
         for name, r in done.items():
             st = Stats(r["samples"])
-            rows.append([mode, name, f"{st.median:,.0f}", f"{min(st.samples):,.0f}–{max(st.samples):,.0f}",
-                         f"{st.spread_pct:.1f}%", r["errors"], f"{r['foreign_cpu_pct_max']:.0f}%",
-                         f"{st.median / base:.2f}"])
-    print(report.table(["mode", "server", "req/s median", "min–max", "spread", "errors",
-                        "foreign CPU max", "ratio"], rows))
+            rows.append(
+                [
+                    mode,
+                    name,
+                    f"{st.median:,.0f}",
+                    f"{min(st.samples):,.0f}–{max(st.samples):,.0f}",
+                    f"{st.spread_pct:.1f}%",
+                    r["errors"],
+                    f"{r['foreign_cpu_pct_max']:.0f}%",
+                    f"{st.median / base:.2f}",
+                ]
+            )
+    print(
+        report.table(
+            [
+                "mode",
+                "server",
+                "req/s median",
+                "min–max",
+                "spread",
+                "errors",
+                "foreign CPU max",
+                "ratio",
+            ],
+            rows,
+        )
+    )
     if any(r.get("foreign_cpu_pct_max", 0) > 5 for m in results.values() for r in m.values()):
-        print("warning: other processes used > 5% of the CPUs during some samples; "
-              "figures are suspect (see --wait-quiet)")
+        print(
+            "warning: other processes used > 5% of the CPUs during some samples; "
+            "figures are suspect (see --wait-quiet)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--peers", default="node-rr,node-none",
-                    help=f"comma list from {','.join(peers.PEERS)}, 'all' or 'none'")
+    ap.add_argument(
+        "--peers",
+        default="node-rr,node-none",
+        help=f"comma list from {','.join(peers.PEERS)}, 'all' or 'none'",
+    )
     ap.add_argument("--target", action="append", default=[], metavar="NAME=TEMPLATE")
     ap.add_argument("--ready-text", help="a --target is ready once this was printed per worker")
     ap.add_argument("--modes", default="close", help="comma list of close,keepalive")
@@ -163,9 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="3 rounds of 2 s")
-    ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
-                    help="before each sample wait up to S s for foreign CPU < --quiet-pct; "
-                    "retake samples (3 retries) disturbed by more")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each sample wait up to S s for foreign CPU < --quiet-pct; "
+        "retake samples (3 retries) disturbed by more",
+    )
     ap.add_argument("--quiet-pct", type=float, default=5)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
@@ -191,8 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {}
     status = 0
     try:
-        run_handoff(specs, modes, a.rounds, a.duration, a.connections, a.threads,
-                    quiet=(a.quiet_pct, a.wait_quiet), results=results)
+        run_handoff(
+            specs,
+            modes,
+            a.rounds,
+            a.duration,
+            a.connections,
+            a.threads,
+            quiet=(a.quiet_pct, a.wait_quiet),
+            results=results,
+        )
     except (KeyboardInterrupt, SystemExit) as exc:
         print("interrupted; all servers stopped", file=sys.stderr)
         status = 143 if isinstance(exc, SystemExit) else 130
@@ -204,14 +262,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status or 1
     print_table(results)
     if not a.no_write:
-        path = report.write_json("handoff", {
-            "benchmark": "handoff", "machine": report.machine_facts(), "notes": notes,
-            "settings": {"rounds": a.rounds, "duration_s": a.duration, "connections": a.connections,
-                         "threads": a.threads, "workers": a.workers,
-                         "wait_quiet_s": a.wait_quiet, "quiet_pct": a.quiet_pct},
-            "servers": {s.name: s.command for s in specs}, "results": results,
-            "complete": status == 0,
-        })
+        path = report.write_json(
+            "handoff",
+            {
+                "benchmark": "handoff",
+                "machine": report.machine_facts(),
+                "notes": notes,
+                "settings": {
+                    "rounds": a.rounds,
+                    "duration_s": a.duration,
+                    "connections": a.connections,
+                    "threads": a.threads,
+                    "workers": a.workers,
+                    "wait_quiet_s": a.wait_quiet,
+                    "quiet_pct": a.quiet_pct,
+                },
+                "servers": {s.name: s.command for s in specs},
+                "results": results,
+                "complete": status == 0,
+            },
+        )
         print(f"wrote {path}")
     return status
 

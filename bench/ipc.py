@@ -27,8 +27,9 @@ from clusterlab import cluster
 BATCH = 1024
 
 
-def measure(seconds: float = 3.0, timeout: float | None = None,
-            env: dict[str, str] | None = None) -> dict[str, Any]:
+def measure(
+    seconds: float = 3.0, timeout: float | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run this benchmark as its own primary (``python bench/ipc.py seconds``); its JSON figures."""
     from bench.peers import run_json
 
@@ -90,7 +91,10 @@ async def primary(seconds: float) -> None:
         for _ in range(BATCH - 1):
             worker.send({"t": "m", "seq": seq, "v": "x"})
             seq += 1
-        worker.send({"t": "m", "seq": seq, "v": "x"}, callback=lambda err, f=written: f.done() or f.set_result(err))
+        worker.send(
+            {"t": "m", "seq": seq, "v": "x"},
+            callback=lambda err, f=written: f.done() or f.set_result(err),
+        )
         seq += 1
         await written
     worker.send({"t": "report"})

@@ -100,8 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3, help="per IPC phase")
     ap.add_argument("--forks", type=int, default=20)
     ap.add_argument("--no-pipe", action="store_true", help="skip the multiprocessing.Pipe baseline")
-    ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
-                    help="wait up to S s for foreign CPU < --quiet-pct; retake disturbed runs")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="wait up to S s for foreign CPU < --quiet-pct; retake disturbed runs",
+    )
     ap.add_argument("--quiet-pct", type=float, default=5)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
@@ -124,17 +129,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in keys if runs[group] else []:
             st = Stats([float(r[key]) for r in runs[group]])
             summary[f"{group}.{key}"] = st.as_dict()
-            rows.append([f"{group}.{key}", f"{st.median:,.1f}",
-                         f"{min(st.samples):,.1f}–{max(st.samples):,.1f}", f"{st.spread_pct:.1f}%"])
+            rows.append(
+                [
+                    f"{group}.{key}",
+                    f"{st.median:,.1f}",
+                    f"{min(st.samples):,.1f}–{max(st.samples):,.1f}",
+                    f"{st.spread_pct:.1f}%",
+                ]
+            )
     print(report.table(["figure", "median", "min–max", "spread"], rows))
     worst = max(r["foreign_cpu_pct"] for v in runs.values() for r in v)
     if worst > a.quiet_pct:
         print(f"warning: other processes used up to {worst:.0f}% of the CPUs during a run")
     if not a.no_write:
-        path = report.write_json("node-micro", {
-            "benchmark": "node-micro", "machine": report.machine_facts(),
-            "settings": vars(a), "summary": summary, "runs": runs,
-        })
+        path = report.write_json(
+            "node-micro",
+            {
+                "benchmark": "node-micro",
+                "machine": report.machine_facts(),
+                "settings": vars(a),
+                "summary": summary,
+                "runs": runs,
+            },
+        )
         print(f"wrote {path}")
     return 0
 

@@ -154,8 +154,13 @@ def start(spec: ServerSpec, timeout: float = 30.0) -> Server:
     fd, log_name = tempfile.mkstemp(prefix=f"bench-{spec.name}-", suffix=".log")
     with os.fdopen(fd, "wb") as log_file:
         proc = subprocess.Popen(
-            spec.argv, cwd=ROOT, env={**os.environ, **spec.env}, stdin=subprocess.DEVNULL,
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            spec.argv,
+            cwd=ROOT,
+            env={**os.environ, **spec.env},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Server(spec, proc, Path(log_name))
     deadline = time.monotonic() + timeout
@@ -180,53 +185,105 @@ def start(spec: ServerSpec, timeout: float = 30.0) -> Server:
 def node_cluster(policy: str, port: int, workers: int = 2) -> ServerSpec:
     """Node.js cluster hello world with NODE_CLUSTER_SCHED_POLICY = ``rr`` or ``none``."""
     return ServerSpec(
-        f"node-{policy}", ["node", str(NODE_DIR / "hello_cluster.js"), str(workers)], port,
-        env={"PORT": str(port), "NODE_CLUSTER_SCHED_POLICY": policy}, ready_text="ready ",
+        f"node-{policy}",
+        ["node", str(NODE_DIR / "hello_cluster.js"), str(workers)],
+        port,
+        env={"PORT": str(port), "NODE_CLUSTER_SCHED_POLICY": policy},
+        ready_text="ready ",
     )
 
 
 def uvicorn(port: int, workers: int = 2) -> ServerSpec:
     """``uvicorn --workers N`` (uvloop + httptools) serving bench.apps:asgi_app."""
-    argv = [sys.executable, "-m", "uvicorn", "bench.apps:asgi_app", "--host", HOST,
-            "--port", str(port), "--workers", str(workers), "--loop", "uvloop",
-            "--http", "httptools", "--no-access-log", "--log-level", "info"]
-    return ServerSpec("uvicorn", argv, port, ready_text="Application startup complete",
-                      ready_count=workers)
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.apps:asgi_app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "info",
+    ]
+    return ServerSpec(
+        "uvicorn", argv, port, ready_text="Application startup complete", ready_count=workers
+    )
 
 
 def gunicorn(kind: str, port: int, workers: int = 2, threads: int = 8) -> ServerSpec:
     """gunicorn ``sync`` or ``gthread`` (``threads`` per worker) serving bench.apps:wsgi_app."""
-    argv = [sys.executable, "-m", "gunicorn", "bench.apps:wsgi_app", "-b", f"{HOST}:{port}",
-            "-w", str(workers), "-k", kind, "--log-level", "info"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "bench.apps:wsgi_app",
+        "-b",
+        f"{HOST}:{port}",
+        "-w",
+        str(workers),
+        "-k",
+        kind,
+        "--log-level",
+        "info",
+    ]
     if kind == "gthread":
         argv += ["--threads", str(threads)]
-    return ServerSpec(f"gunicorn-{kind}", argv, port, ready_text="Booting worker",
-                      ready_count=workers)
+    return ServerSpec(
+        f"gunicorn-{kind}", argv, port, ready_text="Booting worker", ready_count=workers
+    )
 
 
-def target(name: str, argv: Sequence[str], port: int, workers: int = 2,
-           env: dict[str, str] | None = None, ready_text: str | None = None,
-           ready_count: int = 1, path: str = "/") -> ServerSpec:
+def target(
+    name: str,
+    argv: Sequence[str],
+    port: int,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    ready_text: str | None = None,
+    ready_count: int = 1,
+    path: str = "/",
+) -> ServerSpec:
     """A clusterlab (or any) server given as argv; ``{port}``, ``{workers}``, ``{python}``,
     ``{root}`` in argv and env values are filled in. Readiness: ``GET path`` answers 200 (and
     ``ready_text`` printed ``ready_count`` times, if given)."""
     fill = {"port": str(port), "workers": str(workers), "python": sys.executable, "root": str(ROOT)}
     return ServerSpec(
-        name, [a.format(**fill) for a in argv], port,
-        env={k: v.format(**fill) for k, v in (env or {}).items()}, ready_text=ready_text,
-        ready_count=ready_count, path=path,
+        name,
+        [a.format(**fill) for a in argv],
+        port,
+        env={k: v.format(**fill) for k, v in (env or {}).items()},
+        ready_text=ready_text,
+        ready_count=ready_count,
+        path=path,
     )
 
 
-def run_json(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_json(
+    argv: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run a benchmark script that prints one JSON line last (e.g. ``bench/ipc.py``,
     ``node bench/node/respawn.js``) in its own session; return that line parsed.
 
     Bounded by ``timeout``; on a timeout, a failure, an exception or Ctrl-C its whole process
     tree is stopped by pid. Raises RuntimeError (with the end of its stderr) when it fails."""
     proc = subprocess.Popen(
-        list(argv), cwd=ROOT, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        list(argv),
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -247,7 +304,9 @@ def run_json(argv: Sequence[str], timeout: float, env: dict[str, str] | None = N
     try:
         return dict(json.loads(lines[-1]))
     except ValueError:
-        raise RuntimeError(f"{shlex.join(argv)}: last line is not JSON: {lines[-1][:200]!r}") from None
+        raise RuntimeError(
+            f"{shlex.join(argv)}: last line is not JSON: {lines[-1][:200]!r}"
+        ) from None
 
 
 def missing(name: str) -> str | None:

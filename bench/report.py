@@ -37,7 +37,9 @@ def machine_facts() -> dict[str, Any]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
     except OSError:
         pass
     return {
@@ -52,7 +54,9 @@ def machine_facts() -> dict[str, Any]:
         "node": _version(["node", "--version"]),
         "wrk": _version(["wrk", "--version"]).split(" Copyright")[0],
         "packages": {name: _package(name) for name in PACKAGES},
-        "git_revision": _version(["git", "-C", str(RESULTS.parent.parent), "describe", "--always", "--dirty"]),
+        "git_revision": _version(
+            ["git", "-C", str(RESULTS.parent.parent), "describe", "--always", "--dirty"]
+        ),
         "load_avg_at_start": os.getloadavg(),
     }
 
@@ -99,7 +103,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def _busy_s() -> float:
     t = psutil.cpu_times()
-    return float(sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal")))
+    return float(
+        sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+    )
 
 
 def tree_cpu_s(pids: Sequence[int]) -> float:
@@ -156,9 +162,11 @@ class ServerCost:
         wall = time.monotonic() - wall0
         if wall <= 0:
             return {}
-        return {"primary_cpu_pct": round(100 * (proc_cpu_s(self.pid) - root0) / wall, 2),
-                "primary_rss_mib": rss_mib(self.pid),
-                "server_cpu_pct": round(100 * (tree_cpu_s([self.pid]) - tree0) / wall, 1)}
+        return {
+            "primary_cpu_pct": round(100 * (proc_cpu_s(self.pid) - root0) / wall, 2),
+            "primary_rss_mib": rss_mib(self.pid),
+            "server_cpu_pct": round(100 * (tree_cpu_s([self.pid]) - tree0) / wall, 1),
+        }
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -205,7 +213,11 @@ class Quiet:
 
     def recently_quiet(self, max_pct: float) -> float | None:
         """The last foreign CPU % if it was under ``max_pct`` and is fresh, else None."""
-        if self._last and self._last[1] < max_pct and time.monotonic() - self._last[0] < self.fresh_s:
+        if (
+            self._last
+            and self._last[1] < max_pct
+            and time.monotonic() - self._last[0] < self.fresh_s
+        ):
             return self._last[1]
         return None
 

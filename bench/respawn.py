@@ -26,8 +26,12 @@ from typing import Any
 from clusterlab import cluster
 
 
-def measure(n: int = 20, start_method: str | None = None, timeout: float = 150,
-            env: dict[str, str] | None = None) -> dict[str, Any]:
+def measure(
+    n: int = 20,
+    start_method: str | None = None,
+    timeout: float = 150,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run this benchmark as its own primary (``python bench/respawn.py n``), with
     ``CLUSTERLAB_START_METHOD=start_method`` when given; its JSON figures."""
     from bench.peers import run_json
@@ -43,7 +47,10 @@ async def fork_one(record: dict[str, list[float]] | None) -> object:
     worker = cluster.fork()
     if record is not None:
         worker.once("online", lambda: record["online"].append((time.perf_counter() - t0) * 1e3))
-    worker.once("listening", lambda address: listening.done() or listening.set_result(time.perf_counter() - t0))
+    worker.once(
+        "listening",
+        lambda address: listening.done() or listening.set_result(time.perf_counter() - t0),
+    )
     elapsed = await listening
     if record is not None:
         record["listening"].append(elapsed * 1e3)
@@ -71,15 +78,20 @@ async def primary(n: int) -> None:
         samples["kill"].append((time.perf_counter() - t0) * 1e3)
     worker.kill("SIGTERM")  # type: ignore[attr-defined]
     await exited(worker)
-    print(json.dumps({
-        "clusterlab": True,
-        "n": n,
-        "start_method": cluster.settings.get("start_method", "exec"),
-        "fork_online_ms": statistics.median(samples["online"]),
-        "fork_listening_ms": statistics.median(samples["listening"]),
-        "kill_listening_ms": statistics.median(samples["kill"]),
-        "samples": {k: [round(v, 2) for v in vs] for k, vs in samples.items()},
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "clusterlab": True,
+                "n": n,
+                "start_method": cluster.settings.get("start_method", "exec"),
+                "fork_online_ms": statistics.median(samples["online"]),
+                "fork_listening_ms": statistics.median(samples["listening"]),
+                "kill_listening_ms": statistics.median(samples["kill"]),
+                "samples": {k: [round(v, 2) for v in vs] for k, vs in samples.items()},
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":  # also in the workers: they run this script as __main__

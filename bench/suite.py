@@ -55,8 +55,17 @@ from bench.handoff import run_handoff, summarize, target_from_template
 from bench.wrk import Stats, interleaved_rounds, run_wrk
 from clusterlab import available_parallelism
 
-ROWS = ("rr", "none", "reuseport", "keepalive", "ipc", "respawn", "scaling", "primary",
-        "lab-overhead")
+ROWS = (
+    "rr",
+    "none",
+    "reuseport",
+    "keepalive",
+    "ipc",
+    "respawn",
+    "scaling",
+    "primary",
+    "lab-overhead",
+)
 ALIASES = {"handoff": ("rr", "none", "reuseport"), "all": ROWS}
 POLICY_NAMES = {"rr": "SCHED_RR", "none": "SCHED_NONE", "reuseport": "SCHED_REUSEPORT"}
 HELLO = "{python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy "
@@ -124,9 +133,15 @@ class Row:
 
     def cells(self) -> list[str]:
         met = {True: "yes", False: "no", None: "—"}[self.met]
-        return [self.what, self.clusterlab, self.peer, self.peer_figure, fmt_ratio(self.ratio),
-                str(self.target) if self.target is not None else "—",
-                f"{met} ({self.note})" if self.note else met]
+        return [
+            self.what,
+            self.clusterlab,
+            self.peer,
+            self.peer_figure,
+            fmt_ratio(self.ratio),
+            str(self.target) if self.target is not None else "—",
+            f"{met} ({self.note})" if self.note else met,
+        ]
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -177,15 +192,25 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(rows: Sequence[Row], machine: dict[str, Any] | None = None,
-                    notes: Sequence[str] = (), command: str = "", when: str = "",
-                    wall_s: float | None = None, raw: str = "") -> str:
+def render_markdown(
+    rows: Sequence[Row],
+    machine: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    command: str = "",
+    when: str = "",
+    wall_s: float | None = None,
+    raw: str = "",
+) -> str:
     """The table as Markdown, headed by the machine it came from and how it was made."""
     lines = []
     if machine:
         lines.append(f"Machine: {machine_line(machine)}.")
-    made = [f"`{command}`" if command else "", when, f"{wall_s:.0f} s" if wall_s else "",
-            f"raw results `{raw}`" if raw else ""]
+    made = [
+        f"`{command}`" if command else "",
+        when,
+        f"{wall_s:.0f} s" if wall_s else "",
+        f"raw results `{raw}`" if raw else "",
+    ]
     if any(made):
         lines.append("Run: " + ", ".join(m for m in made if m) + ".")
     if lines:
@@ -201,10 +226,12 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any] | None = None,
 def machine_line(m: dict[str, Any]) -> str:
     """One line of machine facts (from :func:`bench.report.machine_facts`)."""
     load = m.get("load_avg_at_start") or [float("nan")]
-    return (f"{m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs (available_parallelism "
-            f"{m.get('available_parallelism', '?')}), {m.get('memory_gib', '?')} GiB, Linux "
-            f"{m.get('kernel', '?')}, Python {m.get('python', '?')}, Node.js {m.get('node', '?')}, "
-            f"{m.get('wrk', '?')}; load average at start {load[0]:.2f}")
+    return (
+        f"{m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs (available_parallelism "
+        f"{m.get('available_parallelism', '?')}), {m.get('memory_gib', '?')} GiB, Linux "
+        f"{m.get('kernel', '?')}, Python {m.get('python', '?')}, Node.js {m.get('node', '?')}, "
+        f"{m.get('wrk', '?')}; load average at start {load[0]:.2f}"
+    )
 
 
 def rss_trend(samples: Sequence[tuple[float, float]], settle_frac: float = 0.1) -> dict[str, Any]:
@@ -224,10 +251,16 @@ def rss_trend(samples: Sequence[tuple[float, float]], settle_frac: float = 0.1) 
         var = sum((t - mt) ** 2 for t, _ in tail)
         slope = 60 * sum((t - mt) * (v - mv) for t, v in tail) / var if var else 0.0
     values = [v for _, v in samples]
-    return {"start_mib": values[0], "end_mib": values[-1], "min_mib": min(values),
-            "max_mib": max(values), "slope_mib_per_min": slope, "span_s": span,
-            "settled_from_s": tail[0][0] - samples[0][0],
-            "settled_growth_mib": tail[-1][1] - tail[0][1]}
+    return {
+        "start_mib": values[0],
+        "end_mib": values[-1],
+        "min_mib": min(values),
+        "max_mib": max(values),
+        "slope_mib_per_min": slope,
+        "span_s": span,
+        "settled_from_s": tail[0][0] - samples[0][0],
+        "settled_growth_mib": tail[-1][1] - tail[0][1],
+    }
 
 
 def rss_flat(trend: dict[str, Any]) -> bool | None:
@@ -296,8 +329,13 @@ class Settings:
         return (self.quiet_pct, self.wait_quiet_s)
 
 
-QUICK = {"duration_s": 2.0, "ipc_seconds": 1.0, "micro_rounds": 2, "primary_seconds": 20.0,
-         "quiet_budget_s": 15.0}
+QUICK = {
+    "duration_s": 2.0,
+    "ipc_seconds": 1.0,
+    "micro_rounds": 2,
+    "primary_seconds": 20.0,
+    "quiet_budget_s": 15.0,
+}
 
 
 @dataclass
@@ -333,17 +371,27 @@ class Suite:
             self.note(n)
         return specs, skipped
 
-    def _wrk_rounds(self, key: str, specs: Sequence[peers.ServerSpec], mode: str,
-                    connections: int | None = None) -> dict[str, Any]:
+    def _wrk_rounds(
+        self, key: str, specs: Sequence[peers.ServerSpec], mode: str, connections: int | None = None
+    ) -> dict[str, Any]:
         s = self.settings
-        print(f"{key}: {', '.join(sp.name for sp in specs)}; {s.rounds} rounds of "
-              f"{s.duration_s:g} s, {'new connection per request' if mode == 'close' else mode}",
-              flush=True)
+        print(
+            f"{key}: {', '.join(sp.name for sp in specs)}; {s.rounds} rounds of "
+            f"{s.duration_s:g} s, {'new connection per request' if mode == 'close' else mode}",
+            flush=True,
+        )
         results: dict[str, Any] = {}
         self.raw[key] = {"servers": {sp.name: sp.command for sp in specs}, "results": results}
         try:
-            run_handoff(specs, (mode,), s.rounds, s.duration_s, connections or s.connections,
-                        quiet=s.quiet, results=results)
+            run_handoff(
+                specs,
+                (mode,),
+                s.rounds,
+                s.duration_s,
+                connections or s.connections,
+                quiet=s.quiet,
+                results=results,
+            )
         except (KeyboardInterrupt, SystemExit) as exc:  # rows from what was measured, then stop
             summarize(results)
             self.interrupted = exc
@@ -351,8 +399,11 @@ class Suite:
 
     def handoff(self, policies: Sequence[str]) -> None:
         """RR, NONE, REUSEPORT, new connection per request, vs Node.js's cluster."""
-        names = {"rr": "RR hand-off, new connection per request",
-                 "none": "SCHED_NONE, same load", "reuseport": "SCHED_REUSEPORT, same load"}
+        names = {
+            "rr": "RR hand-off, new connection per request",
+            "none": "SCHED_NONE, same load",
+            "reuseport": "SCHED_REUSEPORT, same load",
+        }
         if self._wrk_missing(*(names[p] for p in policies)):
             return
         node_names = [f"node-{p}" for p in policies if p in ("rr", "none")]
@@ -363,17 +414,28 @@ class Suite:
             cl = res.get(f"clusterlab-{p}")
             figure = fmt_stats(cl, "req/s")
             if p == "reuseport":
-                self.rows.append(Row(names[p], figure, "Node.js",
-                                     "(Node.js 20's cluster has no such policy)"))
+                self.rows.append(
+                    Row(names[p], figure, "Node.js", "(Node.js 20's cluster has no such policy)")
+                )
                 continue
             peer = f"Node.js {POLICY_NAMES[p]}"
             if f"node-{p}" in skipped:
-                self.rows.append(Row(names[p], figure, peer, f"skipped: {skipped[f'node-{p}']}",
-                                     target=TARGETS[p]))
+                self.rows.append(
+                    Row(
+                        names[p],
+                        figure,
+                        peer,
+                        f"skipped: {skipped[f'node-{p}']}",
+                        target=TARGETS[p],
+                    )
+                )
                 continue
             node = res.get(f"node-{p}")
-            self.rows.append(Row(names[p], figure, peer, fmt_stats(node),
-                                 ratio(_med(cl), _med(node)), TARGETS[p]))
+            self.rows.append(
+                Row(
+                    names[p], figure, peer, fmt_stats(node), ratio(_med(cl), _med(node)), TARGETS[p]
+                )
+            )
 
     def keepalive(self) -> None:
         """Keep-alive hello: clusterlab's fastest worker server vs uvicorn --workers and Node.js."""
@@ -383,20 +445,37 @@ class Suite:
         peer_specs, skipped = self._peers(self.settings.keepalive_peers)
         res = self._wrk_rounds("keepalive", [self._hello("none"), *peer_specs], "keepalive")
         cl = res.get("clusterlab-none")
-        labels = {"uvicorn": ("`uvicorn --workers 2`", TARGETS["keepalive-uvicorn"]),
-                  "node-rr": ("Node.js SCHED_RR", TARGETS["keepalive-node"]),
-                  "node-none": ("Node.js SCHED_NONE", TARGETS["keepalive-node"]),
-                  "gunicorn-gthread": ("gunicorn gthread, 2 × 8 threads", None),
-                  "gunicorn-sync": ("gunicorn sync, 2 workers", None)}
+        labels = {
+            "uvicorn": ("`uvicorn --workers 2`", TARGETS["keepalive-uvicorn"]),
+            "node-rr": ("Node.js SCHED_RR", TARGETS["keepalive-node"]),
+            "node-none": ("Node.js SCHED_NONE", TARGETS["keepalive-node"]),
+            "gunicorn-gthread": ("gunicorn gthread, 2 × 8 threads", None),
+            "gunicorn-sync": ("gunicorn sync, 2 workers", None),
+        }
         for name in self.settings.keepalive_peers:
             label, target = labels.get(name, (name, None))
             if name in skipped:
-                self.rows.append(Row(what, fmt_stats(cl, "req/s"), label,
-                                     f"skipped: {skipped[name]}", target=target))
+                self.rows.append(
+                    Row(
+                        what,
+                        fmt_stats(cl, "req/s"),
+                        label,
+                        f"skipped: {skipped[name]}",
+                        target=target,
+                    )
+                )
                 continue
             peer = res.get(name)
-            self.rows.append(Row(what, fmt_stats(cl, "req/s"), label, fmt_stats(peer),
-                                 ratio(_med(cl), _med(peer)), target))
+            self.rows.append(
+                Row(
+                    what,
+                    fmt_stats(cl, "req/s"),
+                    label,
+                    fmt_stats(peer),
+                    ratio(_med(cl), _med(peer)),
+                    target,
+                )
+            )
 
     def scaling(self) -> None:
         """/cpu?ms=2 with 1 worker vs N workers; the speed-up vs 0.9 × the cores wrk left."""
@@ -407,13 +486,32 @@ class Suite:
         parallelism = available_parallelism()
         counts = list(s.scaling_workers) or parse_workers(None, parallelism)
         if counts == [1]:
-            self.rows.append(Row(f"CPU-bound `{path}` speed-up", "skipped",
-                                 note="available_parallelism() is 1"))
+            self.rows.append(
+                Row(f"CPU-bound `{path}` speed-up", "skipped", note="available_parallelism() is 1")
+            )
             return
-        argv = ["{python}", "-m", "clusterlab.lab.target", "--workers", "{workers}", "--policy",
-                s.scaling_policy, "--port", "{port}"]
-        specs = [peers.target(f"clusterlab-{n}w", argv, peers.free_port(), n,
-                              ready_text="serving http://", path=path) for n in counts]
+        argv = [
+            "{python}",
+            "-m",
+            "clusterlab.lab.target",
+            "--workers",
+            "{workers}",
+            "--policy",
+            s.scaling_policy,
+            "--port",
+            "{port}",
+        ]
+        specs = [
+            peers.target(
+                f"clusterlab-{n}w",
+                argv,
+                peers.free_port(),
+                n,
+                ready_text="serving http://",
+                path=path,
+            )
+            for n in counts
+        ]
         res = self._wrk_rounds("scaling", specs, "keepalive", max(s.connections, 4 * counts[-1]))
         base = res.get("clusterlab-1w")
         self.raw["scaling"].update(parallelism=parallelism, path=path, policy=s.scaling_policy)
@@ -424,21 +522,36 @@ class Suite:
             target = SCALING_EFFICIENCY * ideal
             speedup = ratio(_med(r), _med(base))
             mark = " = available_parallelism()" if n == parallelism else ""
-            cost = (f"server {r.get('server_cpu_pct', 0) / 100:.2f} cores, wrk {gen_cores:.2f}"
-                    if r else "")
-            self.rows.append(Row(
-                f"CPU-bound `{path}`, {n} workers{mark} vs 1 ({s.scaling_policy})",
-                fmt_stats(r, "req/s"), "1 worker", fmt_stats(base), speedup,
-                f"≥ {target:.2f}× (0.9 × {ideal:.2f})",
-                None if speedup is None else speedup >= target, cost))
+            cost = (
+                f"server {r.get('server_cpu_pct', 0) / 100:.2f} cores, wrk {gen_cores:.2f}"
+                if r
+                else ""
+            )
+            self.rows.append(
+                Row(
+                    f"CPU-bound `{path}`, {n} workers{mark} vs 1 ({s.scaling_policy})",
+                    fmt_stats(r, "req/s"),
+                    "1 worker",
+                    fmt_stats(base),
+                    speedup,
+                    f"≥ {target:.2f}× (0.9 × {ideal:.2f})",
+                    None if speedup is None else speedup >= target,
+                    cost,
+                )
+            )
             self.raw["scaling"].setdefault("rows", {})[n] = {
-                "speedup": speedup, "ideal": ideal, "target": target,
-                "generator_cores": gen_cores, "plain_target": SCALING_EFFICIENCY * n}
+                "speedup": speedup,
+                "ideal": ideal,
+                "target": target,
+                "generator_cores": gen_cores,
+                "plain_target": SCALING_EFFICIENCY * n,
+            }
 
     # -- IPC and respawn --
 
-    def _alternate(self, key: str, jobs: dict[str, Callable[[], dict[str, Any]]],
-                   rounds: int) -> dict[str, list[dict[str, Any]]]:
+    def _alternate(
+        self, key: str, jobs: dict[str, Callable[[], dict[str, Any]]], rounds: int
+    ) -> dict[str, list[dict[str, Any]]]:
         """Run every job once per round, rotating the order; each run guarded by the quiet check."""
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in jobs}
         self.raw[key] = {"runs": runs}
@@ -449,6 +562,7 @@ class Suite:
             def run() -> float:
                 runs[name].append(node_micro.guarded(jobs[name], s.quiet_pct, s.wait_quiet_s))
                 return 0.0
+
             return run
 
         try:
@@ -462,7 +576,8 @@ class Suite:
         s = self.settings
         timeout = s.ipc_seconds * 4 + 30
         jobs: dict[str, Callable[[], dict[str, Any]]] = {
-            "clusterlab": lambda: ipc.measure(s.ipc_seconds, timeout)}
+            "clusterlab": lambda: ipc.measure(s.ipc_seconds, timeout)
+        }
         node = shutil.which("node") is not None
         if node:
             jobs["node"] = lambda: node_micro.run_node("ipc.js", s.ipc_seconds, timeout)
@@ -470,26 +585,40 @@ class Suite:
             self.note("node-ipc: skipped, node not on PATH")
         runs = self._alternate("ipc", jobs, s.micro_rounds)
         oneway = TARGETS["ipc-oneway"]
-        figures = [("IPC round trips, primary ↔ worker", "roundtrips_per_s", "round trips/s",
-                    TARGETS["ipc-roundtrips"]),
-                   ("IPC one-way, worker → primary", "w2p_msgs_per_s", "msgs/s", oneway),
-                   ("IPC one-way, primary → worker", "p2w_msgs_per_s", "msgs/s", oneway)]
+        figures = [
+            (
+                "IPC round trips, primary ↔ worker",
+                "roundtrips_per_s",
+                "round trips/s",
+                TARGETS["ipc-roundtrips"],
+            ),
+            ("IPC one-way, worker → primary", "w2p_msgs_per_s", "msgs/s", oneway),
+            ("IPC one-way, primary → worker", "p2w_msgs_per_s", "msgs/s", oneway),
+        ]
         summary = self.raw["ipc"]["summary"] = {}
         for what, key, unit, target in figures:
             cl = stats([r[key] for r in runs["clusterlab"]])
             peer = stats([r[key] for r in runs.get("node", [])]) if node else None
             summary[key] = {"clusterlab": cl, "node": peer}
-            self.rows.append(Row(what, fmt_stats(cl, unit), "Node.js",
-                                 fmt_stats(peer) if node else "skipped: node not on PATH",
-                                 ratio(_med(cl), _med(peer)), target))
+            self.rows.append(
+                Row(
+                    what,
+                    fmt_stats(cl, unit),
+                    "Node.js",
+                    fmt_stats(peer) if node else "skipped: node not on PATH",
+                    ratio(_med(cl), _med(peer)),
+                    target,
+                )
+            )
 
     def respawn(self) -> None:
         """SIGKILL → replacement 'listening' per start method, vs Node.js fork() → 'listening'."""
         s = self.settings
         jobs: dict[str, Callable[[], dict[str, Any]]] = {}
         for method in s.respawn_start_methods:
-            jobs[f"clusterlab ({method})"] = (
-                lambda m=method: respawn.measure(s.forks, start_method=m))
+            jobs[f"clusterlab ({method})"] = lambda m=method: respawn.measure(
+                s.forks, start_method=m
+            )
         node = shutil.which("node") is not None
         if node:
             jobs["node"] = lambda: node_micro.run_node("respawn.js", s.forks, 150)
@@ -498,21 +627,33 @@ class Suite:
         runs = self._alternate("respawn", jobs, s.micro_rounds)
         peer = stats([r["fork_listening_ms"] for r in runs.get("node", [])])
         summary = self.raw["respawn"]["summary"] = {
-            "node": {k: stats([r[k] for r in runs.get("node", [])])
-                     for k in ("fork_online_ms", "fork_listening_ms", "kill_listening_ms")}}
+            "node": {
+                k: stats([r[k] for r in runs.get("node", [])])
+                for k in ("fork_online_ms", "fork_listening_ms", "kill_listening_ms")
+            }
+        }
         for method in s.respawn_start_methods:
             name = f"clusterlab ({method})"
             got = {r.get("start_method", "exec") for r in runs[name]}
             cl = stats([r["kill_listening_ms"] for r in runs[name]])
-            summary[name] = {k: stats([r[k] for r in runs[name]])
-                             for k in ("fork_online_ms", "fork_listening_ms", "kill_listening_ms")}
+            summary[name] = {
+                k: stats([r[k] for r in runs[name]])
+                for k in ("fork_online_ms", "fork_listening_ms", "kill_listening_ms")
+            }
             what = f"respawn: SIGKILL → replacement `'listening'` (median of {s.forks}), {name}"
             if runs[name] and got != {method}:
                 self.rows.append(Row(what, "skipped", note=f"the core ran start method {got}"))
                 continue
-            self.rows.append(Row(what, fmt_stats(cl, "ms", 1), "Node.js `fork()` → `'listening'`",
-                                 fmt_stats(peer, "ms", 1) if node else "skipped: node not on PATH",
-                                 ratio(_med(cl), _med(peer)), TARGETS["respawn"]))
+            self.rows.append(
+                Row(
+                    what,
+                    fmt_stats(cl, "ms", 1),
+                    "Node.js `fork()` → `'listening'`",
+                    fmt_stats(peer, "ms", 1) if node else "skipped: node not on PATH",
+                    ratio(_med(cl), _med(peer)),
+                    TARGETS["respawn"],
+                )
+            )
 
     # -- the primary's own cost --
 
@@ -533,28 +674,42 @@ class Suite:
             res = handoff
         long_run = self._primary_long(s.primary_seconds)
         cl, node = res.get("clusterlab-rr", {}), res.get("node-rr")
-        self.rows.append(Row(
-            "primary's own cost under RR, anchor load: CPU, RSS",
-            f"{_fmt(cl.get('primary_cpu_pct'))} % of a core, {_fmt(cl.get('primary_rss_mib'))} MiB",
-            "Node.js SCHED_RR primary",
-            f"{_fmt(node.get('primary_cpu_pct'))} %, {_fmt(node.get('primary_rss_mib'))} MiB"
-            if node else "skipped: node not on PATH",
-            ratio(cl.get("primary_cpu_pct"), (node or {}).get("primary_cpu_pct")), "reported",
-            note="CPU ratio; medians of the A/B rounds"))
+        self.rows.append(
+            Row(
+                "primary's own cost under RR, anchor load: CPU, RSS",
+                f"{_fmt(cl.get('primary_cpu_pct'))} % of a core, {_fmt(cl.get('primary_rss_mib'))} MiB",
+                "Node.js SCHED_RR primary",
+                f"{_fmt(node.get('primary_cpu_pct'))} %, {_fmt(node.get('primary_rss_mib'))} MiB"
+                if node
+                else "skipped: node not on PATH",
+                ratio(cl.get("primary_cpu_pct"), (node or {}).get("primary_cpu_pct")),
+                "reported",
+                note="CPU ratio; medians of the A/B rounds",
+            )
+        )
         trend, cpu = long_run["rss"], long_run["cpu_pct"]
         flat = rss_flat(trend)
-        self.rows.append(Row(
-            f"primary's RSS over a {s.primary_seconds:g} s RR run (same load)",
-            f"{trend['start_mib']:.1f} → {trend['end_mib']:.1f} MiB (max {trend['max_mib']:.1f}), "
-            f"{round(trend['slope_mib_per_min'], 3) + 0.0:+.3f} MiB/min; CPU {_fmt(_med(cpu))} %",
-            target=f"flat over 5 min (≤ {RSS_FLAT_MIB_PER_MIN:g} MiB/min)", met=flat,
-            note="" if flat is not None else f"judged on ≥ 5 min runs, this one {s.primary_seconds:g} s"))
+        self.rows.append(
+            Row(
+                f"primary's RSS over a {s.primary_seconds:g} s RR run (same load)",
+                f"{trend['start_mib']:.1f} → {trend['end_mib']:.1f} MiB (max {trend['max_mib']:.1f}), "
+                f"{round(trend['slope_mib_per_min'], 3) + 0.0:+.3f} MiB/min; CPU {_fmt(_med(cpu))} %",
+                target=f"flat over 5 min (≤ {RSS_FLAT_MIB_PER_MIN:g} MiB/min)",
+                met=flat,
+                note=""
+                if flat is not None
+                else f"judged on ≥ 5 min runs, this one {s.primary_seconds:g} s",
+            )
+        )
 
     def _primary_long(self, seconds: float) -> dict[str, Any]:
         s = self.settings
         spec = self._hello("rr")
-        print(f"primary: {spec.name} under wrk -t1 -c{s.connections}, new connection per request, "
-              f"for {seconds:g} s; the primary sampled every second", flush=True)
+        print(
+            f"primary: {spec.name} under wrk -t1 -c{s.connections}, new connection per request, "
+            f"for {seconds:g} s; the primary sampled every second",
+            flush=True,
+        )
         out: dict[str, Any] = {"server": spec.command, "seconds": seconds}
         self.raw["primary"] = out
         with peers.start(spec) as srv:
@@ -581,8 +736,11 @@ class Suite:
         runs: list[dict[str, Any]] = []
         self.raw["lab_overhead"] = {"scenario": str(SCENARIO.relative_to(peers.ROOT)), "runs": runs}
         for i in range(s.lab_runs):
-            print(f"lab-overhead: clusterlab run {SCENARIO.relative_to(peers.ROOT)} "
-                  f"({i + 1}/{s.lab_runs})", flush=True)
+            print(
+                f"lab-overhead: clusterlab run {SCENARIO.relative_to(peers.ROOT)} "
+                f"({i + 1}/{s.lab_runs})",
+                flush=True,
+            )
             if s.wait_quiet_s:
                 report.wait_quiet([], s.quiet_pct, s.wait_quiet_s)
             runs.append(run_lab(SCENARIO))
@@ -590,12 +748,18 @@ class Suite:
         load = stats([r["load_s"] for r in runs])
         ratios = stats([r["wall_s"] / r["load_s"] for r in runs])
         first = runs[0]
-        self.rows.append(Row(
-            f"lab overhead: `clusterlab run`, {first['points']} points, wall time",
-            fmt_stats(wall, "s", 1), "sum of the points' load durations",
-            f"{fmt_stats(load, 's', 1)} ({first['points']} × ({first['warmup_s']:g} + "
-            f"{first['duration_s']:g}) s)", _med(ratios), TARGETS["lab-overhead"],
-            note=f"vs measured windows only {_med(stats([r['wall_s'] / r['window_s'] for r in runs])):.2f}×"))
+        self.rows.append(
+            Row(
+                f"lab overhead: `clusterlab run`, {first['points']} points, wall time",
+                fmt_stats(wall, "s", 1),
+                "sum of the points' load durations",
+                f"{fmt_stats(load, 's', 1)} ({first['points']} × ({first['warmup_s']:g} + "
+                f"{first['duration_s']:g}) s)",
+                _med(ratios),
+                TARGETS["lab-overhead"],
+                note=f"vs measured windows only {_med(stats([r['wall_s'] / r['window_s'] for r in runs])):.2f}×",
+            )
+        )
 
 
 def _med(st: dict[str, Any] | None) -> float | None:
@@ -628,12 +792,20 @@ class _ProcSampler:
         t0 = time.monotonic()
         last = (t0, report.proc_cpu_s(self.pid), report.tree_cpu_s([self.pid]))
         while not self._stop.wait(self.period):
-            now, cpu, tree = time.monotonic(), report.proc_cpu_s(self.pid), report.tree_cpu_s([self.pid])
+            now, cpu, tree = (
+                time.monotonic(),
+                report.proc_cpu_s(self.pid),
+                report.tree_cpu_s([self.pid]),
+            )
             wall = now - last[0]
-            self.samples.append({"t": round(now - t0, 2),
-                                 "primary_cpu_pct": round(100 * (cpu - last[1]) / wall, 2),
-                                 "primary_rss_mib": report.rss_mib(self.pid),
-                                 "server_cpu_pct": round(100 * (tree - last[2]) / wall, 1)})
+            self.samples.append(
+                {
+                    "t": round(now - t0, 2),
+                    "primary_cpu_pct": round(100 * (cpu - last[1]) / wall, 2),
+                    "primary_rss_mib": report.rss_mib(self.pid),
+                    "server_cpu_pct": round(100 * (tree - last[2]) / wall, 1),
+                }
+            )
             last = (now, cpu, tree)
 
 
@@ -654,9 +826,15 @@ def run_lab(scenario: Path, timeout: float = 300) -> dict[str, Any]:
         out_dir = Path(tmp) / "run"
         argv = [*_clusterlab_argv(), "run", str(scenario), "--out", str(out_dir), "-q"]
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=peers.ROOT, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=peers.ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
             output, _ = proc.communicate(timeout=timeout)
         finally:
@@ -681,14 +859,24 @@ def lab_figures(summary: dict[str, Any], wall_s: float, argv: Sequence[str] = ()
     per_point = float(load.get("warmup") or 0) + float(load["duration"])
     run = summary.get("run", {})
     internal = (run["finished"] - run["started"]) if run.get("finished") else None
-    return {"command": " ".join(argv), "wall_s": wall_s, "points": len(points),
-            "failed_points": len(summary["points"]) - len(points),
-            "warmup_s": float(load.get("warmup") or 0), "duration_s": float(load["duration"]),
-            "load_s": per_point * len(points),
-            "window_s": sum(float(p.get("window_s") or 0) for p in points),
-            "run_started_to_finished_s": internal,
-            "point_rows": [{k: p.get(k) for k in ("point", "workload", "policy", "workers", "rps",
-                                                   "window_s", "cpu_pct")} for p in points]}
+    return {
+        "command": " ".join(argv),
+        "wall_s": wall_s,
+        "points": len(points),
+        "failed_points": len(summary["points"]) - len(points),
+        "warmup_s": float(load.get("warmup") or 0),
+        "duration_s": float(load["duration"]),
+        "load_s": per_point * len(points),
+        "window_s": sum(float(p.get("window_s") or 0) for p in points),
+        "run_started_to_finished_s": internal,
+        "point_rows": [
+            {
+                k: p.get(k)
+                for k in ("point", "workload", "policy", "workers", "rps", "window_s", "cpu_pct")
+            }
+            for p in points
+        ],
+    }
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -699,9 +887,21 @@ def _settings(a: argparse.Namespace) -> Settings:
     if a.quick:
         for k, v in QUICK.items():
             setattr(s, k, v)
-    for key in ("rounds", "duration_s", "connections", "ipc_seconds", "micro_rounds", "forks",
-                "primary_seconds", "lab_runs", "wait_quiet_s", "quiet_pct", "quiet_budget_s", "scaling_ms",
-                "scaling_policy"):
+    for key in (
+        "rounds",
+        "duration_s",
+        "connections",
+        "ipc_seconds",
+        "micro_rounds",
+        "forks",
+        "primary_seconds",
+        "lab_runs",
+        "wait_quiet_s",
+        "quiet_pct",
+        "quiet_budget_s",
+        "scaling_ms",
+        "scaling_policy",
+    ):
         value = getattr(a, key)
         if value is not None:
             setattr(s, key, value)
@@ -716,11 +916,17 @@ def _settings(a: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[1:6]))
-    ap.add_argument("--quick", action="store_true",
-                    help="wrk runs of 2 s, IPC phases of 1 s, 2 IPC/respawn rounds, a 20 s primary run")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.suite",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:6]),
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="wrk runs of 2 s, IPC phases of 1 s, 2 IPC/respawn rounds, a 20 s primary run",
+    )
     ap.add_argument("--only", help=f"comma list of {','.join(ROWS)} (handoff = rr,none,reuseport)")
     ap.add_argument("--out", type=Path, default=report.RESULTS, help="results directory")
     ap.add_argument("--rounds", type=int, help="wrk A/B rounds (3)")
@@ -729,25 +935,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ipc-seconds", type=float, help="seconds per IPC phase (1.5)")
     ap.add_argument("--micro-rounds", type=int, help="alternating IPC and respawn rounds (3)")
     ap.add_argument("--forks", type=int, help="respawns per run, median of them (20)")
-    ap.add_argument("--respawn-start-methods", metavar="M[,M]",
-                    help=f"clusterlab start methods to time ({','.join(RESPAWN_START_METHODS)}; "
-                    "e.g. exec,forkserver)")
-    ap.add_argument("--keepalive-peers", metavar="P[,P]",
-                    help="keep-alive peers (default uvicorn,node-rr,gunicorn-gthread); also node-none, "
-                    "gunicorn-sync")
-    ap.add_argument("--scaling-workers", metavar="N[,N]",
-                    help="worker counts for the CPU-bound row (1 and available_parallelism())")
+    ap.add_argument(
+        "--respawn-start-methods",
+        metavar="M[,M]",
+        help=f"clusterlab start methods to time ({','.join(RESPAWN_START_METHODS)}; "
+        "e.g. exec,forkserver)",
+    )
+    ap.add_argument(
+        "--keepalive-peers",
+        metavar="P[,P]",
+        help="keep-alive peers (default uvicorn,node-rr,gunicorn-gthread); also node-none, "
+        "gunicorn-sync",
+    )
+    ap.add_argument(
+        "--scaling-workers",
+        metavar="N[,N]",
+        help="worker counts for the CPU-bound row (1 and available_parallelism())",
+    )
     ap.add_argument("--scaling-ms", type=float, help="CPU ms per request of /cpu (2)")
     ap.add_argument("--scaling-policy", choices=sorted(POLICY_NAMES), help="(rr)")
-    ap.add_argument("--primary-seconds", type=float, help="the primary's long run (300; --quick 20)")
+    ap.add_argument(
+        "--primary-seconds", type=float, help="the primary's long run (300; --quick 20)"
+    )
     ap.add_argument("--lab-runs", type=int, help="timed lab runs, median (1)")
-    ap.add_argument("--wait-quiet", dest="wait_quiet_s", type=float, metavar="S",
-                    help="before each sample wait up to S s for foreign CPU < --quiet-pct; "
-                    "retake disturbed samples (0: record only)")
+    ap.add_argument(
+        "--wait-quiet",
+        dest="wait_quiet_s",
+        type=float,
+        metavar="S",
+        help="before each sample wait up to S s for foreign CPU < --quiet-pct; "
+        "retake disturbed samples (0: record only)",
+    )
     ap.add_argument("--quiet-pct", type=float, help="(5)")
-    ap.add_argument("--quiet-budget", dest="quiet_budget_s", type=float, metavar="S",
-                    help="seconds the whole run may spend waiting and retaking: bounds the "
-                    "run time on a busy machine; afterwards samples are kept as taken (20; --quick 15)")
+    ap.add_argument(
+        "--quiet-budget",
+        dest="quiet_budget_s",
+        type=float,
+        metavar="S",
+        help="seconds the whole run may spend waiting and retaking: bounds the "
+        "run time on a busy machine; afterwards samples are kept as taken (20; --quick 15)",
+    )
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     try:
@@ -786,15 +1013,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             suite.raw.setdefault("errors", {})[name] = str(exc)
             status = 1
         finally:
-            worst = max((_worst_foreign(suite.raw.get(k)) for k in STEP_RAW.get(name, ())),
-                        default=0.0)
+            worst = max(
+                (_worst_foreign(suite.raw.get(k)) for k in STEP_RAW.get(name, ())), default=0.0
+            )
             if worst > settings.quiet_pct:
                 for row in suite.rows[first_row:]:
                     busy = f"others used up to {worst:.0f}% of the CPUs"
                     row.note = f"{row.note}; {busy}" if row.note else busy
             if settings.wait_quiet_s and spent_before > 0 and report.QUIET.left() <= 0:
-                suite.note(f"the quiet-machine budget ({settings.quiet_budget_s:g} s) ran out "
-                           f"during {name}: later samples were kept as taken")
+                suite.note(
+                    f"the quiet-machine budget ({settings.quiet_budget_s:g} s) ran out "
+                    f"during {name}: later samples were kept as taken"
+                )
     wall = time.monotonic() - t0
     print()
     print(render_text(suite.rows))
@@ -802,8 +1032,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"* {n}")
     worst = _worst_foreign(suite.raw)
     if worst > settings.quiet_pct:
-        warning = (f"other processes used up to {worst:.0f}% of the CPUs during some samples: "
-                   "figures are suspect (see --wait-quiet)")
+        warning = (
+            f"other processes used up to {worst:.0f}% of the CPUs during some samples: "
+            "figures are suspect (see --wait-quiet)"
+        )
         suite.notes.append(warning)
         print(f"warning: {warning}")
     print(f"suite: {wall:.0f} s")
@@ -811,16 +1043,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     name = report.stamp()
     command = shlex.join(["python", "-m", "bench.suite", *(sys.argv[1:] if argv is None else argv)])
-    data = {"benchmark": "suite", "started": started, "wall_s": wall, "complete": status == 0,
-            "command": command, "selected": selected, "machine": machine,
-            "settings": asdict(settings), "quiet_spent_s": round(report.QUIET.spent_s, 1),
-            "notes": suite.notes,
-            "table": [r.as_dict() for r in suite.rows], "raw": suite.raw}
-    json_path = report.write_text(a.out / f"{name}.json",
-                                  json.dumps(data, indent=2, default=str) + "\n")
+    data = {
+        "benchmark": "suite",
+        "started": started,
+        "wall_s": wall,
+        "complete": status == 0,
+        "command": command,
+        "selected": selected,
+        "machine": machine,
+        "settings": asdict(settings),
+        "quiet_spent_s": round(report.QUIET.spent_s, 1),
+        "notes": suite.notes,
+        "table": [r.as_dict() for r in suite.rows],
+        "raw": suite.raw,
+    }
+    json_path = report.write_text(
+        a.out / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n"
+    )
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
-    md = render_markdown(suite.rows, machine, suite.notes, command, when, wall,
-                         _display(json_path))
+    md = render_markdown(suite.rows, machine, suite.notes, command, when, wall, _display(json_path))
     md_path = report.write_text(a.out / f"{name}.md", md)
     print(f"wrote {_display(json_path)} and {_display(md_path)}")
     return status
@@ -833,8 +1074,14 @@ def _display(path: Path) -> str:
 
 
 # Where each step keeps its samples in Suite.raw (each sample records foreign_cpu_pct).
-STEP_RAW = {"handoff": ("handoff",), "keepalive": ("keepalive",), "scaling": ("scaling",),
-            "ipc": ("ipc",), "respawn": ("respawn",), "primary": ("primary_ab", "primary")}
+STEP_RAW = {
+    "handoff": ("handoff",),
+    "keepalive": ("keepalive",),
+    "scaling": ("scaling",),
+    "ipc": ("ipc",),
+    "respawn": ("respawn",),
+    "primary": ("primary_ab", "primary"),
+}
 
 
 def _worst_foreign(raw: Any) -> float:

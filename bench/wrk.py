@@ -68,8 +68,9 @@ def parse_wrk(text: str, command: str = "") -> WrkResult:
     )
 
 
-def wrk_argv(url: str, threads: int = 1, connections: int = 50, duration_s: float = 5,
-             close: bool = False) -> list[str]:
+def wrk_argv(
+    url: str, threads: int = 1, connections: int = 50, duration_s: float = 5, close: bool = False
+) -> list[str]:
     """The wrk command line (``-H 'Connection: close'`` when ``close``)."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s"]
     return argv + (["-H", "Connection: close"] if close else []) + [url]
@@ -80,8 +81,9 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_wrk(url: str, threads: int = 1, connections: int = 50, duration_s: float = 5,
-            close: bool = False) -> WrkResult:
+def run_wrk(
+    url: str, threads: int = 1, connections: int = 50, duration_s: float = 5, close: bool = False
+) -> WrkResult:
     """Run wrk once (bounded: killed ``duration_s + 15`` s after start) and parse it.
 
     wrk's CPU time is the growth of this process's reaped-children rusage over the run: exact
@@ -114,8 +116,13 @@ class Stats:
         return 100 * (max(self.samples) - min(self.samples)) / m if m else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "min": min(self.samples), "max": max(self.samples),
-                "spread_pct": self.spread_pct, "samples": self.samples}
+        return {
+            "median": self.median,
+            "min": min(self.samples),
+            "max": max(self.samples),
+            "spread_pct": self.spread_pct,
+            "samples": self.samples,
+        }
 
 
 def interleaved_rounds(fns: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, Stats]:

@@ -19,7 +19,9 @@ def available_parallelism() -> int:
     return max(1, cpus)
 
 
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> int | None:
+def cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")
+) -> int | None:
     """The CPU quota of this process's cgroup, rounded up to whole CPUs, or None if unlimited."""
     try:
         lines = proc.read_text().splitlines()

@@ -119,17 +119,25 @@ class RestartPolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in ("never", "immediate", "backoff"):
-            raise ValueError(f"RestartPolicy.mode must be never, immediate or backoff, got {self.mode!r}")
+            raise ValueError(
+                f"RestartPolicy.mode must be never, immediate or backoff, got {self.mode!r}"
+            )
         for name in ("base", "cap", "within", "reset_after"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"RestartPolicy.{name} must be a finite number >= 0, got {value!r}")
-        if not (isinstance(self.factor, int | float) and math.isfinite(self.factor) and self.factor >= 1):
+                raise ValueError(
+                    f"RestartPolicy.{name} must be a finite number >= 0, got {value!r}"
+                )
+        if not (
+            isinstance(self.factor, int | float) and math.isfinite(self.factor) and self.factor >= 1
+        ):
             raise ValueError(f"RestartPolicy.factor must be >= 1, got {self.factor!r}")
         if self.max_restarts is not None and (
             not isinstance(self.max_restarts, int) or self.max_restarts < 0
         ):
-            raise ValueError(f"RestartPolicy.max_restarts must be an int >= 0 or None, got {self.max_restarts!r}")
+            raise ValueError(
+                f"RestartPolicy.max_restarts must be an int >= 0 or None, got {self.max_restarts!r}"
+            )
 
     @classmethod
     def never(cls) -> RestartPolicy:
@@ -384,7 +392,9 @@ class Supervisor(EventEmitter):
         except RuntimeError:
             pass
         else:
-            raise RuntimeError("Supervisor.run() blocks: in asyncio code, use `await supervisor.serve()`")
+            raise RuntimeError(
+                "Supervisor.run() blocks: in asyncio code, use `await supervisor.serve()`"
+            )
         if self.state == "new":
             self.start()
         self._drive()
@@ -432,7 +442,9 @@ class Supervisor(EventEmitter):
                 self._done.set_result(self.status)
         return self._done
 
-    def _call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle | None:
+    def _call_later(
+        self, delay: float, fn: Callable[..., Any], *args: Any
+    ) -> asyncio.TimerHandle | None:
         loop = self._bind_running_loop()
         if loop is None:
             return None
@@ -448,7 +460,9 @@ class Supervisor(EventEmitter):
         if self.heartbeat is not None:
             env[ENV_HEARTBEAT] = repr(self.heartbeat.interval)
         worker = cluster.fork(env)
-        sw = SupervisedWorker(slot=slot, worker=worker, spawned_at=time.monotonic(), predecessor=predecessor)
+        sw = SupervisedWorker(
+            slot=slot, worker=worker, spawned_at=time.monotonic(), predecessor=predecessor
+        )
         self._slots[slot] = sw
         self._live[worker.id] = sw
         self.stats["spawns"] += 1
@@ -514,8 +528,15 @@ class Supervisor(EventEmitter):
         self._live.pop(sw.id, None)
         occupant = self._slots.get(sw.slot) is sw
         # INFO: with logging unconfigured only the kills and the restart limit are printed.
-        log.info("worker %d (pid %d, slot %d) exited: %s (code=%s, signal=%s)",
-                 sw.id, sw.pid, sw.slot, kind, code, sig)
+        log.info(
+            "worker %d (pid %d, slot %d) exited: %s (code=%s, signal=%s)",
+            sw.id,
+            sw.pid,
+            sw.slot,
+            kind,
+            code,
+            sig,
+        )
         self.emit("exit", sw, kind, code, sig)
         sw._settle(False)
         if occupant:
@@ -630,15 +651,24 @@ class Supervisor(EventEmitter):
             if sw.ready_at is None:
                 if self.boot_timeout is not None and now - sw.spawned_at > self.boot_timeout:
                     sw.kill_reason = "boot_timeout"
-                    log.warning("worker %d (pid %d) not ready after %.1fs: killing it",
-                                sw.id, sw.pid, now - sw.spawned_at)
+                    log.warning(
+                        "worker %d (pid %d) not ready after %.1fs: killing it",
+                        sw.id,
+                        sw.pid,
+                        now - sw.spawned_at,
+                    )
                     sw.worker.kill("SIGKILL")
             elif self.heartbeat is not None and not sw.retiring and sw.last_beat is not None:
                 silent = now - sw.last_beat
                 if silent > self.heartbeat.timeout:
                     sw.kill_reason = "hang"
-                    log.warning("worker %d (pid %d) sent no heartbeat for %.2fs (timeout %gs): "
-                                "killing it", sw.id, sw.pid, silent, self.heartbeat.timeout)
+                    log.warning(
+                        "worker %d (pid %d) sent no heartbeat for %.2fs (timeout %gs): killing it",
+                        sw.id,
+                        sw.pid,
+                        silent,
+                        self.heartbeat.timeout,
+                    )
                     self.emit("hang_detected", sw, silent)
                     sw.worker.kill("SIGKILL")
         self._arm_watchdog()
@@ -655,7 +685,9 @@ class Supervisor(EventEmitter):
                 continue
             new = self._spawn(slot, predecessor=old)
             if not await self._wait_ready(new):
-                log.warning("rolling restart stopped: the replacement for slot %d did not boot", slot)
+                log.warning(
+                    "rolling restart stopped: the replacement for slot %d did not boot", slot
+                )
                 if new.alive:
                     new.kill_reason = "boot_timeout"
                     new.worker.kill("SIGKILL")
@@ -696,8 +728,12 @@ class Supervisor(EventEmitter):
 
         def kill_if_alive() -> None:
             if sw.alive:
-                log.warning("worker %d (pid %d) still there %.1fs after disconnect: SIGKILL",
-                            sw.id, sw.pid, grace)
+                log.warning(
+                    "worker %d (pid %d) still there %.1fs after disconnect: SIGKILL",
+                    sw.id,
+                    sw.pid,
+                    grace,
+                )
                 sw.kill_reason = "grace"
                 sw.worker.kill("SIGKILL")
 
@@ -882,7 +918,9 @@ def heartbeat(target: Any = None, *, interval: float | None = None) -> Heartbeat
     if isinstance(target, asyncio.AbstractEventLoop):
         return hb.attach_loop(target)
     if target is not None:
-        raise TypeError(f"heartbeat() takes a socketserver server, an asyncio loop or None, got {target!r}")
+        raise TypeError(
+            f"heartbeat() takes a socketserver server, an asyncio loop or None, got {target!r}"
+        )
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:

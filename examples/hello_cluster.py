@@ -17,7 +17,9 @@ class Hello(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("X-Worker-Id", str(cluster.worker.id))
         self.end_headers()
-        self.wfile.write(f"hello world from worker {cluster.worker.id} (pid {os.getpid()})\n".encode())
+        self.wfile.write(
+            f"hello world from worker {cluster.worker.id} (pid {os.getpid()})\n".encode()
+        )
 
     def log_message(self, format, *args):
         pass
@@ -27,7 +29,13 @@ if cluster.is_primary:
     print(f"primary {os.getpid()} is running")
     for _ in range(available_parallelism()):
         cluster.fork()
-    cluster.on("listening", lambda worker, address: print(f"worker {worker.id} listening on port {address.port}"))
-    cluster.on("exit", lambda worker, code, signal: print(f"worker {worker.process.pid} died ({signal or code})"))
+    cluster.on(
+        "listening",
+        lambda worker, address: print(f"worker {worker.id} listening on port {address.port}"),
+    )
+    cluster.on(
+        "exit",
+        lambda worker, code, signal: print(f"worker {worker.process.pid} died ({signal or code})"),
+    )
 else:
     ThreadingHTTPServer(("", PORT), Hello).serve_forever()

@@ -18,7 +18,9 @@ if cluster.is_primary:
             worker.send({"type": "job", "n": worker.id * 10})
         elif message["type"] == "result":
             results[worker.id] = message["square"]
-            print(f"worker {worker.id} (pid {worker.process.pid}) says {message['n']}² = {message['square']}")
+            print(
+                f"worker {worker.id} (pid {worker.process.pid}) says {message['n']}² = {message['square']}"
+            )
             if len(results) == WORKERS:
                 cluster.disconnect(lambda: print(f"all done: {sorted(results.items())}"))
 
@@ -26,6 +28,7 @@ if cluster.is_primary:
     for _ in range(WORKERS):
         cluster.fork()
 else:
+
     def on_job(message, handle):
         if message["type"] == "job":
             n = message["n"]

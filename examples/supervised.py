@@ -49,10 +49,26 @@ async def primary() -> int:
         heartbeat=HeartbeatPolicy(interval=0.5, timeout=2),
         grace=5,
     )
-    sup.on("ready", lambda sw, boot: print(f"worker {sw.id} ready in slot {sw.slot} ({boot:.2f}s)", flush=True))
-    sup.on("exit", lambda sw, kind, code, sig: print(f"worker {sw.id} exited: {kind} (code={code}, signal={sig})", flush=True))
-    sup.on("restart_scheduled", lambda slot, delay, attempt, kind: print(f"slot {slot}: restart in {delay:.2f}s", flush=True))
-    sup.on("hang_detected", lambda sw, silent: print(f"worker {sw.id} silent for {silent:.1f}s: killed", flush=True))
+    sup.on(
+        "ready",
+        lambda sw, boot: print(f"worker {sw.id} ready in slot {sw.slot} ({boot:.2f}s)", flush=True),
+    )
+    sup.on(
+        "exit",
+        lambda sw, kind, code, sig: print(
+            f"worker {sw.id} exited: {kind} (code={code}, signal={sig})", flush=True
+        ),
+    )
+    sup.on(
+        "restart_scheduled",
+        lambda slot, delay, attempt, kind: print(
+            f"slot {slot}: restart in {delay:.2f}s", flush=True
+        ),
+    )
+    sup.on(
+        "hang_detected",
+        lambda sw, silent: print(f"worker {sw.id} silent for {silent:.1f}s: killed", flush=True),
+    )
     sup.on("rolled", lambda n: print(f"rolling restart done: {n} workers replaced", flush=True))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, sup.rolling_restart)

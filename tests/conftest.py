@@ -42,6 +42,7 @@ if sys.platform.startswith("linux"):
 # No process left behind
 # --------------------------------------------------------------------------------------------
 
+
 def _reap_zombie_children() -> None:
     """Reap every exited direct child (orphaned workers reparented to us included)."""
     for child in psutil.Process().children(recursive=False):
@@ -59,8 +60,7 @@ def _identity(proc: psutil.Process) -> tuple[int, float]:
         return proc.pid, 0.0
 
 
-def _alive_descendants(exclude: frozenset[tuple[int, float]] = frozenset()
-                       ) -> list[psutil.Process]:
+def _alive_descendants(exclude: frozenset[tuple[int, float]] = frozenset()) -> list[psutil.Process]:
     alive = []
     for proc in psutil.Process().children(recursive=True):
         try:
@@ -87,8 +87,9 @@ def _kill_pids(pids: Iterable[int]) -> None:
             pass
 
 
-def wait_no_descendants(timeout: float, exclude: frozenset[tuple[int, float]] = frozenset()
-                        ) -> list[psutil.Process]:
+def wait_no_descendants(
+    timeout: float, exclude: frozenset[tuple[int, float]] = frozenset()
+) -> list[psutil.Process]:
     """Reap and poll until no descendant of pytest (but those in `exclude`) is alive or
     `timeout` passes; return the survivors."""
     deadline = time.monotonic() + timeout
@@ -206,7 +207,7 @@ def fetch(port, host="127.0.0.1", family=socket.AF_INET, timeout=5.0, payload=b"
 
 # Primary scripts that run a Supervisor: `record(sup)` prints every supervisor event as a
 # record (with monotonic time and the primary's CPU time); needs `import dataclasses`.
-SUPERVISOR_RECORD = '''
+SUPERVISOR_RECORD = """
 def now():
     return {"t": time.monotonic(), "cpu": time.process_time()}
 
@@ -225,7 +226,7 @@ def record(sup):
     sup.on("rolled", lambda n: out("rolled", n=n, **now()))
     sup.on("stopped", lambda status: out("stopped", status=status, stats=sup.stats,
                                          rr=cluster.round_robin_stats(), **now()))
-'''
+"""
 
 
 def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
@@ -242,8 +243,14 @@ def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
 class PrimaryProcess:
     """A primary script running in its own session, with its output collected line by line."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str], cwd: str | Path,
-                 input: str | bytes | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str | Path,
+        input: str | bytes | None = None,
+    ) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(
             argv,
@@ -260,10 +267,12 @@ class PrimaryProcess:
         self._stderr: list[str] = []
         self._eof = {"stdout": False, "stderr": False}
         self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self._stdout, "stdout"),
-                             daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stderr, self._stderr, "stderr"),
-                             daemon=True),
+            threading.Thread(
+                target=self._read, args=(self.proc.stdout, self._stdout, "stdout"), daemon=True
+            ),
+            threading.Thread(
+                target=self._read, args=(self.proc.stderr, self._stderr, "stderr"), daemon=True
+            ),
         ]
         for t in self._readers:
             t.start()
@@ -309,12 +318,15 @@ class PrimaryProcess:
         return recs[0]
 
     def output(self) -> str:
-        return (f"--- argv: {self.argv}\n--- returncode: {self.returncode}\n"
-                f"--- stdout:\n{self.stdout}--- stderr:\n{self.stderr}---")
+        return (
+            f"--- argv: {self.argv}\n--- returncode: {self.returncode}\n"
+            f"--- stdout:\n{self.stdout}--- stderr:\n{self.stderr}---"
+        )
 
     # -- waiting ------------------------------------------------------------------------------
-    def wait_for(self, tag: str | Callable[[dict[str, Any]], bool], timeout: float = 10.0,
-                 count: int = 1) -> list[dict[str, Any]]:
+    def wait_for(
+        self, tag: str | Callable[[dict[str, Any]], bool], timeout: float = 10.0, count: int = 1
+    ) -> list[dict[str, Any]]:
         """Wait until `count` records match (`tag` string or predicate); return them."""
         pred = (lambda r: r.get("tag") == tag) if isinstance(tag, str) else tag
         deadline = time.monotonic() + timeout
@@ -352,8 +364,10 @@ class PrimaryProcess:
             self.kill_tree()
             self.returncode = self.proc.wait(5)
             self._join_readers(2.0)
-            pytest.fail(f"primary did not exit within {timeout}s; killed its tree\n{self.output()}",
-                        pytrace=False)
+            pytest.fail(
+                f"primary did not exit within {timeout}s; killed its tree\n{self.output()}",
+                pytrace=False,
+            )
         # A worker still holding the pipes would keep the readers waiting; the leftover check
         # (no_process_left_behind) names such a worker, so do not block on it here.
         self._join_readers(3.0)
@@ -443,7 +457,8 @@ class Result:
 
     def check(self, returncode: int = 0) -> Result:
         assert self.returncode == returncode, (
-            f"primary exited {self.returncode}, expected {returncode}\n{self.output()}")
+            f"primary exited {self.returncode}, expected {returncode}\n{self.output()}"
+        )
         return self
 
     def __str__(self) -> str:
@@ -468,11 +483,19 @@ def start_primary(tmp_path):
     """
     started: list[PrimaryProcess] = []
 
-    def start(source: str = "", *, env: dict[str, str] | None = None, args: Iterable[str] = (),
-              python_args: Iterable[str] = (), cwd: str | Path | None = None,
-              script_dir: str | Path | None = None, input: str | bytes | None = None,
-              prelude: bool = True, module: str | None = None,
-              script: str | Path | None = None) -> PrimaryProcess:
+    def start(
+        source: str = "",
+        *,
+        env: dict[str, str] | None = None,
+        args: Iterable[str] = (),
+        python_args: Iterable[str] = (),
+        cwd: str | Path | None = None,
+        script_dir: str | Path | None = None,
+        input: str | bytes | None = None,
+        prelude: bool = True,
+        module: str | None = None,
+        script: str | Path | None = None,
+    ) -> PrimaryProcess:
         if module is not None:
             argv = [sys.executable, *python_args, "-m", module, *args]
         elif script is not None:
@@ -507,8 +530,10 @@ def run_primary(start_primary):
 # Small helpers for tests
 # --------------------------------------------------------------------------------------------
 
-def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1",
-              kind: int = socket.SOCK_STREAM) -> int:
+
+def free_port(
+    family: int = socket.AF_INET, host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM
+) -> int:
     """A port that was free a moment ago (both TCP and UDP checked for stream ports)."""
     for _ in range(50):
         with socket.socket(family, kind) as s:

@@ -206,7 +206,9 @@ class _Indexes:
 class ChildRuntime:
     """The worker process's end of the cluster."""
 
-    def __init__(self, worker_id: int, fd: int, serialization: str, inspect_port: int | None) -> None:
+    def __init__(
+        self, worker_id: int, fd: int, serialization: str, inspect_port: int | None
+    ) -> None:
         self.serialization = serialization
         self.sock = socket.socket(fileno=fd)
         self.sock.set_inheritable(False)
@@ -221,7 +223,9 @@ class ChildRuntime:
         self._state_lock = threading.Lock()
         self._seq = 0
         self._requests: dict[int, Future[tuple[dict[str, Any], list[int]]]] = {}
-        self._posted: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._posted: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            queue.SimpleQueue()
+        )
         self._post_lock = threading.Lock()
         self._posting_closed = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -247,7 +251,9 @@ class ChildRuntime:
 
     # --- Worker methods (worker side) ------------------------------------------------------
 
-    def send(self, message: Any, handle: Any, callback: Callable[[BaseException | None], Any] | None) -> bool:
+    def send(
+        self, message: Any, handle: Any, callback: Callable[[BaseException | None], Any] | None
+    ) -> bool:
         kind, payload = _channel.encode_user(message, self.serialization)
         fds = [_channel.handle_fd(handle)] if handle is not None else []
         data = _channel.frame(kind, payload, len(fds))
@@ -306,11 +312,15 @@ class ChildRuntime:
         base = endpoint.base_key
         index = self._indexes.acquire(base)
         try:
-            reply, fds = self.request({"act": "queryServer", "index": index, **endpoint.to_message()})
+            reply, fds = self.request(
+                {"act": "queryServer", "index": index, **endpoint.to_message()}
+            )
         except (OSError, ConnectionError) as exc:
             self._indexes.release(base, index)
             if self._disconnecting or not self.connected:
-                raise ListenerClosedError("this worker is disconnecting: no new cluster listeners") from exc
+                raise ListenerClosedError(
+                    "this worker is disconnecting: no new cluster listeners"
+                ) from exc
             raise
         except BaseException:
             self._indexes.release(base, index)
@@ -329,11 +339,15 @@ class ChildRuntime:
         self._report_listening(endpoint, sock.getsockname())
         return sock
 
-    def _make_socket(self, endpoint: Endpoint, reply: dict[str, Any], fds: list[int]) -> ClusterSocket:
+    def _make_socket(
+        self, endpoint: Endpoint, reply: dict[str, Any], fds: list[int]
+    ) -> ClusterSocket:
         mode = reply.get("mode")
         kind = socket.SOCK_DGRAM if endpoint.udp else socket.SOCK_STREAM
         if mode == "rr":
-            sock: ClusterSocket = RoundRobinSocket(endpoint.family, socket.SOCK_STREAM, 0, fileno=fds[0])
+            sock: ClusterSocket = RoundRobinSocket(
+                endpoint.family, socket.SOCK_STREAM, 0, fileno=fds[0]
+            )
             sock._conn_family = endpoint.family  # type: ignore[attr-defined]
             sock._cluster_prepare()
             if endpoint.path is not None:
@@ -394,7 +408,10 @@ class ChildRuntime:
         self.worker.exited_after_disconnect = True
         self.worker.state = "disconnecting" if not then_exit else "destroying"
         threading.Thread(
-            target=self._disconnect, args=(from_primary, then_exit), name="clusterlab-disconnect", daemon=True
+            target=self._disconnect,
+            args=(from_primary, then_exit),
+            name="clusterlab-disconnect",
+            daemon=True,
         ).start()
 
     def _disconnect(self, from_primary: bool, then_exit: bool) -> None:

@@ -74,7 +74,9 @@ class Endpoint:
             raise ValueError(f"malformed endpoint in queryServer: {exc!r}") from None
         if endpoint.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             raise ValueError(f"malformed endpoint in queryServer: family {endpoint.family}")
-        if not 0 <= endpoint.port <= 65535 and not (endpoint.family == socket.AF_UNIX and endpoint.port == -1):
+        if not 0 <= endpoint.port <= 65535 and not (
+            endpoint.family == socket.AF_UNIX and endpoint.port == -1
+        ):
             raise ValueError(f"malformed endpoint in queryServer: port {endpoint.port}")
         return endpoint
 

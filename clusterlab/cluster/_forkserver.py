@@ -154,7 +154,12 @@ class ForkServer:
     """The primary's handle on one template process."""
 
     def __init__(
-        self, key: tuple[Any, ...], exec_argv: list[str], cwd: str | None, preload: list[str], path0: str | None
+        self,
+        key: tuple[Any, ...],
+        exec_argv: list[str],
+        cwd: str | None,
+        preload: list[str],
+        path0: str | None,
     ) -> None:
         self.key = key
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -164,7 +169,14 @@ class ForkServer:
             f"import sys;sys.path.insert(0,{package_root!r});"
             "from clusterlab.cluster._forkserver import template_main;template_main()"
         )
-        spec = json.dumps({"preload": preload, "path0": path0, "ctl": theirs.fileno(), "events": ev_theirs.fileno()})
+        spec = json.dumps(
+            {
+                "preload": preload,
+                "path0": path0,
+                "ctl": theirs.fileno(),
+                "events": ev_theirs.fileno(),
+            }
+        )
         try:
             self.process = subprocess.Popen(
                 [sys.executable, *exec_argv, "-c", boot, spec],
@@ -209,7 +221,9 @@ class ForkServer:
         try:
             with self._lock:
                 fds = [channel_fd, *ends]
-                self._ctl.sendmsg([_LEN.pack(len(body))], [(*_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+                self._ctl.sendmsg(
+                    [_LEN.pack(len(body))], [(*_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+                )
                 self._ctl.sendall(body)
                 answer = self._answer()
         except BaseException:
@@ -225,7 +239,9 @@ class ForkServer:
                 if f is not None:
                     f.close()
             err = answer["error"]
-            raise OSError(err.get("errno", 0), err.get("message", "fork failed"), err.get("filename"))
+            raise OSError(
+                err.get("errno", 0), err.get("message", "fork failed"), err.get("filename")
+            )
         child = TemplateChild(answer["pid"], argv, parent_ends)
         child._server = self
         with self._lock:
@@ -492,7 +508,9 @@ def _read_request(ctl: socket.socket) -> tuple[dict[str, Any], list[int]] | None
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if (level, kind) == _RIGHTS:
-            fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) - len(payload) % 4]))
+            fds.extend(
+                struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) - len(payload) % 4])
+            )
     if len(head) < _LEN.size:
         head += _recv_exact(ctl, _LEN.size - len(head))
     body = json.loads(_recv_exact(ctl, _LEN.unpack(head)[0]))
@@ -505,7 +523,11 @@ def _send_answer(ctl: socket.socket, answer: dict[str, Any]) -> None:
 
 
 def _fork_worker(
-    body: dict[str, Any], fds: list[int], ctl: socket.socket, events: socket.socket, wake: tuple[int, int]
+    body: dict[str, Any],
+    fds: list[int],
+    ctl: socket.socket,
+    events: socket.socket,
+    wake: tuple[int, int],
 ) -> int | None:
     cwd = body.get("cwd")
     try:
@@ -515,7 +537,9 @@ def _fork_worker(
     except OSError as exc:
         for fd in fds:
             os.close(fd)
-        _send_answer(ctl, {"error": {"errno": exc.errno, "message": exc.strerror, "filename": exc.filename}})
+        _send_answer(
+            ctl, {"error": {"errno": exc.errno, "message": exc.strerror, "filename": exc.filename}}
+        )
         return None
     if pid == 0:
         _become_worker(body, fds, (ctl, events), wake)  # never returns
@@ -525,7 +549,9 @@ def _fork_worker(
     return pid
 
 
-def _become_worker(body: dict[str, Any], fds: list[int], sockets: tuple[socket.socket, ...], wake: tuple[int, int]) -> None:
+def _become_worker(
+    body: dict[str, Any], fds: list[int], sockets: tuple[socket.socket, ...], wake: tuple[int, int]
+) -> None:
     code = 1
     try:
         signal.set_wakeup_fd(-1)

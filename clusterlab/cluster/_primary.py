@@ -91,7 +91,9 @@ class _Link:
         self.dead = False
         self.keys: set[str] = set()
         self._retired: list[socket.socket] = []
-        self._out: list[tuple[memoryview, list[int], Callable[[BaseException | None], Any] | None]] = []
+        self._out: list[
+            tuple[memoryview, list[int], Callable[[BaseException | None], Any] | None]
+        ] = []
         self._writing = False
         loop = primary.loop
         loop.add_reader(sock.fileno(), primary.guard(self._on_readable))
@@ -113,7 +115,9 @@ class _Link:
 
     # --- Worker methods (primary side) -----------------------------------------------------
 
-    def send(self, message: Any, handle: Any, callback: Callable[[BaseException | None], Any] | None) -> bool:
+    def send(
+        self, message: Any, handle: Any, callback: Callable[[BaseException | None], Any] | None
+    ) -> bool:
         kind, payload = _channel.encode_user(message, self.serialization)
         fds = [os.dup(_channel.handle_fd(handle))] if handle is not None else []
         return self.write(_channel.frame(kind, payload, len(fds)), fds, callback)
@@ -157,7 +161,9 @@ class _Link:
 
     # --- the channel -----------------------------------------------------------------------
 
-    def write(self, data: bytes, fds: list[int], callback: Callable[[BaseException | None], Any] | None) -> bool:
+    def write(
+        self, data: bytes, fds: list[int], callback: Callable[[BaseException | None], Any] | None
+    ) -> bool:
         loop = self.primary.loop
         if not self.connected:
             for fd in fds:
@@ -281,7 +287,9 @@ class _Link:
         self.connected = False
         left = self.reader.pending()
         if left:
-            self.primary.channel_error(self, ChannelError(f"the channel closed in the middle of a frame ({left} bytes)"))
+            self.primary.channel_error(
+                self, ChannelError(f"the channel closed in the middle of a frame ({left} bytes)")
+            )
         self._fail_writes(ChannelClosed())
         self.close_channel()
         self.primary.on_disconnect(self)
@@ -363,7 +371,9 @@ class Primary:
                     _register_exit_hook(self._at_exit)
                     self._exit_hook = True
         elif running is not None and running is not self.loop:
-            raise RuntimeError("the cluster is bound to another event loop: fork() from one loop only")
+            raise RuntimeError(
+                "the cluster is bound to another event loop: fork() from one loop only"
+            )
         return self.loop
 
     def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -424,7 +434,12 @@ class Primary:
             os._exit(self._stopping)
 
     def _check_idle(self) -> None:
-        if self._idle is not None and not self._idle.done() and not self._links and self._pending == 0:
+        if (
+            self._idle is not None
+            and not self._idle.done()
+            and not self._links
+            and self._pending == 0
+        ):
             self._idle.set_result(None)
 
     def _at_exit(self) -> None:
@@ -472,7 +487,11 @@ class Primary:
     def _make_handler(self, code: int) -> Callable[[int, Any], None]:
         def handler(signum: int, frame: Any) -> None:
             loop = self.loop
-            if loop is not None and not loop.is_closed() and (loop.is_running() or self._in_exit_hook):
+            if (
+                loop is not None
+                and not loop.is_closed()
+                and (loop.is_running() or self._in_exit_hook)
+            ):
                 # Running, or about to run from the exit hook: raising there would be lost.
                 self._stopping = code
                 loop.call_soon_threadsafe(self._begin_shutdown, code)
@@ -523,9 +542,13 @@ class Primary:
 
     def set_policy(self, value: int) -> None:
         if self.frozen:
-            raise RuntimeError("cluster.scheduling_policy is frozen after the first fork() or setup_primary()")
+            raise RuntimeError(
+                "cluster.scheduling_policy is frozen after the first fork() or setup_primary()"
+            )
         if value not in (SCHED_NONE, SCHED_RR, SCHED_REUSEPORT):
-            raise ValueError(f"scheduling_policy must be SCHED_RR, SCHED_NONE or SCHED_REUSEPORT, got {value!r}")
+            raise ValueError(
+                f"scheduling_policy must be SCHED_RR, SCHED_NONE or SCHED_REUSEPORT, got {value!r}"
+            )
         self.policy = value
 
     def setup_primary(self, given: dict[str, Any]) -> None:
@@ -568,7 +591,9 @@ class Primary:
         self.later(self.events.emit, "fork", worker)
         return worker
 
-    def _spawn(self, worker_id: int, settings: dict[str, Any], env: dict[str, Any], fd: int) -> subprocess.Popen[bytes] | TemplateChild:
+    def _spawn(
+        self, worker_id: int, settings: dict[str, Any], env: dict[str, Any], fd: int
+    ) -> subprocess.Popen[bytes] | TemplateChild:
         child_env = dict(os.environ)
         child_env.update({str(k): str(v) for k, v in env.items()})
         self._inspect_offset += 1
@@ -596,7 +621,13 @@ class Primary:
                 server = self._forkserver_for(settings)
                 try:
                     return server.spawn(
-                        child_env, argv, settings["cwd"], settings["uid"], settings["gid"], fd, (stdin, stdout, stderr)
+                        child_env,
+                        argv,
+                        settings["cwd"],
+                        settings["uid"],
+                        settings["gid"],
+                        fd,
+                        (stdin, stdout, stderr),
                     )
                 except (ForkServerError, ConnectionError):
                     server.kill()  # it died: start another once
@@ -607,7 +638,14 @@ class Primary:
             f"import sys;sys.path.insert(0,{package_root!r});"
             "from clusterlab.cluster._boot import main;main()"
         )
-        cmd = [sys.executable, *settings["exec_argv"], "-c", boot, settings["exec"], *settings["args"]]
+        cmd = [
+            sys.executable,
+            *settings["exec_argv"],
+            "-c",
+            boot,
+            settings["exec"],
+            *settings["args"],
+        ]
         return subprocess.Popen(
             cmd,
             env=child_env,
@@ -619,7 +657,9 @@ class Primary:
             user=settings["uid"],
             group=settings["gid"],
             # As libuv does: a worker switched to another user keeps none of our groups.
-            extra_groups=[] if (settings["uid"] is not None or settings["gid"] is not None) and os.geteuid() == 0 else None,
+            extra_groups=[]
+            if (settings["uid"] is not None or settings["gid"] is not None) and os.geteuid() == 0
+            else None,
             process_group=0,
         )
 
@@ -627,16 +667,29 @@ class Primary:
         """The template process for these settings; a new one when they changed."""
         exec_ = settings["exec"]
         preload = settings["preload"]
-        key = (exec_, tuple(settings["exec_argv"]), settings["cwd"], None if preload is None else tuple(preload))
+        key = (
+            exec_,
+            tuple(settings["exec_argv"]),
+            settings["cwd"],
+            None if preload is None else tuple(preload),
+        )
         current = self._forkserver
         if current is not None and current.key == key and current.alive():
             return current
         if current is not None:
             current.close()  # it stays until the workers it started are gone
         if preload is None:
-            preload = program_imports(exec_ if exec_.startswith("-m ") else os.path.join(settings["cwd"] or "", exec_))
-        path0 = None if exec_.startswith("-m ") else os.path.dirname(os.path.abspath(os.path.join(settings["cwd"] or "", exec_)))
-        server = ForkServer(key, settings["exec_argv"], settings["cwd"], [*BASE_PRELOAD, *preload], path0)
+            preload = program_imports(
+                exec_ if exec_.startswith("-m ") else os.path.join(settings["cwd"] or "", exec_)
+            )
+        path0 = (
+            None
+            if exec_.startswith("-m ")
+            else os.path.dirname(os.path.abspath(os.path.join(settings["cwd"] or "", exec_)))
+        )
+        server = ForkServer(
+            key, settings["exec_argv"], settings["cwd"], [*BASE_PRELOAD, *preload], path0
+        )
         server.attach(self.loop, self.guard)
         self._forkserver = server
         return server
@@ -674,7 +727,9 @@ class Primary:
         try:
             handle = _channel.socket_from_fd(fds[0]) if fds else None
         except OSError as exc:  # not a socket (socket_from_fd closed it)
-            self.channel_error(link, ChannelError(f"a message came with a handle that is not a socket: {exc}"))
+            self.channel_error(
+                link, ChannelError(f"a message came with a handle that is not a socket: {exc}")
+            )
             return
         worker.emit("message", message, handle)
         self.events.emit("message", worker, message, handle)
@@ -700,7 +755,9 @@ class Primary:
         elif act == "queryServer":
             self._query_server(link, message)
         elif act == "listening":
-            address = Address(message.get("address"), message["port"], message["address_type"], message.get("fd"))
+            address = Address(
+                message.get("address"), message["port"], message["address_type"], message.get("fd")
+            )
             worker.state = "listening"
             worker.emit("listening", address)
             self.events.emit("listening", worker, address)
@@ -861,7 +918,9 @@ def _checked_internal(message: dict[str, Any]) -> dict[str, Any]:
         need("address", str, optional=True)
         need("fd", int, optional=True)
         if message.get("address_type") not in _ADDRESS_TYPES:
-            raise ChannelError(f"invalid internal message 'listening': address_type {message.get('address_type')!r}")
+            raise ChannelError(
+                f"invalid internal message 'listening': address_type {message.get('address_type')!r}"
+            )
         return message
     if act == "close":
         need("key", str)

@@ -103,7 +103,9 @@ def _id(key: str, value: Any) -> int | None:
         try:
             return pwd.getpwnam(value).pw_uid if key == "uid" else grp.getgrnam(value).gr_gid
         except KeyError:
-            raise ValueError(f"settings[{key!r}]: no such {'user' if key == 'uid' else 'group'} {value!r}") from None
+            raise ValueError(
+                f"settings[{key!r}]: no such {'user' if key == 'uid' else 'group'} {value!r}"
+            ) from None
     if value < 0:
         raise ValueError(f"settings[{key!r}] must be ≥ 0, got {value!r}")
     return value
@@ -123,7 +125,9 @@ def validate(key: str, value: Any) -> Any:
         return None if value is None else os.fspath(value)
     if key == "serialization":
         if value not in ("json", "advanced"):
-            raise ValueError(f"settings['serialization'] must be 'json' or 'advanced', got {value!r}")
+            raise ValueError(
+                f"settings['serialization'] must be 'json' or 'advanced', got {value!r}"
+            )
         return value
     if key in ("silent", "windows_hide"):
         if not isinstance(value, bool):
@@ -133,7 +137,9 @@ def validate(key: str, value: Any) -> Any:
         if value is None:
             return None
         if isinstance(value, str | bytes) or not isinstance(value, list | tuple) or len(value) != 3:
-            raise TypeError(f"settings['stdio'] must be (stdin, stdout, stderr) or None, got {value!r}")
+            raise TypeError(
+                f"settings['stdio'] must be (stdin, stdout, stderr) or None, got {value!r}"
+            )
         return tuple(value)
     if key in ("uid", "gid"):
         return _id(key, value)
@@ -141,13 +147,17 @@ def validate(key: str, value: Any) -> Any:
         if value is None or callable(value):
             return value
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"settings['inspect_port'] must be an int, a callable or None, got {value!r}")
+            raise TypeError(
+                f"settings['inspect_port'] must be an int, a callable or None, got {value!r}"
+            )
         if not 0 <= value <= 65535:
             raise ValueError(f"settings['inspect_port'] must be a port number, got {value!r}")
         return value
     if key == "start_method":
         if value not in START_METHODS:
-            raise ValueError(f"settings['start_method'] must be 'exec' or 'forkserver', got {value!r}")
+            raise ValueError(
+                f"settings['start_method'] must be 'exec' or 'forkserver', got {value!r}"
+            )
         return value
     if key == "preload":
         return None if value is None else _str_list(key, value)

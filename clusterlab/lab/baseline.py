@@ -61,8 +61,9 @@ def show(name: str) -> str:
     """A readable description: when and from what it was saved, machine facts, its groups."""
     folder = find(name)
     if folder is None:
-        raise CompareInputError(f"baseline {name!r}: expected a saved baseline in {store()}, "
-                                "got none")
+        raise CompareInputError(
+            f"baseline {name!r}: expected a saved baseline in {store()}, got none"
+        )
     info: dict[str, Any] = json.loads((folder / "baseline.json").read_text())
     summary = load_summary(folder)
     machine = info["machine"]

@@ -47,8 +47,17 @@ def _cells(row: Row) -> list[str]:
     ]
 
 
-HEADERS = ["", "metric", "workload/policy/workers", "baseline", "current", "ratio", "p", "verdict",
-           "note"]
+HEADERS = [
+    "",
+    "metric",
+    "workload/policy/workers",
+    "baseline",
+    "current",
+    "ratio",
+    "p",
+    "verdict",
+    "note",
+]
 
 
 def headline(comparison: Comparison) -> str:
@@ -59,8 +68,10 @@ def headline(comparison: Comparison) -> str:
         return f"REGRESSION: {len(worse)} metric(s) got worse: {names}{more}"
     better = sum(r.verdict == "better" for r in comparison.rows)
     skipped = sum(r.verdict == "not comparable" for r in comparison.rows)
-    return (f"no regression ({len(comparison.rows)} compared, {better} better, "
-            f"{skipped} not comparable)")
+    return (
+        f"no regression ({len(comparison.rows)} compared, {better} better, "
+        f"{skipped} not comparable)"
+    )
 
 
 def terminal(comparison: Comparison) -> str:
@@ -76,10 +87,14 @@ def terminal(comparison: Comparison) -> str:
 
 def markdown(comparison: Comparison, gate_results: list[GateResult] | None = None) -> str:
     """Markdown for a CI job summary or a PR comment: headline, regressions first, then all."""
-    out = [f"## clusterlab compare: {headline(comparison)}", "",
-           f"Baseline `{comparison.baseline}` → current `{comparison.current}`. A change counts "
-           f"when beyond its threshold and significant (Mann–Whitney U, p < {comparison.alpha}). "
-           "`+` worse, `-` better, `x` not comparable, ↑ higher is better.", ""]
+    out = [
+        f"## clusterlab compare: {headline(comparison)}",
+        "",
+        f"Baseline `{comparison.baseline}` → current `{comparison.current}`. A change counts "
+        f"when beyond its threshold and significant (Mann–Whitney U, p < {comparison.alpha}). "
+        "`+` worse, `-` better, `x` not comparable, ↑ higher is better.",
+        "",
+    ]
     out += [f"> **Warning:** {w}" for w in comparison.warnings]
     if comparison.warnings:
         out.append("")
@@ -98,22 +113,36 @@ def markdown(comparison: Comparison, gate_results: list[GateResult] | None = Non
 
 def gates_markdown(results: list[GateResult]) -> str:
     failed = [r for r in results if not r.passed]
-    title = f"{len(failed)} of {len(results)} gate checks FAILED" if failed else (
-        f"all {len(results)} gate checks passed")
-    lines = [f"### Gates: {title}", "", "| gate | workload/policy/workers | value | result |",
-             "|---|---|---|---|"]
+    title = (
+        f"{len(failed)} of {len(results)} gate checks FAILED"
+        if failed
+        else (f"all {len(results)} gate checks passed")
+    )
+    lines = [
+        f"### Gates: {title}",
+        "",
+        "| gate | workload/policy/workers | value | result |",
+        "|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| `{r.gate.text}` | {r.name} | {_num(r.value)} | "
-                     f"{'ok' if r.passed else '**FAILED**'} ({r.message}) |")
+        lines.append(
+            f"| `{r.gate.text}` | {r.name} | {_num(r.value)} | "
+            f"{'ok' if r.passed else '**FAILED**'} ({r.message}) |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def gates_terminal(results: list[GateResult]) -> str:
-    lines = [f"{'ok    ' if r.passed else 'FAILED'}  {r.gate.text:<32} {r.name:<24} {r.message}"
-             for r in results]
+    lines = [
+        f"{'ok    ' if r.passed else 'FAILED'}  {r.gate.text:<32} {r.name:<24} {r.message}"
+        for r in results
+    ]
     failed = sum(not r.passed for r in results)
-    lines.append(f"gates: {failed} of {len(results)} failed" if failed
-                 else f"gates: all {len(results)} passed")
+    lines.append(
+        f"gates: {failed} of {len(results)} failed"
+        if failed
+        else f"gates: all {len(results)} passed"
+    )
     return "\n".join(lines)
 
 
@@ -123,14 +152,18 @@ def junit(comparison: Comparison | None, gate_results: list[GateResult] | None =
     if comparison is not None:
         suite = ET.SubElement(suites, "testsuite", name="clusterlab.compare")
         for row in comparison.rows:
-            case = ET.SubElement(suite, "testcase", classname=f"compare.{row.name}",
-                                 name=row.metric)
-            text = (f"baseline {_spread(row.baseline)}, current {_spread(row.current)}, "
-                    f"ratio {'–' if row.ratio is None else f'{row.ratio:.3f}'}, "
-                    f"p {'–' if row.p_value is None else f'{row.p_value:.3g}'}")
+            case = ET.SubElement(
+                suite, "testcase", classname=f"compare.{row.name}", name=row.metric
+            )
+            text = (
+                f"baseline {_spread(row.baseline)}, current {_spread(row.current)}, "
+                f"ratio {'–' if row.ratio is None else f'{row.ratio:.3f}'}, "
+                f"p {'–' if row.p_value is None else f'{row.p_value:.3g}'}"
+            )
             if row.regressed:
-                ET.SubElement(case, "failure", message=f"{row.metric} worse: {text}",
-                              type="regression").text = text
+                ET.SubElement(
+                    case, "failure", message=f"{row.metric} worse: {text}", type="regression"
+                ).text = text
             elif row.verdict == "not comparable":
                 ET.SubElement(case, "skipped", message=row.note or "not comparable")
             else:
@@ -144,7 +177,9 @@ def junit(comparison: Comparison | None, gate_results: list[GateResult] | None =
                 ET.SubElement(case, "failure", message=r.message, type="gate").text = r.message
         _count(suite)
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    )
 
 
 def _count(suite: ET.Element) -> None:
@@ -188,8 +223,16 @@ def to_json(comparison: Comparison | None, gate_results: list[GateResult] | None
         }
     if gate_results is not None:
         data["gates"] = [
-            {"gate": r.gate.text, "metric": r.gate.metric, "op": r.gate.op, "limit": r.gate.limit,
-             "group": r.group, "value": r.value, "passed": r.passed, "message": r.message}
+            {
+                "gate": r.gate.text,
+                "metric": r.gate.metric,
+                "op": r.gate.op,
+                "limit": r.gate.limit,
+                "group": r.group,
+                "value": r.value,
+                "passed": r.passed,
+                "message": r.message,
+            }
             for r in gate_results
         ]
     return json.dumps(data, indent=2) + "\n"

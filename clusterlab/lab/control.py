@@ -79,7 +79,11 @@ class ClusterTarget:
             stdout=subprocess.PIPE,
             stderr=self._log,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "CLUSTERLAB_START_METHOD": config.target.start_method},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "CLUSTERLAB_START_METHOD": config.target.start_method,
+            },
         )
         self._reader = threading.Thread(target=self._read, name="target-events", daemon=True)
         self._reader.start()

@@ -61,7 +61,9 @@ OPS: dict[str, Callable[[float, float], bool]] = {
     "!=": operator.ne,
 }
 _KEY = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(?:\{([^}]*)\})?\s*$")
-_CONDITION = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|%)?\s*$")
+_CONDITION = re.compile(
+    r"^\s*(<=|>=|==|!=|<|>)\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|%)?\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,9 @@ def point_value(point: dict[str, Any], metric: str) -> float:
     value: Any = point
     for part in METRICS[metric][0]:
         value = value.get(part) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    return (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    )
 
 
 def parse_gates(table: dict[str, Any]) -> tuple[Gate, ...]:
@@ -117,13 +121,16 @@ def parse_gates(table: dict[str, Any]) -> tuple[Gate, ...]:
         metric = canonical_metric(found.group(1)) if found else None
         if not found or metric is None:
             known = ", ".join([*METRICS, *ALIASES])
-            raise ValueError(f"{where}: expected a metric ({known}) with an optional "
-                             f"{{workload=…,policy=…,workers=…}} filter, got {key!r}")
+            raise ValueError(
+                f"{where}: expected a metric ({known}) with an optional "
+                f"{{workload=…,policy=…,workers=…}} filter, got {key!r}"
+            )
         filters = _parse_filter(found.group(2) or "", where)
         items = [conditions] if isinstance(conditions, str) else conditions
         if not isinstance(items, list) or not items or not all(isinstance(c, str) for c in items):
-            raise ValueError(f"{where}: expected a condition like \"< 50\" or a list of them, "
-                             f"got {conditions!r}")
+            raise ValueError(
+                f'{where}: expected a condition like "< 50" or a list of them, got {conditions!r}'
+            )
         for text in items:
             gates.append(_parse_condition(text, metric, filters, key, where))
     return tuple(gates)
@@ -134,8 +141,10 @@ def _parse_filter(text: str, where: str) -> tuple[tuple[str, str], ...]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
         if name.strip() not in GROUP_KEYS or not value.strip():
-            raise ValueError(f"{where}: expected filters like workload=NAME, policy=rr or "
-                             f"workers=2, got {part!r}")
+            raise ValueError(
+                f"{where}: expected filters like workload=NAME, policy=rr or "
+                f"workers=2, got {part!r}"
+            )
         out.append((name.strip(), value.strip()))
     return tuple(out)
 
@@ -145,8 +154,9 @@ def _parse_condition(
 ) -> Gate:
     found = _CONDITION.match(text)
     if not found:
-        raise ValueError(f"{where}: expected a condition like \"< 50\", \">= 0.95\" or "
-                         f"\"< 0.1%\", got {text!r}")
+        raise ValueError(
+            f'{where}: expected a condition like "< 50", ">= 0.95" or "< 0.1%", got {text!r}'
+        )
     op, number, unit = found.groups()
     limit = float(number)
     kind = METRICS[metric][1]
@@ -187,8 +197,13 @@ def check_gates(gates: Iterable[Gate], summary: dict[str, Any]) -> list[GateResu
             passed = OPS[gate.op](value, gate.limit)
             verb = "ok" if passed else "FAILED"
             results.append(
-                GateResult(gate, group, value, passed,
-                           f"{verb}: median {value:.6g} over {len(values)} repeats")
+                GateResult(
+                    gate,
+                    group,
+                    value,
+                    passed,
+                    f"{verb}: median {value:.6g} over {len(values)} repeats",
+                )
             )
         if not matched:
             results.append(GateResult(gate, None, None, False, "no measured point matches"))

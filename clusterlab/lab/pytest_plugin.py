@@ -57,8 +57,10 @@ class LabRun:
         values = [
             point_value(p, name)
             for key, members in groups(self.summary["points"]).items()
-            if all(str(dict(zip(("workload", "policy", "workers"), key, strict=True))[k]) == str(v)
-                   for k, v in where.items())
+            if all(
+                str(dict(zip(("workload", "policy", "workers"), key, strict=True))[k]) == str(v)
+                for k, v in where.items()
+            )
             for p in members
         ]
         finite = [v for v in values if math.isfinite(v)]

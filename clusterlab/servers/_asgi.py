@@ -38,7 +38,9 @@ def _server_class() -> type:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             sockets = list(sockets or [])
             loop = asyncio.get_running_loop()
-            handoff = [s for s in sockets if isinstance(s, RoundRobinSocket) and not _is_stdlib_loop(loop)]
+            handoff = [
+                s for s in sockets if isinstance(s, RoundRobinSocket) and not _is_stdlib_loop(loop)
+            ]
             plain = [s for s in sockets if s not in handoff]
             await super().startup(sockets=plain)
             if self.should_exit:
@@ -58,7 +60,14 @@ def _server_class() -> type:
     return ClusterServer
 
 
-def serve_asgi(app: Any, host: str | None = None, port: int = 8000, *, backlog: int = 511, **uvicorn_kwargs: Any) -> None:
+def serve_asgi(
+    app: Any,
+    host: str | None = None,
+    port: int = 8000,
+    *,
+    backlog: int = 511,
+    **uvicorn_kwargs: Any,
+) -> None:
     """Serve `app` (an ASGI app or "module:attr") until the worker is disconnected or signalled.
 
     Extra keyword arguments go to `uvicorn.Config` (e.g. `loop="uvloop"`, `http="httptools"`,

@@ -40,7 +40,9 @@ class _Tracker:
         self._idle = asyncio.Event()
         await self._idle.wait()
 
-    def wrap_factory(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
+    def wrap_factory(
+        self, factory: Callable[[], asyncio.BaseProtocol]
+    ) -> Callable[[], asyncio.BaseProtocol]:
         def tracked() -> asyncio.BaseProtocol:
             protocol = factory()
             original = protocol.connection_lost
@@ -65,7 +67,13 @@ class _Tracker:
 class HandoffServer:
     """An `asyncio.Server` look-alike over a round-robin listener, for loops other than asyncio's."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol], sock: RoundRobinSocket, kw: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], asyncio.BaseProtocol],
+        sock: RoundRobinSocket,
+        kw: dict[str, Any],
+    ) -> None:
         self._loop = loop
         self._factory = factory
         self._sock = sock
@@ -221,7 +229,9 @@ async def create_server(
             if start_serving:
                 await inner.start_serving()
         else:
-            inner = await loop.create_server(factory, sock=sock, backlog=backlog, start_serving=start_serving, **kw)
+            inner = await loop.create_server(
+                factory, sock=sock, backlog=backlog, start_serving=start_serving, **kw
+            )
     except BaseException:
         sock.close()
         raise
@@ -231,7 +241,9 @@ async def create_server(
 
 
 async def start_server(
-    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None],
+    client_connected_cb: Callable[
+        [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None
+    ],
     host: str | None = None,
     port: int = 0,
     *,

@@ -24,7 +24,9 @@ class _ClusterServerMixin:
     request_queue_size: int
     address_family: int
 
-    def __init__(self, server_address: Any, RequestHandlerClass: Any, bind_and_activate: bool = True) -> None:
+    def __init__(
+        self, server_address: Any, RequestHandlerClass: Any, bind_and_activate: bool = True
+    ) -> None:
         socketserver.BaseServer.__init__(self, server_address, RequestHandlerClass)  # type: ignore[arg-type, type-var]
         self._serving = threading.Event()
         self._state_lock = threading.Lock()
@@ -55,7 +57,9 @@ class _ClusterServerMixin:
             self.server_address = sock.getsockname()
         except OSError:
             sock.close()
-            raise ListenerClosedError("the worker disconnected while this server was starting") from None
+            raise ListenerClosedError(
+                "the worker disconnected while this server was starting"
+            ) from None
 
     def server_activate(self) -> None:
         """The socket is already listening (in the worker or in the primary)."""

@@ -18,7 +18,14 @@ except ImportError:  # pragma: no cover - waitress is in the `servers` extra
     waitress = None  # type: ignore[assignment]
 
 
-def serve_wsgi(app: Any, host: str | None = None, port: int = 8000, *, backlog: int = 511, **waitress_kwargs: Any) -> None:
+def serve_wsgi(
+    app: Any,
+    host: str | None = None,
+    port: int = 8000,
+    *,
+    backlog: int = 511,
+    **waitress_kwargs: Any,
+) -> None:
     """Serve the WSGI callable `app` until the worker is disconnected or signalled.
 
     Extra keyword arguments are waitress adjustments (e.g. `threads=8`).

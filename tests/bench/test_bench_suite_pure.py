@@ -46,14 +46,30 @@ def test_row_met_follows_a_ratio_target() -> None:
 
 
 def test_markdown_has_machine_header_table_and_notes() -> None:
-    rows = [Row("a | b", "1 req/s", "Node.js", "2", 0.5, Target(">=", 1.0)),
-            Row("c", "skipped", note="wrk not installed")]
-    machine = {"cpu": "AMD EPYC", "cpus": 2, "available_parallelism": 2, "memory_gib": 23.5,
-               "kernel": "6.18", "python": "3.11.7", "node": "v20.20.2", "wrk": "wrk 4.1.0",
-               "load_avg_at_start": [0.25, 0.1, 0.0]}
-    md = suite.render_markdown(rows, machine, ["node-rr: skipped, node not on PATH"],
-                               "python -m bench.suite --quick", "2026-11-28 05:00 UTC", 150.4,
-                               "bench/results/x.json")
+    rows = [
+        Row("a | b", "1 req/s", "Node.js", "2", 0.5, Target(">=", 1.0)),
+        Row("c", "skipped", note="wrk not installed"),
+    ]
+    machine = {
+        "cpu": "AMD EPYC",
+        "cpus": 2,
+        "available_parallelism": 2,
+        "memory_gib": 23.5,
+        "kernel": "6.18",
+        "python": "3.11.7",
+        "node": "v20.20.2",
+        "wrk": "wrk 4.1.0",
+        "load_avg_at_start": [0.25, 0.1, 0.0],
+    }
+    md = suite.render_markdown(
+        rows,
+        machine,
+        ["node-rr: skipped, node not on PATH"],
+        "python -m bench.suite --quick",
+        "2026-11-28 05:00 UTC",
+        150.4,
+        "bench/results/x.json",
+    )
     lines = md.splitlines()
     assert lines[0].startswith("Machine: AMD EPYC, 2 CPUs (available_parallelism 2)")
     assert "load average at start 0.25" in lines[0]
@@ -129,7 +145,9 @@ def test_lab_figures_read_durations_from_the_summary() -> None:
         suite.lab_figures(summary, 15.0)
 
 
-def test_missing_wrk_skips_its_rows_without_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_wrk_skips_its_rows_without_starting_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(suite.shutil, "which", lambda name: None)
     run = suite.Suite(suite.Settings())
     run.handoff(["rr", "none"])

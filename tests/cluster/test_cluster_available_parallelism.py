@@ -14,8 +14,9 @@ PRINT = "from clusterlab import available_parallelism as a; print(a())"
 
 
 def _run(code: str, preexec=None) -> int:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=20, preexec_fn=preexec)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, preexec_fn=preexec
+    )
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -26,9 +27,11 @@ def test_available_parallelism_within_affinity():
 
 
 def test_available_parallelism_importable_from_both_places():
-    code = ("from clusterlab import available_parallelism as a\n"
-            "from clusterlab import cluster\n"
-            "print(int(callable(a) and isinstance(a(), int)))")
+    code = (
+        "from clusterlab import available_parallelism as a\n"
+        "from clusterlab import cluster\n"
+        "print(int(callable(a) and isinstance(a(), int)))"
+    )
     assert _run(code) == 1
 
 
@@ -67,8 +70,10 @@ def _cgroup_v2_dir() -> Path | None:
                 for line in Path("/proc/self/cgroup").read_text().splitlines():
                     if line.startswith("0::"):
                         d = base / line[3:].lstrip("/")
-                        if "cpu" in (d / "cgroup.subtree_control").read_text().split() or \
-                                "cpu" in (d / "cgroup.controllers").read_text().split():
+                        if (
+                            "cpu" in (d / "cgroup.subtree_control").read_text().split()
+                            or "cpu" in (d / "cgroup.controllers").read_text().split()
+                        ):
                             return d
             except OSError:
                 return None

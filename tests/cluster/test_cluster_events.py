@@ -309,7 +309,8 @@ def test_message_sent_just_before_exit_arrives_before_exit(run_primary):
 
 def test_once_listener_that_re_registers_itself_runs_once_per_emit(run_primary):
     # A common pattern (wait for the next event): the handler re-arms itself with once().
-    r = run_primary("""
+    r = run_primary(
+        """
         calls = []
         def handler(*a):
             calls.append(a)
@@ -320,6 +321,8 @@ def test_once_listener_that_re_registers_itself_runs_once_per_emit(run_primary):
         first = len(calls)
         cluster.emit("tick", 2)
         out("calls", first=first, second=len(calls))
-    """, timeout=10).check()
+    """,
+        timeout=10,
+    ).check()
     rec = r.one("calls")
     assert (rec["first"], rec["second"]) == (1, 2)

@@ -83,7 +83,10 @@ def test_messaging_example_runs_to_completion(run_primary):
     r = run_primary(script=path, cwd=EXAMPLES).check()
     says = re.findall(r"worker (\d+) \(pid \d+\) says (\d+)² = (\d+)", r.stdout)
     assert sorted((int(w), int(n), int(sq)) for w, n, sq in says) == [
-        (1, 10, 100), (2, 20, 400), (3, 30, 900)], r.output()
+        (1, 10, 100),
+        (2, 20, 400),
+        (3, 30, 900),
+    ], r.output()
     assert "all done: [(1, 100), (2, 400), (3, 900)]" in r.stdout
 
 

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.timeout(30)
 
 def test_program_imports_lists_top_level_absolute_imports(tmp_path):
     script = tmp_path / "app.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, json as j
         from http import server
         from . import sibling          # relative: not preloadable by name
@@ -29,7 +30,8 @@ def test_program_imports_lists_top_level_absolute_imports(tmp_path):
             import decimal             # not top level: runs only if called
         if True:
             import fractions           # conditional: left to the program
-    """))
+    """)
+    )
     assert program_imports(str(script)) == ["os", "json", "http", "xml.dom.minidom"]
     assert program_imports(str(tmp_path / "missing.py")) == []
     (tmp_path / "bad.py").write_text("def (:\n")
@@ -86,7 +88,8 @@ def test_workers_come_from_one_template_with_the_program_preloaded(run_primary):
 
 
 def test_exit_by_signal_and_kill_reach_the_primary(run_primary):
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.setup_primary(start_method="forkserver")
             w = cluster.fork()
@@ -101,8 +104,13 @@ def test_exit_by_signal_and_kill_reach_the_primary(run_primary):
         else:
             while True:
                 time.sleep(1)
-    """.replace("signal.SIGKILL", "9")).check()
-    assert (r.one("exit1")["code"], r.one("exit1")["signal"], r.one("exit1")["rc"]) == (None, "SIGKILL", -9)
+    """.replace("signal.SIGKILL", "9")
+    ).check()
+    assert (r.one("exit1")["code"], r.one("exit1")["signal"], r.one("exit1")["rc"]) == (
+        None,
+        "SIGKILL",
+        -9,
+    )
     assert (r.one("exit2")["code"], r.one("exit2")["signal"]) == (None, "SIGTERM")
 
 
@@ -160,7 +168,9 @@ def test_unusable_cwd_raises_in_fork_like_exec(run_primary, tmp_path):
     assert os.path.realpath(str(tmp_path)) in [os.path.realpath(c) for c in cwds]
 
 
-def test_changed_settings_replace_the_template_and_the_old_one_waits_for_its_workers(run_primary, tmp_path):
+def test_changed_settings_replace_the_template_and_the_old_one_waits_for_its_workers(
+    run_primary, tmp_path
+):
     other = tmp_path / "other"
     other.mkdir()
     r = run_primary(f"""
@@ -191,7 +201,8 @@ def test_changed_settings_replace_the_template_and_the_old_one_waits_for_its_wor
 
 
 def test_a_killed_template_is_replaced_and_its_orphans_exit_with_unknown_status(run_primary):
-    r = run_primary("""
+    r = run_primary(
+        """
         import psutil
         if cluster.is_primary:
             cluster.setup_primary(start_method="forkserver")
@@ -208,11 +219,17 @@ def test_a_killed_template_is_replaced_and_its_orphans_exit_with_unknown_status(
         else:
             while True:
                 time.sleep(1)
-    """.replace("signal.SIGKILL", "9"), timeout=25).check()
+    """.replace("signal.SIGKILL", "9"),
+        timeout=25,
+    ).check()
     assert r.one("b_online")["template"] != r.one("b_online")["old"]
     exits = {rec["id"]: rec for rec in r.records("exit")}
-    assert (exits[1]["code"], exits[1]["signal"]) == (None, None), "status unknown: the template that reaped it is gone"
-    assert (exits[2]["code"], exits[2]["signal"]) == (None, "SIGKILL"), "reported by the new template"
+    assert (exits[1]["code"], exits[1]["signal"]) == (None, None), (
+        "status unknown: the template that reaped it is gone"
+    )
+    assert (exits[2]["code"], exits[2]["signal"]) == (None, "SIGKILL"), (
+        "reported by the new template"
+    )
 
 
 def test_the_template_exits_with_the_primary_and_leaves_nothing(start_primary):

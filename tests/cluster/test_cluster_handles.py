@@ -199,4 +199,6 @@ def test_a_handle_that_is_not_a_socket_is_refused_before_anything_is_sent(run_pr
     """).check()
     assert "socket" in r.one("primary_refused")["msg"]
     assert "socket" in r.one("worker_refused")["msg"]
-    assert [rec["m"] for rec in r.records("got")] == ["after"], "nothing was sent for the refused ones"
+    assert [rec["m"] for rec in r.records("got")] == ["after"], (
+        "nothing was sent for the refused ones"
+    )

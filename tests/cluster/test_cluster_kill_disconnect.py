@@ -32,7 +32,9 @@ def _assert_once_each(r):
 
 def test_kill_from_primary_signals_now_flag_false(run_primary):
     # test-cluster-worker-kill-signal: worker.kill('SIGKILL') in the primary
-    r = run_primary(RECORD + """
+    r = run_primary(
+        RECORD
+        + """
         if cluster.is_primary:
             w = record(cluster.fork())
             w.on("listening", lambda a: w.kill("SIGKILL"))
@@ -40,7 +42,8 @@ def test_kill_from_primary_signals_now_flag_false(run_primary):
             s = cluster.listen(port=0, host="127.0.0.1")
             while True:
                 time.sleep(1)
-    """).check()
+    """
+    ).check()
     _assert_once_each(r)
     ev = _events(r)
     assert ev["online"]["flag"] is None
@@ -55,7 +58,9 @@ def test_kill_from_primary_signals_now_flag_false(run_primary):
 
 def test_kill_default_signal_is_sigterm_even_in_a_busy_worker(run_primary):
     # test-cluster-kill-infinite-loop: kill() ends a worker stuck in a loop: exit(null,'SIGTERM')
-    r = run_primary(RECORD + """
+    r = run_primary(
+        RECORD
+        + """
         if cluster.is_primary:
             w = record(cluster.fork())
             w.on("message", lambda m, h: w.kill())
@@ -63,30 +68,39 @@ def test_kill_default_signal_is_sigterm_even_in_a_busy_worker(run_primary):
             cluster.worker.send("spinning")
             while True:
                 pass
-    """).check()
+    """
+    ).check()
     ev = _events(r)
     assert (ev["exit"]["code"], ev["exit"]["signal"]) == (None, "SIGTERM")
     assert ev["exit"]["flag"] is False
 
 
 def test_destroy_is_kill_in_the_primary(run_primary):
-    r = run_primary(RECORD + """
+    r = run_primary(
+        RECORD
+        + """
         if cluster.is_primary:
             w = record(cluster.fork())
             w.on("online", lambda: w.destroy("SIGKILL"))
         else:
             while True:
                 time.sleep(1)
-    """).check()
+    """
+    ).check()
     ev = _events(r)
-    assert (ev["exit"]["code"], ev["exit"]["signal"], ev["exit"]["flag"]) == (None, "SIGKILL",
-                                                                            False)
+    assert (ev["exit"]["code"], ev["exit"]["signal"], ev["exit"]["flag"]) == (
+        None,
+        "SIGKILL",
+        False,
+    )
 
 
 @pytest.mark.parametrize("method", ["disconnect", "kill", "destroy"])
 def test_worker_side_disconnect_or_kill_sets_flag_true_and_exits_zero(run_primary, method):
     # test-cluster-kill-disconnect / test-cluster-worker-destroy: flag true at both events
-    r = run_primary(RECORD + f"""
+    r = run_primary(
+        RECORD
+        + f"""
         if cluster.is_primary:
             record(cluster.fork())
         else:
@@ -94,7 +108,8 @@ def test_worker_side_disconnect_or_kill_sets_flag_true_and_exits_zero(run_primar
             cluster.worker.{method}()
             wait_disconnect()
             out("worker_flag", flag=cluster.worker.exited_after_disconnect)
-    """).check()
+    """
+    ).check()
     _assert_once_each(r)
     ev = _events(r)
     assert ev["disconnect"]["flag"] is True
@@ -107,20 +122,25 @@ def test_worker_side_disconnect_or_kill_sets_flag_true_and_exits_zero(run_primar
 
 def test_worker_kill_ignores_signal_argument(run_primary):
     # Node: in a worker, destroy()/kill() ignores the signal and exits 0 after disconnecting.
-    r = run_primary(RECORD + """
+    r = run_primary(
+        RECORD
+        + """
         if cluster.is_primary:
             record(cluster.fork())
         else:
             cluster.worker.kill("SIGKILL")
             wait_disconnect()
-    """).check()
+    """
+    ).check()
     ev = _events(r)
     assert (ev["exit"]["code"], ev["exit"]["signal"], ev["exit"]["flag"]) == (0, None, True)
 
 
 def test_destroy_after_disconnect_inside_worker(run_primary):
     # test-cluster-worker-destroy, second case: destroy() after the worker disconnected
-    r = run_primary(RECORD + """
+    r = run_primary(
+        RECORD
+        + """
         if cluster.is_primary:
             record(cluster.fork())
         else:
@@ -129,7 +149,8 @@ def test_destroy_after_disconnect_inside_worker(run_primary):
             cluster.worker.destroy()
             time.sleep(5)
             out("still_running")
-    """).check()
+    """
+    ).check()
     assert r.records("still_running") == []
     ev = _events(r)
     assert (ev["exit"]["code"], ev["exit"]["signal"]) == (0, None)
@@ -138,7 +159,9 @@ def test_destroy_after_disconnect_inside_worker(run_primary):
 
 def test_primary_disconnect_sets_flag_and_worker_sees_disconnect(run_primary):
     # test-cluster-worker-disconnect / test-cluster-worker-init (returns the worker)
-    r = run_primary(RECORD + """
+    r = run_primary(
+        RECORD
+        + """
         if cluster.is_primary:
             w = record(cluster.fork())
             w.on("listening", lambda a: out("ret", same=w.disconnect() is w))
@@ -148,7 +171,8 @@ def test_primary_disconnect_sets_flag_and_worker_sees_disconnect(run_primary):
                                                         flag=cluster.worker.exited_after_disconnect))
             wait_disconnect()
             s.close()
-    """).check()
+    """
+    ).check()
     assert r.one("ret")["same"] is True
     r.one("worker_disconnect")
     _assert_once_each(r)
@@ -161,7 +185,9 @@ def test_primary_disconnect_sets_flag_and_worker_sees_disconnect(run_primary):
 
 def test_worker_exit_by_itself_flag_false(run_primary):
     # test-cluster-worker-exit: process.exit(42) -> one disconnect + one exit, flag false
-    r = run_primary(RECORD + """
+    r = run_primary(
+        RECORD
+        + """
         if cluster.is_primary:
             record(cluster.fork())
             cluster.on("exit", lambda w, c, s: out("cluster_exit", code=c))
@@ -169,7 +195,8 @@ def test_worker_exit_by_itself_flag_false(run_primary):
         else:
             s = cluster.listen(port=0, host="127.0.0.1")
             sys.exit(42)
-    """).check()
+    """
+    ).check()
     _assert_once_each(r)
     ev = _events(r)
     assert ev["online"]["flag"] is None
@@ -182,7 +209,9 @@ def test_worker_exit_by_itself_flag_false(run_primary):
 
 def test_destroy_in_primary_disconnect_handler_is_harmless(run_primary):
     # test-cluster-call-and-destroy
-    r = run_primary(RECORD + """
+    r = run_primary(
+        RECORD
+        + """
         if cluster.is_primary:
             w = record(cluster.fork())
             def on_disconnect():
@@ -192,7 +221,8 @@ def test_destroy_in_primary_disconnect_handler_is_harmless(run_primary):
             w.on("online", lambda: w.disconnect())
         else:
             wait_disconnect()
-    """).check()
+    """
+    ).check()
     assert r.one("in_disconnect")["connected"] is False
     assert r.records("ev")[-1]["ev"] in ("exit", "disconnect")
     assert "exit" in _events(r)
@@ -308,8 +338,10 @@ def test_cluster_disconnect_callback_runs_after_shared_handles_are_closed(run_pr
     # "when all have disconnected and exited and the primary's shared handles are closed,
     # call callback()": the port is free inside the callback.
     from conftest import free_port
+
     port = free_port()
-    r = run_primary(f"""
+    r = run_primary(
+        f"""
         if cluster.is_primary:
             n = {{"listening": 0}}
             def on_listening(w, a):
@@ -329,7 +361,9 @@ def test_cluster_disconnect_callback_runs_after_shared_handles_are_closed(run_pr
         else:
             s = cluster.listen(port={port}, host="127.0.0.1")
             wait_disconnect()
-    """, env={"CLUSTERLAB_SCHED_POLICY": policy}).check()
+    """,
+        env={"CLUSTERLAB_SCHED_POLICY": policy},
+    ).check()
     assert r.one("cb")["bound"] is True
 
 

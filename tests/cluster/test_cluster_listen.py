@@ -24,8 +24,13 @@ def stop(p, expected: int = 143) -> None:
     assert p.wait(20) == expected, p.output()
 
 
-def connect_read(port: int, host: str = "127.0.0.1", family: int = socket.AF_INET,
-                 timeout: float = 5.0, payload: bytes = b"") -> str:
+def connect_read(
+    port: int,
+    host: str = "127.0.0.1",
+    family: int = socket.AF_INET,
+    timeout: float = 5.0,
+    payload: bytes = b"",
+) -> str:
     with socket.socket(family, socket.SOCK_STREAM) as c:
         c.settimeout(timeout)
         c.connect((host, port) if family != socket.AF_UNIX else host)
@@ -57,7 +62,8 @@ SERVING = """
 @pytest.mark.parametrize("policy", POLICIES)
 def test_port_zero_gives_every_workers_nth_listen_the_same_port(run_primary, policy):
     # doc "listen(0)": random the first time, the same for every worker's Nth listen(0)
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", id=w.id, port=a.port))
             for _ in range(3):
@@ -76,7 +82,9 @@ def test_port_zero_gives_every_workers_nth_listen_the_same_port(run_primary, pol
             out("ports", id=cluster.worker.id, a=a.getsockname()[1], b=b.getsockname()[1])
             cluster.worker.send("done")
             wait_disconnect()
-    """, env=policy_env(policy)).check()
+    """,
+        env=policy_env(policy),
+    ).check()
     recs = r.records("ports")
     assert len(recs) == 3
     firsts = {rec["a"] for rec in recs}
@@ -90,8 +98,9 @@ def test_port_zero_gives_every_workers_nth_listen_the_same_port(run_primary, pol
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_shared_port_serves_connections(start_primary, policy):
-    p = start_primary(SERVING.format(n=2, listen='port=0, host="127.0.0.1"'),
-                      env=policy_env(policy))
+    p = start_primary(
+        SERVING.format(n=2, listen='port=0, host="127.0.0.1"'), env=policy_env(policy)
+    )
     listening = p.wait_for("listening", count=2, timeout=15)
     port = listening[0]["port"]
     assert listening[1]["port"] == port
@@ -106,8 +115,9 @@ def test_shared_port_serves_connections(start_primary, policy):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_fixed_port_shared_by_workers(start_primary, policy):
     port = free_port()
-    p = start_primary(SERVING.format(n=2, listen=f'port={port}, host="127.0.0.1"'),
-                      env=policy_env(policy))
+    p = start_primary(
+        SERVING.format(n=2, listen=f'port={port}, host="127.0.0.1"'), env=policy_env(policy)
+    )
     listening = p.wait_for("listening", count=2, timeout=15)
     assert [rec["port"] for rec in listening] == [port, port]
     assert connect_read(port).strip().isdigit()
@@ -117,7 +127,8 @@ def test_fixed_port_shared_by_workers(start_primary, policy):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_exclusive_gives_each_worker_its_own_port(run_primary, policy):
     # test-net-listen-exclusive-random-ports
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", id=w.id, port=a.port))
             for _ in range(3):
@@ -136,12 +147,15 @@ def test_exclusive_gives_each_worker_its_own_port(run_primary, policy):
             out("port", id=cluster.worker.id, port=port, acceptconn=acc)
             cluster.worker.send("done")
             wait_disconnect()
-    """, env=policy_env(policy)).check()
+    """,
+        env=policy_env(policy),
+    ).check()
     recs = r.records("port")
     assert len({rec["port"] for rec in recs}) == 3, recs
     assert all(rec["acceptconn"] == 1 for rec in recs)
     assert sorted(rec["port"] for rec in r.records("listening")) == sorted(
-        rec["port"] for rec in recs)
+        rec["port"] for rec in recs
+    )
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -180,7 +194,8 @@ def test_udp_shared_socket_spreads_datagrams(start_primary, policy, family):
     host = "127.0.0.1" if family == "udp4" else "::1"
     if family == "udp6" and not has_ipv6():
         pytest.skip("no IPv6 loopback")
-    p = start_primary(f"""
+    p = start_primary(
+        f"""
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", id=w.id, port=a.port,
                                                      address=a.address,
@@ -194,7 +209,9 @@ def test_udp_shared_socket_spreads_datagrams(start_primary, policy, family):
             out("got", id=cluster.worker.id, n=len(got), data=got)
             s.close()
             cluster.worker.disconnect()
-    """, env=policy_env(policy))
+    """,
+        env=policy_env(policy),
+    )
     listening = p.wait_for("listening", count=2, timeout=15)
     port = listening[0]["port"]
     assert listening[1]["port"] == port
@@ -220,7 +237,8 @@ def test_eaddrinuse_raised_in_worker_primary_carries_on(run_primary, policy):
     port = free_port()
     exclusive = policy == "exclusive"
     env = policy_env("rr" if exclusive else policy)
-    r = run_primary(f"""
+    r = run_primary(
+        f"""
         import errno
         PORT = {port}
         if cluster.is_primary:
@@ -247,7 +265,9 @@ def test_eaddrinuse_raised_in_worker_primary_carries_on(run_primary, policy):
                 out("ok", id=cluster.worker.id, port=s.getsockname()[1])
                 cluster.worker.send("listening")
             wait_disconnect()
-    """, env=env).check()
+    """,
+        env=env,
+    ).check()
     err = r.one("error")
     assert err["id"] == 1
     assert err["errno"] == errno.EADDRINUSE
@@ -262,7 +282,8 @@ def test_second_listen_on_same_fixed_port_in_one_worker_is_eaddrinuse(run_primar
     # test-cluster-listen-twice-same-port: the 2nd listen on a fixed port in one worker is a
     # different endpoint (Nth listen) and fails with EADDRINUSE; closing the 1st then works.
     port = free_port()
-    r = run_primary(f"""
+    r = run_primary(
+        f"""
         if cluster.is_primary:
             cluster.fork()
         else:
@@ -274,7 +295,9 @@ def test_second_listen_on_same_fixed_port_in_one_worker_is_eaddrinuse(run_primar
             else:
                 out("second", errno=None)
             cluster.worker.disconnect()
-    """, env=policy_env(policy)).check()
+    """,
+        env=policy_env(policy),
+    ).check()
     assert r.one("second")["errno"] == errno.EADDRINUSE
 
 
@@ -282,7 +305,8 @@ def test_second_listen_on_same_fixed_port_in_one_worker_is_eaddrinuse(run_primar
 def test_port_reacquired_by_another_worker_after_close(run_primary, policy):
     # test-cluster-port-reuse-between-workers
     port = free_port()
-    r = run_primary(f"""
+    r = run_primary(
+        f"""
         PORT = {port}
         if cluster.is_primary:
             w1 = cluster.fork()
@@ -314,9 +338,14 @@ def test_port_reacquired_by_another_worker_after_close(run_primary, policy):
             cluster.worker.on("message", on_message)
             ready()
             wait_disconnect()
-    """, env=policy_env(policy)).check()
-    assert [(rec["id"], rec["m"]) for rec in r.records("result")] == [(1, "ok"), (2, "ok"),
-                                                                       (1, "ok")]
+    """,
+        env=policy_env(policy),
+    ).check()
+    assert [(rec["id"], rec["m"]) for rec in r.records("result")] == [
+        (1, "ok"),
+        (2, "ok"),
+        (1, "ok"),
+    ]
 
 
 @pytest.mark.parametrize("how", ["close", "exit"])
@@ -325,7 +354,8 @@ def test_port_released_when_no_worker_holds_it(run_primary, policy, how):
     # Closing the socket in every worker (or every worker going away) releases the port: the
     # primary can bind it again. The primary polls from asyncio so its cluster loop keeps
     # running (and can process the workers' close notices) while it waits.
-    r = run_primary(f"""
+    r = run_primary(
+        f"""
         import asyncio
         HOW = {how!r}
         async def try_bind(port):
@@ -388,7 +418,9 @@ def test_port_released_when_no_worker_holds_it(run_primary, policy, how):
             cluster.worker.on("message", on_message)
             cluster.worker.send(s.getsockname()[1])
             wait_disconnect()
-    """, env=policy_env(policy)).check()
+    """,
+        env=policy_env(policy),
+    ).check()
     rec = r.one("rebind")
     assert rec["same"] is True
     assert rec["result"] is True, r.output()
@@ -404,7 +436,8 @@ def test_listen_without_host_accepts_on_loopback(start_primary, policy):
 
 
 def test_reuseport_workers_own_separate_reuseport_sockets(run_primary):
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.fork(); cluster.fork()
             n = {"done": 0}
@@ -420,7 +453,9 @@ def test_reuseport_workers_own_separate_reuseport_sockets(run_primary):
                 acceptconn=s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
             cluster.worker.send("done")
             wait_disconnect()
-    """, env=policy_env("reuseport")).check()
+    """,
+        env=policy_env("reuseport"),
+    ).check()
     socks = r.records("sock")
     assert len(socks) == 2
     assert socks[0]["ino"] != socks[1]["ino"]
@@ -446,7 +481,8 @@ def test_listen_in_primary_is_a_plain_listening_socket(run_primary):
 def test_worker_socket_reports_endpoint_family_and_address(run_primary, policy):
     # The returned object stands for the endpoint's listening socket: its family and
     # getsockname are those of the endpoint (as Node's server.address()).
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.fork()
         else:
@@ -454,7 +490,9 @@ def test_worker_socket_reports_endpoint_family_and_address(run_primary, policy):
             out("sock", family=int(s.family), type=int(s.type), name=list(s.getsockname()),
                 is_socket=isinstance(s, socket.socket))
             cluster.worker.disconnect()
-    """, env=policy_env(policy)).check()
+    """,
+        env=policy_env(policy),
+    ).check()
     rec = r.one("sock")
     assert rec["is_socket"] is True
     assert rec["type"] == int(socket.SOCK_STREAM)
@@ -464,7 +502,8 @@ def test_worker_socket_reports_endpoint_family_and_address(run_primary, policy):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_accept_gives_peer_address(start_primary, policy):
-    p = start_primary("""
+    p = start_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", port=a.port))
             cluster.fork()
@@ -475,7 +514,9 @@ def test_accept_gives_peer_address(start_primary, policy):
                 with conn:
                     conn.sendall(f"{addr[0]} {addr[1]} {conn.getsockname()[1]}".encode())
             cluster.worker.disconnect()
-    """, env=policy_env(policy))
+    """,
+        env=policy_env(policy),
+    )
     port = p.wait_for("listening", timeout=15)[0]["port"]
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
@@ -489,7 +530,8 @@ def test_accept_gives_peer_address(start_primary, policy):
 def test_disconnect_releases_a_worker_blocked_in_accept(start_primary, policy):
     # disconnect "stops accepting on every listener it got from the cluster" and the worker
     # exits 0 once its main code returns: a main thread blocked in accept() must be released.
-    p = start_primary("""
+    p = start_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: w.disconnect())
             cluster.on("exit", lambda w, c, s: out("exit", code=c, signal=s))
@@ -500,7 +542,9 @@ def test_disconnect_releases_a_worker_blocked_in_accept(start_primary, policy):
                 s.accept()
             except OSError as e:
                 out("accept_ended", error=type(e).__name__)
-    """, env=policy_env(policy))
+    """,
+        env=policy_env(policy),
+    )
     assert p.wait(8) == 0, p.output()
     rec = p.records("exit")
     assert len(rec) == 1 and (rec[0]["code"], rec[0]["signal"]) == (0, None), p.output()
@@ -513,7 +557,8 @@ def test_ipv6_only_leaves_ipv4_port_free(run_primary, policy):
     # port for all workers, and the primary can still bind 0.0.0.0 on that port.
     if not has_ipv6():
         pytest.skip("no IPv6")
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             ports = {}
             def on_listening(w, a):
@@ -534,7 +579,9 @@ def test_ipv6_only_leaves_ipv4_port_free(run_primary, policy):
         else:
             s = cluster.listen(port=0, host="::", ipv6_only=True)
             wait_disconnect()
-    """, env=policy_env(policy)).check()
+    """,
+        env=policy_env(policy),
+    ).check()
     rec = r.one("result")
     (p1, t1), (p2, t2) = rec["ports"]
     assert p1 == p2 and t1 == t2 == 6
@@ -560,7 +607,8 @@ def test_dual_stack_listen_accepts_ipv4(start_primary, policy):
 def test_respawned_worker_gets_the_same_shared_port(start_primary, policy):
     # The classic respawn: a worker dies, the 'exit' listener forks a replacement, whose
     # listen(0) joins the endpoint the surviving worker still holds.
-    p = start_primary("""
+    p = start_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", id=w.id, port=a.port))
             def on_exit(w, code, sig):
@@ -573,13 +621,14 @@ def test_respawned_worker_gets_the_same_shared_port(start_primary, policy):
             s = cluster.listen(port=0, host="127.0.0.1")
             out("worker", id=cluster.worker.id)
             serve_pid(s)
-    """, env=policy_env(policy))
+    """,
+        env=policy_env(policy),
+    )
     first = p.wait_for("listening", count=2, timeout=15)
     port = first[0]["port"]
     pid1 = [rec["pid"] for rec in p.wait_for("worker", count=2) if rec["id"] == 1][0]
     os.kill(pid1, signal.SIGKILL)
-    third = p.wait_for(lambda rec: rec.get("tag") == "listening" and rec["id"] == 3,
-                       timeout=15)[0]
+    third = p.wait_for(lambda rec: rec.get("tag") == "listening" and rec["id"] == 3, timeout=15)[0]
     assert third["port"] == port
     pid3 = [rec["pid"] for rec in p.wait_for("worker", count=3) if rec["id"] == 3][0]
     seen = {int(connect_read(port)) for _ in range(30)}
@@ -593,7 +642,8 @@ def test_respawned_worker_gets_the_same_shared_port(start_primary, policy):
 def test_unix_relative_path_is_resolved_and_removed_when_released(run_primary, tmp_path, policy):
     # test-cluster-net-listen-relative-path: a relative path works from a worker, the address
     # is the absolute path, and the socket file is removed once the endpoint is closed.
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", address=a.address,
                                                      address_type=a.address_type))
@@ -610,7 +660,10 @@ def test_unix_relative_path_is_resolved_and_removed_when_released(run_primary, t
                 c.connect(os.path.abspath("rel.sock"))
             cluster.worker.send("connected")
             wait_disconnect()
-    """, env=policy_env(policy), cwd=tmp_path).check()
+    """,
+        env=policy_env(policy),
+        cwd=tmp_path,
+    ).check()
     recs = r.records("listening")
     assert len(recs) == 2
     for rec in recs:
@@ -624,7 +677,8 @@ def test_bind_error_errno_reaches_the_worker(run_primary, policy):
     # Bind errors other than EADDRINUSE keep their errno too: an address that is not local
     # (TEST-NET-1) gives EADDRNOTAVAIL in the worker; the primary carries on.
     exclusive = policy == "exclusive"
-    r = run_primary(f"""
+    r = run_primary(
+        f"""
         if cluster.is_primary:
             w = cluster.fork()
             w.on("exit", lambda c, s: out("exit", code=c))
@@ -636,7 +690,9 @@ def test_bind_error_errno_reaches_the_worker(run_primary, policy):
             else:
                 out("no_error")
             cluster.worker.disconnect()
-    """, env=policy_env("rr" if exclusive else policy)).check()
+    """,
+        env=policy_env("rr" if exclusive else policy),
+    ).check()
     assert r.records("no_error") == []
     assert r.one("error")["errno"] == errno.EADDRNOTAVAIL
     assert r.one("exit")["code"] == 0

@@ -37,7 +37,8 @@ def test_send_both_ways(run_primary):
 def test_worker_receives_message_sent_right_after_online(run_primary):
     # test-cluster-worker-init: a message sent in the primary's 'online' listener reaches a
     # 'message' listener that the worker's main code attaches at start-up.
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             w = cluster.fork()
             w.on("online", lambda: w.send("early bird"))
@@ -48,7 +49,9 @@ def test_worker_receives_message_sent_right_after_online(run_primary):
             time.sleep(0.3)
             cluster.worker.on("message", lambda m, h: cluster.worker.send(m))
             wait_disconnect(8)
-    """, timeout=15).check()
+    """,
+        timeout=15,
+    ).check()
     assert r.one("echo")["m"] == "early bird"
 
 

@@ -11,7 +11,7 @@ from conftest import free_port, pid_alive, wait_no_descendants
 
 pytestmark = pytest.mark.timeout(30)
 
-SEED_EXAMPLE = '''\
+SEED_EXAMPLE = """\
 from http.server import BaseHTTPRequestHandler
 from clusterlab import cluster, available_parallelism
 from clusterlab.servers import ThreadingHTTPServer
@@ -25,7 +25,7 @@ if cluster.is_primary:
         cluster.fork()
 else:
     ThreadingHTTPServer(("", 8000), Hello).serve_forever()
-'''
+"""
 
 
 def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 5.0):
@@ -249,7 +249,8 @@ def test_signal_while_main_script_still_runs(start_primary):
 
 
 def test_worker_ignoring_disconnect_is_killed_after_grace_period(start_primary):
-    p = start_primary("""
+    p = start_primary(
+        """
         import signal as _s
         if cluster.is_primary:
             cluster.on("online", lambda w: out("online"))
@@ -260,7 +261,9 @@ def test_worker_ignoring_disconnect_is_killed_after_grace_period(start_primary):
             _s.signal(_s.SIGTERM, _s.SIG_IGN)
             while True:   # main code never returns, so a graceful disconnect cannot finish
                 time.sleep(0.1)
-    """, env={"CLUSTERLAB_SHUTDOWN_GRACE": "2"})  # the implementation's knob, if it has one
+    """,
+        env={"CLUSTERLAB_SHUTDOWN_GRACE": "2"},
+    )  # the implementation's knob, if it has one
     p.wait_for("online", timeout=15)
     p.send_signal(signal.SIGTERM)
     assert p.wait(28) == 143, p.output()
@@ -288,8 +291,10 @@ def test_primary_sigkilled_leaves_no_worker(start_primary):
     assert alive == [], f"workers still alive 2 s after the primary was SIGKILLed: {alive}"
 
 
-@pytest.mark.skipif(os.environ.get("CLUSTERLAB_TEST_START_METHOD") == "forkserver",
-                    reason="a fork-server worker is the template's child, not pytest's to wait for")
+@pytest.mark.skipif(
+    os.environ.get("CLUSTERLAB_TEST_START_METHOD") == "forkserver",
+    reason="a fork-server worker is the template's child, not pytest's to wait for",
+)
 def test_orphaned_worker_exits_with_status_zero(start_primary):
     # test-cluster-worker-forced-exit: an unexpected disconnect exits the worker with code 0.
     # Orphans are reparented to pytest (a subreaper), so their status is visible here.

@@ -53,8 +53,11 @@ def test_worker_id_variable_removed_from_worker_environment(run_primary):
     worker_env = r.one("worker_env")["env"]
     # Whatever variables the primary used to set the worker up are gone by the time user code
     # runs (test-cluster-basic: NODE_UNIQUE_ID is gone; Node also deletes NODE_CHANNEL_FD).
-    added = {k: v for k, v in worker_env.items()
-             if k not in primary_keys and k.upper().startswith("CLUSTERLAB")}
+    added = {
+        k: v
+        for k, v in worker_env.items()
+        if k not in primary_keys and k.upper().startswith("CLUSTERLAB")
+    }
     assert added == {}, f"worker environment still carries cluster variables: {added}"
     assert "CLUSTERLAB_WORKER_ID" not in worker_env
 
@@ -76,4 +79,3 @@ def test_grandchild_of_worker_is_a_primary(run_primary):
     rec = r.one("grandchild")
     assert rec["rc"] == 0, rec["stderr"]
     assert rec["stdout"] == "True False"
-

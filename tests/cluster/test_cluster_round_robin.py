@@ -41,8 +41,9 @@ class Clients:
         for _ in range(n):
             c = socket.create_connection(("127.0.0.1", port), timeout=timeout)
             self.socks.append(c)
-        self.threads = [threading.Thread(target=self._read, args=(c,), daemon=True)
-                        for c in self.socks]
+        self.threads = [
+            threading.Thread(target=self._read, args=(c,), daemon=True) for c in self.socks
+        ]
         for t in self.threads:
             t.start()
 
@@ -112,14 +113,17 @@ def _start_busy_and_serving(start_primary):
 
 
 def test_rr_distribution_is_even_over_four_workers(start_primary):
-    p = start_primary("""
+    p = start_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", id=w.id, port=a.port))
             for _ in range(4):
                 cluster.fork()
         else:
             serve_pid(cluster.listen(port=0, host="127.0.0.1"))
-    """, env=RR)
+    """,
+        env=RR,
+    )
     port = p.wait_for("listening", count=4, timeout=15)[0]["port"]
     counts: collections.Counter[str] = collections.Counter()
     for _ in range(2000):
@@ -151,7 +155,8 @@ def test_rr_worker_death_with_pending_connections_loses_no_client(start_primary)
     clients.join(10)
     assert clients.errors == []
     assert sorted(clients.replies) == [str(workers[2])] * 20, (
-        f"{len(clients.replies)} of 20 answered: {clients.replies}")
+        f"{len(clients.replies)} of 20 answered: {clients.replies}"
+    )
     exit1 = [rec for rec in p.wait_for("exit") if rec["id"] == 1]
     assert exit1 and exit1[0]["signal"] == "SIGKILL"
     # the primary's own count: what the dead worker held was read back and handed on, none lost
@@ -173,13 +178,15 @@ def test_rr_closed_listener_hands_back_untaken_connections(start_primary):
     clients.join(10)
     assert clients.errors == []
     assert sorted(clients.replies) == [str(workers[2])] * 20, (
-        f"{len(clients.replies)} of 20 answered: {clients.replies}")
+        f"{len(clients.replies)} of 20 answered: {clients.replies}"
+    )
     assert pid_alive(workers[1]), "closing a listener does not end the worker"
     stop(p)
 
 
 def test_rr_last_worker_leaving_closes_queued_connections_and_the_socket(start_primary):
-    p = start_primary("""
+    p = start_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", port=a.port))
             cluster.on("exit", lambda w, c, s: out("exit", signal=s, rr=cluster.round_robin_stats()))
@@ -189,7 +196,9 @@ def test_rr_last_worker_leaving_closes_queued_connections_and_the_socket(start_p
             out("worker")
             while True:
                 time.sleep(1)
-    """, env=RR)
+    """,
+        env=RR,
+    )
     port = p.wait_for("listening", timeout=15)[0]["port"]
     pid = p.wait_for("worker")[0]["pid"]
     clients = Clients(port, 5, timeout=10)
@@ -216,7 +225,8 @@ def test_rr_last_worker_leaving_closes_queued_connections_and_the_socket(start_p
 
 
 def test_rr_socket_works_with_selectors(start_primary):
-    p = start_primary("""
+    p = start_primary(
+        """
         import selectors
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", port=a.port))
@@ -234,7 +244,9 @@ def test_rr_socket_works_with_selectors(start_primary):
                     served += 1
             sel.close()
             cluster.worker.disconnect()
-    """, env=RR)
+    """,
+        env=RR,
+    )
     port = p.wait_for("listening", timeout=15)[0]["port"]
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
@@ -243,7 +255,8 @@ def test_rr_socket_works_with_selectors(start_primary):
 
 
 def test_rr_socket_works_with_socketserver(start_primary):
-    p = start_primary("""
+    p = start_primary(
+        """
         import socketserver
         class H(socketserver.BaseRequestHandler):
             def handle(self):
@@ -261,7 +274,9 @@ def test_rr_socket_works_with_socketserver(start_primary):
                 srv.handle_request()
             srv.server_close()
             cluster.worker.disconnect()
-    """, env=RR)
+    """,
+        env=RR,
+    )
     port = p.wait_for("listening", timeout=15)[0]["port"]
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
@@ -270,7 +285,8 @@ def test_rr_socket_works_with_socketserver(start_primary):
 
 
 def test_rr_socket_works_with_asyncio_create_server(start_primary):
-    p = start_primary("""
+    p = start_primary(
+        """
         import asyncio
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", port=a.port))
@@ -295,7 +311,9 @@ def test_rr_socket_works_with_asyncio_create_server(start_primary):
                 await server.wait_closed()
             asyncio.run(main())
             cluster.worker.disconnect()
-    """, env=RR)
+    """,
+        env=RR,
+    )
     port = p.wait_for("listening", timeout=15)[0]["port"]
     p.wait_for("aio_serving", timeout=10)
     for _ in range(5):
@@ -306,14 +324,17 @@ def test_rr_socket_works_with_asyncio_create_server(start_primary):
 
 
 def test_rr_burst_of_concurrent_connections_all_answered(start_primary):
-    p = start_primary("""
+    p = start_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", port=a.port))
             for _ in range(3):
                 cluster.fork()
         else:
             serve_pid(cluster.listen(port=0, host="127.0.0.1"))
-    """, env=RR)
+    """,
+        env=RR,
+    )
     port = p.wait_for("listening", count=3, timeout=15)[0]["port"]
     clients = Clients(port, 300)
     clients.join(20)
@@ -328,7 +349,8 @@ def test_rr_graceful_disconnect_serves_every_connection_already_handed_over(star
     # nothing more but leaves it what it holds, and the closing server serves those before it
     # closes. Every connection the primary accepted is answered; none is dropped. Clients still
     # in the kernel's backlog are refused when the listener closes (as in Node).
-    p = start_primary("""
+    p = start_primary(
+        """
         import asyncio
         from http.server import BaseHTTPRequestHandler
         from clusterlab.servers import HTTPServer
@@ -351,7 +373,9 @@ def test_rr_graceful_disconnect_serves_every_connection_already_handed_over(star
                 def log_message(self, *a):
                     pass
             HTTPServer(("127.0.0.1", 0), Slow).serve_forever()  # one request at a time
-    """, env=RR)
+    """,
+        env=RR,
+    )
     port = p.wait_for("listening", timeout=15)[0]["port"]
     results: list[str] = []
     lock = threading.Lock()

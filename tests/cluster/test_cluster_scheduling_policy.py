@@ -22,9 +22,12 @@ def test_default_policy_is_round_robin(run_primary):
 
 @pytest.mark.parametrize("value,expected", [("rr", 2), ("none", 1), ("reuseport", 3)])
 def test_policy_from_environment(run_primary, value, expected):
-    r = run_primary("""
+    r = run_primary(
+        """
         out("p", policy=cluster.scheduling_policy)
-    """, env={"CLUSTERLAB_SCHED_POLICY": value}).check()
+    """,
+        env={"CLUSTERLAB_SCHED_POLICY": value},
+    ).check()
     assert r.one("p")["policy"] == expected
 
 
@@ -67,7 +70,8 @@ def test_policy_from_environment_governs_listen(run_primary):
     # socket is not the primary's bound socket. Observable difference: with NONE the worker's
     # listening socket is bound to the shared port itself (getsockname), and the workers'
     # sockets refer to the same open file description (same inode).
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.fork(); cluster.fork()
             cluster.on("listening", lambda w, a: out("listening", id=w.id, port=a.port))
@@ -85,7 +89,9 @@ def test_policy_from_environment_governs_listen(run_primary):
             cluster.worker.send("ready")
             wait_disconnect()
             s.close()
-    """, env={"CLUSTERLAB_SCHED_POLICY": "none"}).check()
+    """,
+        env={"CLUSTERLAB_SCHED_POLICY": "none"},
+    ).check()
     socks = r.records("sock")
     assert len(socks) == 2
     assert socks[0]["ino"] == socks[1]["ino"], "SCHED_NONE: both workers hold the one socket"

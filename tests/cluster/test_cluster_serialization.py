@@ -8,23 +8,40 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.timeout(60)
 
-JSON_LEAVES = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-               | st.floats(allow_nan=False, allow_infinity=False)
-               | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20))
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+)
 JSON_VALUES = st.recursive(
     JSON_LEAVES,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",)), max_size=8),
-                      children, max_size=5),
-    max_leaves=20)
-ADVANCED_LEAVES = (JSON_LEAVES | st.binary(max_size=20) | st.integers()
-                   | st.frozensets(st.integers(), max_size=4) | st.complex_numbers(allow_nan=False))
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(
+            st.text(st.characters(blacklist_categories=("Cs",)), max_size=8), children, max_size=5
+        )
+    ),
+    max_leaves=20,
+)
+ADVANCED_LEAVES = (
+    JSON_LEAVES
+    | st.binary(max_size=20)
+    | st.integers()
+    | st.frozensets(st.integers(), max_size=4)
+    | st.complex_numbers(allow_nan=False)
+)
 ADVANCED_VALUES = st.recursive(
     ADVANCED_LEAVES,
-    lambda children: st.lists(children, max_size=4) | st.tuples(children, children)
-    | st.sets(st.integers() | st.text(max_size=5), max_size=4)
-    | st.dictionaries(st.integers() | st.text(max_size=5), children, max_size=4),
-    max_leaves=15)
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.sets(st.integers() | st.text(max_size=5), max_size=4)
+        | st.dictionaries(st.integers() | st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=15,
+)
 
 ROUND_TRIP = """
         import pickle
@@ -57,7 +74,8 @@ ECHO_WORKER = """
 
 def test_advanced_round_trips_circular_set_bytes_tuple_exception(run_primary):
     # test-cluster-advanced-serialization (circular object), plus Python's extra types
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.setup_primary(serialization="advanced")
             w = cluster.fork()
@@ -77,7 +95,9 @@ def test_advanced_round_trips_circular_set_bytes_tuple_exception(run_primary):
                     int_key=m["int_key"] == {1: "one"})
                 w.disconnect()
             when_ready(w, lambda: (w.send(msg), w.on("message", on_message)))
-    """ + ECHO_WORKER).check()
+    """
+        + ECHO_WORKER
+    ).check()
     rec = r.one("back")
     for key in ("circular", "set", "bytes", "tuple", "exc", "frozen", "int_key"):
         assert rec[key] is True, (key, rec)
@@ -151,7 +171,8 @@ def test_json_rejects_set_with_type_error(run_primary):
 
 def test_json_is_the_default_and_tuples_arrive_as_lists(run_primary):
     # JSON has no tuple: like Node's JSON serialization, a tuple arrives as an array (list).
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             w = cluster.fork()
             def on_message(m, h):
@@ -159,14 +180,17 @@ def test_json_is_the_default_and_tuples_arrive_as_lists(run_primary):
                 w.disconnect()
             when_ready(w, lambda: (w.send({"t": (1, 2), "n": None, "f": 1.5, "u": "é"}),
                                    w.on("message", on_message)))
-    """ + ECHO_WORKER).check()
+    """
+        + ECHO_WORKER
+    ).check()
     rec = r.one("back")
     assert rec["t_type"] == "list"
     assert rec["m"] == {"t": [1, 2], "n": None, "f": 1.5, "u": "é"}
 
 
 def test_serialization_is_per_fork_setting(run_primary):
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             w1 = cluster.fork()
             cluster.setup_primary(serialization="advanced")
@@ -181,14 +205,20 @@ def test_serialization_is_per_fork_setting(run_primary):
             when_ready(w1, lambda: send_set(w1))
             when_ready(w2, lambda: (send_set(w2), w2.on("message", lambda m, h: (
                 out("echo", m=sorted(m)), w2.disconnect()))))
-    """ + ECHO_WORKER).check()
+    """
+        + ECHO_WORKER
+    ).check()
     assert r.one("raised")["id"] == 1
     assert r.one("sent")["id"] == 2
     assert r.one("echo")["m"] == [1, 2]
 
 
-@settings(max_examples=4, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=4,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(values=st.lists(JSON_VALUES, min_size=1, max_size=60))
 def test_json_round_trip_of_arbitrary_json_values(run_primary, tmp_path, values):
     path = tmp_path / "values.pickle"
@@ -199,8 +229,12 @@ def test_json_round_trip_of_arbitrary_json_values(run_primary, tmp_path, values)
     assert rec["n_bad"] == 0, rec["bad"]
 
 
-@settings(max_examples=4, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=4,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(values=st.lists(ADVANCED_VALUES, min_size=1, max_size=60))
 def test_advanced_round_trip_of_arbitrary_picklable_values(run_primary, tmp_path, values):
     path = tmp_path / "values.pickle"

@@ -184,10 +184,16 @@ SERVERS = {
 
 SERVERS["serve_asgi_uvloop_httptools"] = SERVERS["serve_asgi"].replace(
     'serve_asgi(app, host="127.0.0.1", port=0)',
-    'serve_asgi(app, host="127.0.0.1", port=0, loop="uvloop", http="httptools")')
+    'serve_asgi(app, host="127.0.0.1", port=0, loop="uvloop", http="httptools")',
+)
 
-HTTP_KINDS = {"ThreadingHTTPServer", "HTTPServer", "serve_asgi", "serve_wsgi",
-              "serve_asgi_uvloop_httptools"}
+HTTP_KINDS = {
+    "ThreadingHTTPServer",
+    "HTTPServer",
+    "serve_asgi",
+    "serve_wsgi",
+    "serve_asgi_uvloop_httptools",
+}
 
 
 def _get(kind: str, port: int) -> str:
@@ -214,7 +220,8 @@ def test_server_shares_a_port_between_workers(start_primary, kind):
     assert p.wait(20) == 143, p.output()
     exits = p.records("exit")
     assert sorted((rec["code"], rec["signal"]) for rec in exits) == [(0, None), (0, None)], (
-        f"workers must leave gracefully (exit 0) on the primary's SIGTERM\n{p.output()}")
+        f"workers must leave gracefully (exit 0) on the primary's SIGTERM\n{p.output()}"
+    )
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -228,7 +235,8 @@ def test_server_works_under_each_policy(start_primary, kind, policy):
     assert p.wait(20) == 143, p.output()
     exits = p.records("exit")
     assert sorted((rec["code"], rec["signal"]) for rec in exits) == [(0, None), (0, None)], (
-        f"workers must leave gracefully (exit 0) on the primary's SIGTERM\n{p.output()}")
+        f"workers must leave gracefully (exit 0) on the primary's SIGTERM\n{p.output()}"
+    )
 
 
 SLOW = {
@@ -294,7 +302,8 @@ SLOW = {
 
 @pytest.mark.parametrize("kind", sorted(SLOW))
 def test_graceful_disconnect_lets_in_flight_request_finish(start_primary, kind):
-    p = start_primary("""
+    p = start_primary(
+        """
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", port=a.port))
             cluster.on("exit", lambda w, c, s: out("exit", code=c, signal=s))
@@ -302,7 +311,9 @@ def test_graceful_disconnect_lets_in_flight_request_finish(start_primary, kind):
             w.on("message", lambda m, h: (out("disconnecting"), w.disconnect())
                  if m == "in_handler" else None)
         else:
-""" + SLOW[kind])
+"""
+        + SLOW[kind]
+    )
     port = p.wait_for("listening", timeout=20)[0]["port"]
     result = {}
 
@@ -361,7 +372,8 @@ def test_disconnect_before_serve_forever_starts_still_exits_zero(run_primary, ki
     # A disconnect (e.g. the primary's SIGTERM) can land between building the server (the
     # worker already reported 'listening') and serve_forever(): serve_forever must then
     # return at once and the worker exit 0, as after any graceful disconnect.
-    r = run_primary(f"""
+    r = run_primary(
+        f"""
         if cluster.is_primary:
             w = cluster.fork()
             when_ready(w, w.disconnect)  # once the server is built ('listening' comes earlier)
@@ -375,7 +387,9 @@ def test_disconnect_before_serve_forever_starts_still_exits_zero(run_primary, ki
             t0 = time.time()
             srv.serve_forever()
             out("returned", after=time.time() - t0)
-    """, timeout=20).check()
+    """,
+        timeout=20,
+    ).check()
     rec = r.one("exit")
     assert (rec["code"], rec["signal"]) == (0, None), r.output()
     assert r.one("returned")["after"] < 2

@@ -4,8 +4,21 @@ import pytest
 
 pytestmark = pytest.mark.timeout(30)
 
-ALL_KEYS = {"exec", "args", "exec_argv", "cwd", "serialization", "silent", "stdio", "uid",
-            "gid", "inspect_port", "windows_hide", "start_method", "preload"}
+ALL_KEYS = {
+    "exec",
+    "args",
+    "exec_argv",
+    "cwd",
+    "serialization",
+    "silent",
+    "stdio",
+    "uid",
+    "gid",
+    "inspect_port",
+    "windows_hide",
+    "start_method",
+    "preload",
+}
 
 
 def test_settings_empty_before_first_use(run_primary):
@@ -17,7 +30,8 @@ def test_settings_empty_before_first_use(run_primary):
 
 
 def test_settings_hold_every_key_with_defaults_after_setup_primary(run_primary):
-    r = run_primary("""
+    r = run_primary(
+        """
         cluster.setup_primary()
         s = cluster.settings
         out("settings", keys=sorted(s), exec=s["exec"], args=list(s["args"]),
@@ -25,7 +39,9 @@ def test_settings_hold_every_key_with_defaults_after_setup_primary(run_primary):
             silent=s["silent"], stdio=s["stdio"], uid=s["uid"], gid=s["gid"],
             inspect_port=s["inspect_port"], windows_hide=s["windows_hide"],
             argv0=os.path.realpath(sys.argv[0]), exec_real=os.path.realpath(s["exec"]))
-    """, args=["alpha", "beta"]).check()
+    """,
+        args=["alpha", "beta"],
+    ).check()
     rec = r.one("settings")
     assert set(rec["keys"]) == ALL_KEYS
     assert rec["exec_real"] == rec["argv0"], "exec defaults to the primary's own script"
@@ -53,10 +69,13 @@ def test_settings_after_fork_hold_every_key(run_primary):
 
 
 def test_exec_argv_defaults_to_primary_interpreter_options(run_primary):
-    r = run_primary("""
+    r = run_primary(
+        """
         cluster.setup_primary()
         out("settings", exec_argv=list(cluster.settings["exec_argv"]))
-    """, python_args=["-X", "dev"]).check()
+    """,
+        python_args=["-X", "dev"],
+    ).check()
     assert r.one("settings")["exec_argv"] == ["-X", "dev"]
 
 
@@ -114,12 +133,15 @@ def test_setup_primary_unknown_key_raises_type_error_naming_it(run_primary):
     assert "other_bogus_key" in msgs[1]
 
 
-@pytest.mark.parametrize("key,value", [
-    ("serialization", "'xml'"),
-    ("inspect_port", "'not-a-port'"),
-    ("exec_argv", "5"),
-    ("args", "7"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("serialization", "'xml'"),
+        ("inspect_port", "'not-a-port'"),
+        ("exec_argv", "5"),
+        ("args", "7"),
+    ],
+)
 def test_setup_primary_bad_value_raises_naming_the_key(run_primary, key, value):
     r = run_primary(f"""
         try:
@@ -182,7 +204,8 @@ def test_setup_master_is_an_alias(run_primary):
 
 
 def test_settings_apply_to_later_forks_only(run_primary):
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.fork()
             cluster.setup_primary(args=["later"])
@@ -190,6 +213,8 @@ def test_settings_apply_to_later_forks_only(run_primary):
         else:
             out("argv", id=cluster.worker.id, args=sys.argv[1:])
             cluster.worker.disconnect()
-    """, args=["orig"]).check()
+    """,
+        args=["orig"],
+    ).check()
     by_id = {rec["id"]: rec["args"] for rec in r.records("argv")}
     assert by_id == {1: ["orig"], 2: ["later"]}

@@ -82,13 +82,20 @@ def _public_dir() -> Path:
 def _nobody_can_import() -> str | None:
     try:
         import pwd
+
         pwd.getpwnam("nobody")
     except KeyError:
         return "no user 'nobody'"
     try:
-        res = subprocess.run([sys.executable, "-c", "import clusterlab.cluster"], user="nobody",
-                             group=_nobody_group(), capture_output=True, text=True, timeout=20,
-                             cwd="/")
+        res = subprocess.run(
+            [sys.executable, "-c", "import clusterlab.cluster"],
+            user="nobody",
+            group=_nobody_group(),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd="/",
+        )
     except OSError as e:
         return f"user 'nobody' cannot run {sys.executable}: {e}"
     if res.returncode != 0:
@@ -98,6 +105,7 @@ def _nobody_can_import() -> str | None:
 
 def _nobody_group() -> int:
     import pwd
+
     return pwd.getpwnam("nobody").pw_gid
 
 
@@ -108,10 +116,12 @@ def test_uid_gid_run_worker_as_nobody(start_primary):
     if why:
         pytest.skip(why)
     import pwd
+
     nobody = pwd.getpwnam("nobody")
     d = _public_dir()
     try:
-        p = start_primary(f"""
+        p = start_primary(
+            f"""
             if cluster.is_primary:
                 cluster.setup_primary(uid={nobody.pw_uid}, gid={nobody.pw_gid})
                 w = cluster.fork()
@@ -119,12 +129,18 @@ def test_uid_gid_run_worker_as_nobody(start_primary):
             else:
                 out("ids", uid=os.getuid(), euid=os.geteuid(), gid=os.getgid())
                 cluster.worker.disconnect()
-        """, script_dir=d, cwd=d)
+        """,
+            script_dir=d,
+            cwd=d,
+        )
         assert p.wait(20) == 0, p.output()
         rec = p.records("ids")
         assert len(rec) == 1, p.output()
-        assert (rec[0]["uid"], rec[0]["euid"], rec[0]["gid"]) == (nobody.pw_uid, nobody.pw_uid,
-                                                                  nobody.pw_gid)
+        assert (rec[0]["uid"], rec[0]["euid"], rec[0]["gid"]) == (
+            nobody.pw_uid,
+            nobody.pw_uid,
+            nobody.pw_gid,
+        )
         assert p.records("exit")[0]["code"] == 0
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -169,11 +185,14 @@ def test_cwd_default_inherits_and_setting_changes_it(run_primary, tmp_path):
 
 def test_exec_script_path(run_primary, tmp_path):
     other = tmp_path / "other_worker.py"
-    other.write_text(PRELUDE + textwrap.dedent("""
+    other.write_text(
+        PRELUDE
+        + textwrap.dedent("""
         out("other_script", is_worker=cluster.is_worker, id=cluster.worker.id,
             argv0=os.path.basename(sys.argv[0]), args=sys.argv[1:])
         cluster.worker.disconnect()
-    """))
+    """)
+    )
     r = run_primary(f"""
         if cluster.is_primary:
             cluster.setup_primary(exec={str(other)!r}, args=["x", "y"])
@@ -193,7 +212,9 @@ def _make_package(root: Path) -> None:
     pkg = root / "clpkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "app.py").write_text(PRELUDE + textwrap.dedent("""
+    (pkg / "app.py").write_text(
+        PRELUDE
+        + textwrap.dedent("""
         if cluster.is_primary:
             out("primary", exec=cluster.settings.get("exec"))
             cluster.setup_primary()
@@ -203,18 +224,23 @@ def _make_package(root: Path) -> None:
             out("worker", name=__name__, spec=__spec__.name if __spec__ else None,
                 args=sys.argv[1:])
             cluster.worker.disconnect()
-    """))
-    (pkg / "w.py").write_text(PRELUDE + textwrap.dedent("""
+    """)
+    )
+    (pkg / "w.py").write_text(
+        PRELUDE
+        + textwrap.dedent("""
         out("module_worker", name=__name__, spec=__spec__.name if __spec__ else None,
             is_worker=cluster.is_worker)
         cluster.worker.disconnect()
-    """))
+    """)
+    )
 
 
 def test_exec_defaults_to_dash_m_module_when_primary_started_with_m(start_primary, tmp_path):
     _make_package(tmp_path)
-    p = start_primary(module="clpkg.app", cwd=tmp_path, args=["arg1"],
-                      env={"PYTHONPATH": str(tmp_path)})
+    p = start_primary(
+        module="clpkg.app", cwd=tmp_path, args=["arg1"], env={"PYTHONPATH": str(tmp_path)}
+    )
     assert p.wait(20) == 0, p.output()
     assert p.records("settings")[0]["exec"] == "-m clpkg.app"
     rec = p.records("worker")
@@ -225,13 +251,16 @@ def test_exec_defaults_to_dash_m_module_when_primary_started_with_m(start_primar
 
 def test_exec_dash_m_module_setting(run_primary, tmp_path):
     _make_package(tmp_path)
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.setup_primary(exec="-m clpkg.w")
             cluster.fork()
         else:
             out("main_script_ran_in_worker")
-    """, env={"PYTHONPATH": str(tmp_path)}).check()
+    """,
+        env={"PYTHONPATH": str(tmp_path)},
+    ).check()
     assert r.records("main_script_ran_in_worker") == []
     rec = r.one("module_worker")
     assert rec["is_worker"] is True
@@ -252,19 +281,23 @@ def test_exec_argv_passed_to_interpreter(run_primary):
 
 
 def test_exec_argv_defaults_to_primary_options_in_worker(run_primary):
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.fork()
         else:
             out("flags", dev=sys.flags.dev_mode)
             cluster.worker.disconnect()
-    """, python_args=["-X", "dev"]).check()
+    """,
+        python_args=["-X", "dev"],
+    ).check()
     assert r.one("flags")["dev"] is True
 
 
 def test_args_default_and_setting(run_primary):
     # test-cluster-setup-primary-argv
-    r = run_primary("""
+    r = run_primary(
+        """
         if cluster.is_primary:
             cluster.fork()
             cluster.setup_primary(args=["--custom", "1"])
@@ -272,7 +305,9 @@ def test_args_default_and_setting(run_primary):
         else:
             out("argv", id=cluster.worker.id, args=sys.argv[1:])
             cluster.worker.disconnect()
-    """, args=["--from-cli", "z"]).check()
+    """,
+        args=["--from-cli", "z"],
+    ).check()
     by_id = {rec["id"]: rec["args"] for rec in r.records("argv")}
     assert by_id == {1: ["--from-cli", "z"], 2: ["--custom", "1"]}
 

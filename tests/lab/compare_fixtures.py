@@ -2,37 +2,85 @@
 
 from typing import Any
 
-MACHINE = {"cpu_model": "Test CPU", "available_parallelism": 2, "cpu_count": 2,
-           "affinity": [0, 1], "python": "3.11", "packages": {}, "git_revision": "x"}
+MACHINE = {
+    "cpu_model": "Test CPU",
+    "available_parallelism": 2,
+    "cpu_count": 2,
+    "affinity": [0, 1],
+    "python": "3.11",
+    "packages": {},
+    "git_revision": "x",
+}
 
 
-def summary(rps: dict[tuple[str, str, int], list[float]], cpu_model: str = "Test CPU",
-            p99: float = 20.0, jain: float = 0.99, failure_ratio: float = 0.0) -> dict[str, Any]:
+def summary(
+    rps: dict[tuple[str, str, int], list[float]],
+    cpu_model: str = "Test CPU",
+    p99: float = 20.0,
+    jain: float = 0.99,
+    failure_ratio: float = 0.0,
+) -> dict[str, Any]:
     """A summary whose group (workload, policy, workers) has these per-repeat rps values."""
     points = []
     for (workload, policy, workers), values in rps.items():
         for repeat, value in enumerate(values):
-            points.append({
-                "point": len(points), "repeat": repeat, "workload": workload, "policy": policy,
-                "workers": workers, "status": "ok", "error": None, "rps": float(value),
-                "p50_ms": 5000 / value, "p99_ms": p99, "failure_ratio": failure_ratio,
-                "fairness": {"requests": {"jain": jain, "cv": 0.1, "max_mean": 1.1},
-                             "connections": {"jain": 1.0, "cv": 0.0, "max_mean": 1.0}},
-                "cpu_pct": {}, "generator_bound": False,
-            })
+            points.append(
+                {
+                    "point": len(points),
+                    "repeat": repeat,
+                    "workload": workload,
+                    "policy": policy,
+                    "workers": workers,
+                    "status": "ok",
+                    "error": None,
+                    "rps": float(value),
+                    "p50_ms": 5000 / value,
+                    "p99_ms": p99,
+                    "failure_ratio": failure_ratio,
+                    "fairness": {
+                        "requests": {"jain": jain, "cv": 0.1, "max_mean": 1.1},
+                        "connections": {"jain": 1.0, "cv": 0.0, "max_mean": 1.0},
+                    },
+                    "cpu_pct": {},
+                    "generator_bound": False,
+                }
+            )
     repeats = max(len(v) for v in rps.values())
     return {
-        "schema": "clusterlab.lab.summary", "schema_version": 1,
-        "scenario": {"name": "t", "target": {"kind": "builtin"},
-                     "sweep": {"workers": [1, 2], "repeats": repeats}, "load": {},
-                     "workloads": {"cpu": {"/cpu?ms=2": 1}}, "report": {}},
+        "schema": "clusterlab.lab.summary",
+        "schema_version": 1,
+        "scenario": {
+            "name": "t",
+            "target": {"kind": "builtin"},
+            "sweep": {"workers": [1, 2], "repeats": repeats},
+            "load": {},
+            "workloads": {"cpu": {"/cpu?ms=2": 1}},
+            "report": {},
+        },
         "machine": {**MACHINE, "cpu_model": cpu_model},
-        "run": {"started": 0, "finished": 1, "partial": False, "interrupted": False,
-                "planned_points": len(points), "measured_points": len(points),
-                "failed_points": 0},
+        "run": {
+            "started": 0,
+            "finished": 1,
+            "partial": False,
+            "interrupted": False,
+            "planned_points": len(points),
+            "measured_points": len(points),
+            "failed_points": 0,
+        },
         "points": points,
-        "aggregates": [{"workload": w, "policy": p, "workers": n, "rps": v[0], "rps_min": v[0],
-                        "rps_max": v[0], "repeats": len(v), "generator_bound": False}
-                       for (w, p, n), v in rps.items()],
-        "usl": [], "plots": {},
+        "aggregates": [
+            {
+                "workload": w,
+                "policy": p,
+                "workers": n,
+                "rps": v[0],
+                "rps_min": v[0],
+                "rps_max": v[0],
+                "repeats": len(v),
+                "generator_bound": False,
+            }
+            for (w, p, n), v in rps.items()
+        ],
+        "usl": [],
+        "plots": {},
     }

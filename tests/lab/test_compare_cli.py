@@ -28,8 +28,9 @@ def test_the_same_numbers_compare_clean(runs, capsys):
 
 
 def test_a_slowdown_fails_with_every_output_naming_it(runs, capsys):
-    code = main(["compare", "base", "slow", "--markdown", "c.md", "--junit", "c.xml",
-                 "--json", "c.json"])
+    code = main(
+        ["compare", "base", "slow", "--markdown", "c.md", "--junit", "c.xml", "--json", "c.json"]
+    )
     assert code == 1
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "rps" in out
@@ -46,15 +47,20 @@ def test_a_slowdown_fails_with_every_output_naming_it(runs, capsys):
 
 
 def test_thresholds_can_be_raised_per_metric(runs, capsys):
-    assert main(["compare", "base", "slow", "--threshold", "rps=30",
-                 "--threshold", "p50_ms=30"]) == 0
+    assert (
+        main(["compare", "base", "slow", "--threshold", "rps=30", "--threshold", "p50_ms=30"]) == 0
+    )
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["compare", "base", "missing"], ["compare", "base", "slow", "--threshold", "x=5"],
-     ["compare", "base", "slow", "--alpha", "2"], ["baseline", "show", "nothing"],
-     ["baseline", "save", "../bad", "base"]],
+    [
+        ["compare", "base", "missing"],
+        ["compare", "base", "slow", "--threshold", "x=5"],
+        ["compare", "base", "slow", "--alpha", "2"],
+        ["baseline", "show", "nothing"],
+        ["baseline", "save", "../bad", "base"],
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2(runs, capsys, argv):
     assert main([*argv, "--markdown", "x.md"] if argv[0] == "compare" else argv) == 2

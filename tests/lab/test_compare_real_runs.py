@@ -47,13 +47,28 @@ def ab_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ab")
     (root / "ab.toml").write_text(SCENARIO)
     done = subprocess.run(
-        [sys.executable, "-m", "clusterlab.cli", "run", root / "ab.toml", "--out", root / "out",
-         "-q"], capture_output=True, text=True, timeout=150,
+        [
+            sys.executable,
+            "-m",
+            "clusterlab.cli",
+            "run",
+            root / "ab.toml",
+            "--out",
+            root / "out",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     summary = json.loads((root / "out" / "summary.json").read_text())
     for workload in ("a1", "a2", "b"):
-        part = {**summary, "points": [
-            {**p, "workload": "cpu"} for p in summary["points"] if p["workload"] == workload]}
+        part = {
+            **summary,
+            "points": [
+                {**p, "workload": "cpu"} for p in summary["points"] if p["workload"] == workload
+            ],
+        }
         (root / f"{workload}.json").write_text(json.dumps(part))
     return done, root
 
@@ -77,8 +92,17 @@ def test_a_a_shows_no_regression(ab_run, capsys):
 def test_a_b_with_30_percent_more_cpu_per_request_is_flagged(ab_run, capsys):
     _, root = ab_run
     md = root / "ab.md"
-    code = main(["compare", str(root / "a1.json"), str(root / "b.json"), "--alpha", "0.05",
-                 "--markdown", str(md)])
+    code = main(
+        [
+            "compare",
+            str(root / "a1.json"),
+            str(root / "b.json"),
+            "--alpha",
+            "0.05",
+            "--markdown",
+            str(md),
+        ]
+    )
     out = capsys.readouterr().out
     noise = other_cpu(json.loads((root / "b.json").read_text()))
     if code == 0 and noise > NOISY_OTHER_CPU:

@@ -53,8 +53,14 @@ def test_per_metric_threshold_and_zero_baselines():
 
 
 def test_derived_ratios_pair_repeats():
-    s = summary({("cpu", "rr", 1): [500] * 5, ("cpu", "rr", 2): [800] * 5,
-                 ("cpu", "none", 1): [500] * 5, ("cpu", "none", 2): [1000] * 5})
+    s = summary(
+        {
+            ("cpu", "rr", 1): [500] * 5,
+            ("cpu", "rr", 2): [800] * 5,
+            ("cpu", "none", 1): [500] * 5,
+            ("cpu", "none", 2): [1000] * 5,
+        }
+    )
     samples = metric_samples(s)
     assert samples[("scaling_efficiency", ("cpu", "rr", 2))] == [0.8] * 5
     assert samples[("scaling_efficiency", ("cpu", "none", 2))] == [1.0] * 5
@@ -70,15 +76,20 @@ def test_identical_runs_have_no_regression():
 
 
 def test_a_slower_machine_only_gates_on_machine_independent_ratios():
-    base = summary({("cpu", "rr", 1): [500, 510, 490, 505, 495],
-                    ("cpu", "rr", 2): [900, 910, 890, 905, 895]})
-    slow = summary({("cpu", "rr", 1): [250, 255, 245, 252, 248],
-                    ("cpu", "rr", 2): [450, 455, 445, 452, 448]}, cpu_model="Slow CPU")
+    base = summary(
+        {("cpu", "rr", 1): [500, 510, 490, 505, 495], ("cpu", "rr", 2): [900, 910, 890, 905, 895]}
+    )
+    slow = summary(
+        {("cpu", "rr", 1): [250, 255, 245, 252, 248], ("cpu", "rr", 2): [450, 455, 445, 452, 448]},
+        cpu_model="Slow CPU",
+    )
     result = compare(base, slow)
     assert any("different machines" in w for w in result.warnings)
     rps = [r for r in result.rows if r.metric == "rps"]
     assert rps and all(r.verdict == "worse" and not r.gating for r in rps)
     assert not result.regressions  # scaling efficiency is unchanged: not a regression
-    worse_scaling = summary({("cpu", "rr", 1): [250, 255, 245, 252, 248],
-                             ("cpu", "rr", 2): [300, 305, 295, 302, 298]}, cpu_model="Slow CPU")
+    worse_scaling = summary(
+        {("cpu", "rr", 1): [250, 255, 245, 252, 248], ("cpu", "rr", 2): [300, 305, 295, 302, 298]},
+        cpu_model="Slow CPU",
+    )
     assert [r.metric for r in compare(base, worse_scaling).regressions] == ["scaling_efficiency"]

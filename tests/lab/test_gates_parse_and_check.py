@@ -7,8 +7,16 @@ from compare_fixtures import summary
 from clusterlab.lab.gates import check_gates, parse_gates
 from clusterlab.lab.scenario import ScenarioError, parse_scenario
 
-RUN = summary({("cpu", "rr", 1): [500, 510, 490], ("cpu", "rr", 2): [900, 910, 890],
-               ("cpu", "none", 2): [800, 810, 790]}, p99=40.0, jain=0.97, failure_ratio=0.0005)
+RUN = summary(
+    {
+        ("cpu", "rr", 1): [500, 510, 490],
+        ("cpu", "rr", 2): [900, 910, 890],
+        ("cpu", "none", 2): [800, 810, 790],
+    },
+    p99=40.0,
+    jain=0.97,
+    failure_ratio=0.0005,
+)
 
 
 def verdicts(table):
@@ -27,10 +35,17 @@ def test_conditions_pass_and_fail_as_written():
 
 
 def test_median_over_repeats_per_group_and_filters():
-    assert verdicts({"rps": "> 600"}) == [("cpu/rr/1", False), ("cpu/rr/2", True),
-                                          ("cpu/none/2", True)]
+    assert verdicts({"rps": "> 600"}) == [
+        ("cpu/rr/1", False),
+        ("cpu/rr/2", True),
+        ("cpu/none/2", True),
+    ]
     assert verdicts({"rps{workers=2}": ["> 600", "< 900"]}) == [
-        ("cpu/rr/2", True), ("cpu/none/2", True), ("cpu/rr/2", False), ("cpu/none/2", True)]
+        ("cpu/rr/2", True),
+        ("cpu/none/2", True),
+        ("cpu/rr/2", False),
+        ("cpu/none/2", True),
+    ]
     assert verdicts({"rps{workload=cpu,policy=rr,workers=1}": "== 500"}) == [("cpu/rr/1", True)]
 
 
@@ -49,9 +64,13 @@ def test_a_gate_that_matches_nothing_fails():
     ],
 )
 def test_bad_gates_are_one_line_scenario_errors(table, message):
-    data = {"target": {"kind": "builtin"}, "sweep": {"workers": [1]},
-            "workloads": {"a": {"/hello": 1}}, "load": {"users": 1, "duration": 1},
-            "gates": table}
+    data = {
+        "target": {"kind": "builtin"},
+        "sweep": {"workers": [1]},
+        "workloads": {"a": {"/hello": 1}},
+        "load": {"users": 1, "duration": 1},
+        "gates": table,
+    }
     with pytest.raises(ScenarioError) as caught:
         parse_scenario(data, "x.toml")
     assert message in str(caught.value) and "\n" not in str(caught.value)
@@ -59,9 +78,13 @@ def test_bad_gates_are_one_line_scenario_errors(table, message):
 
 
 def test_gates_are_part_of_the_scenario_and_its_record():
-    data = {"target": {"kind": "builtin"}, "sweep": {"workers": [1]},
-            "workloads": {"a": {"/hello": 1}}, "load": {"users": 1, "duration": 1},
-            "gates": {"p99": "< 50"}}
+    data = {
+        "target": {"kind": "builtin"},
+        "sweep": {"workers": [1]},
+        "workloads": {"a": {"/hello": 1}},
+        "load": {"users": 1, "duration": 1},
+        "gates": {"p99": "< 50"},
+    }
     scenario = parse_scenario(data, "x.toml")
     assert [g.text for g in scenario.gates] == ["p99 < 50"]
     assert scenario.to_dict()["gates"] == {"p99": "< 50"}

@@ -160,7 +160,9 @@ def test_start_method_is_read_and_refused_for_targets_the_lab_does_not_start(tmp
     assert load_scenario(good).target.start_method == "forkserver"
     assert load_scenario(good).to_dict()["target"]["start_method"] == "forkserver"
     bad = tmp_path / "bad.toml"
-    bad.write_text('[target]\nkind = "url"\nurl = "http://127.0.0.1:9"\nstart_method = "forkserver"\n' + base)
+    bad.write_text(
+        '[target]\nkind = "url"\nurl = "http://127.0.0.1:9"\nstart_method = "forkserver"\n' + base
+    )
     with pytest.raises(ScenarioError, match="target.start_method"):
         load_scenario(bad)
     typo = tmp_path / "typo.toml"

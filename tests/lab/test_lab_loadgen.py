@@ -40,18 +40,14 @@ def test_keep_alive_load_measures_only_the_window_and_tallies_the_worker_header(
     assert outcome.stats["p50_ms"] <= outcome.stats["p99_ms"] <= outcome.stats["max_ms"]
 
 
-def test_new_connection_per_request_opens_one_connection_per_request(
-    counting_server, tmp_path
-):
+def test_new_connection_per_request_opens_one_connection_per_request(counting_server, tmp_path):
     outcome, served = _run(counting_server, tmp_path, connection="new", users=2)
     assert outcome.stats["requests"] > 50
     # Up to one request per user can be cut off when the users are stopped.
     assert served["requests"] - 2 <= served["connections"] <= served["requests"]
 
 
-def test_master_worker_mode_merges_every_locust_worker(
-    counting_server, tmp_path
-):
+def test_master_worker_mode_merges_every_locust_worker(counting_server, tmp_path):
     outcome, served = _run(counting_server, tmp_path, processes=2)
     assert len(list(tmp_path.glob("tally-*.json"))) == 2
     assert outcome.tally == {"w-test": outcome.stats["requests"]}

@@ -37,13 +37,27 @@ pytestmark = pytest.mark.slow
 
 def test_a_user_test_runs_a_scenario_with_the_fixture(tmp_path):
     (tmp_path / "test_user.py").write_text(USER_TEST)
-    installed = any(e.value == "clusterlab.lab.pytest_plugin"
-                    for e in metadata.entry_points(group="pytest11"))
+    installed = any(
+        e.value == "clusterlab.lab.pytest_plugin" for e in metadata.entry_points(group="pytest11")
+    )
     plugin = [] if installed else ["-p", "clusterlab.lab.pytest_plugin"]  # not reinstalled yet
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", *plugin, "-q",
-         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path / "test_user.py")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *plugin,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_user.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     out = done.stdout
     assert "AssertionError: show the attached report" in out, out + done.stderr

@@ -65,8 +65,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     wanted = STRESS or config.option.verbose > 0 or os.environ.get("CLUSTERLAB_FIGURES")
     if not wanted or not _OUTCOMES:
         return
-    rows = [(f.target, f.figure, _OUTCOMES.get(f.nodeid, "?"), f.nodeid.split("::")[-1])
-            for f in _FIGURES if f.group is None]
+    rows = [
+        (f.target, f.figure, _OUTCOMES.get(f.nodeid, "?"), f.nodeid.split("::")[-1])
+        for f in _FIGURES
+        if f.group is None
+    ]
     groups: dict[tuple[str, str], list[Figure]] = {}
     for f in _FIGURES:
         if f.group is not None:
@@ -74,19 +77,30 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for (target, group), members in groups.items():
         bad = [f for f in members if _OUTCOMES.get(f.nodeid) != "passed"]
         example = members[0].figure
-        text = (f"{len(members)} {group}, {len(members) - len(bad)} passed"
-                + (f"; not passed: {', '.join(f.figure for f in bad)}" if bad
-                   else f"; e.g. {example}"))
+        text = f"{len(members)} {group}, {len(members) - len(bad)} passed" + (
+            f"; not passed: {', '.join(f.figure for f in bad)}" if bad else f"; e.g. {example}"
+        )
         rows.append((target, text, "failed" if bad else "passed", "(corpus)"))
     measured = {f.nodeid for f in _FIGURES}
-    rows += [(_TARGETS[nodeid], _XFAIL_REASONS.get(nodeid, "(no figure)"), outcome,
-              nodeid.split("::")[-1])
-             for nodeid, outcome in _OUTCOMES.items()
-             if nodeid not in measured and outcome != "passed"]
+    rows += [
+        (
+            _TARGETS[nodeid],
+            _XFAIL_REASONS.get(nodeid, "(no figure)"),
+            outcome,
+            nodeid.split("::")[-1],
+        )
+        for nodeid, outcome in _OUTCOMES.items()
+        if nodeid not in measured and outcome != "passed"
+    ]
     left = sum(_LEFT_BEHIND.values())
-    rows.append(("no process left behind",
-                 f"{len(_LEFT_BEHIND)} tests checked, {left} left a process behind",
-                 "passed" if left == 0 else "failed", "(every test's teardown)"))
+    rows.append(
+        (
+            "no process left behind",
+            f"{len(_LEFT_BEHIND)} tests checked, {left} left a process behind",
+            "passed" if left == 0 else "failed",
+            "(every test's teardown)",
+        )
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     widths = [max(w, len(h)) for w, h in zip(widths, ("target", "figure", "result"), strict=True)]
     tr = terminalreporter

@@ -150,19 +150,28 @@ def script(config: str, style: str = "asyncio") -> str:
     if style == "asyncio":
         main = f"sys.exit(asyncio.run(amain(Supervisor({config}))))"
     elif style == "run":
-        main = (f"sup = Supervisor({config})\nrecord(sup)\nstatus = sup.run()\n"
-                "out('status', status=status)\nsys.exit(status)")
+        main = (
+            f"sup = Supervisor({config})\nrecord(sup)\nstatus = sup.run()\n"
+            "out('status', status=status)\nsys.exit(status)"
+        )
     else:
         raise ValueError(style)
-    body = "if cluster.is_primary:\n" + "\n".join(
-        "    " + line for line in main.splitlines()) + "\nelse:\n    worker_main()\n"
+    body = (
+        "if cluster.is_primary:\n"
+        + "\n".join("    " + line for line in main.splitlines())
+        + "\nelse:\n    worker_main()\n"
+    )
     return COMMON + "\n" + body
 
 
 def env(port: int, inflight_dir: Path, policy: str = "rr", **extra: str) -> dict[str, str]:
     inflight_dir.mkdir(exist_ok=True)
-    return {"PORT": str(port), "INFLIGHT_DIR": str(inflight_dir),
-            "CLUSTERLAB_SCHED_POLICY": policy, **extra}
+    return {
+        "PORT": str(port),
+        "INFLIGHT_DIR": str(inflight_dir),
+        "CLUSTERLAB_SCHED_POLICY": policy,
+        **extra,
+    }
 
 
 def held_at_death(inflight_dir: Path, pid: int) -> int:
@@ -176,8 +185,7 @@ def live_workers(p) -> dict[int, dict]:
     return {r["wpid"]: r for r in p.records("ready") if r["wpid"] not in gone}
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.02):
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -191,6 +199,7 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
 # --------------------------------------------------------------------------------------------
 # Load: HTTP clients on 127.0.0.1, a new connection per request
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -214,9 +223,15 @@ class HttpLoad:
     stopped, `max_requests` reached (per client) or `duration` passed. Every request is one
     `Outcome`; a failure is named by its exception and the phase it reached."""
 
-    def __init__(self, port: int, clients: int, path: str | Callable[[int], str] = "/",
-                 timeout: float = 15.0, max_requests: int = 1_000_000,
-                 duration: float = 600.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        clients: int,
+        path: str | Callable[[int], str] = "/",
+        timeout: float = 15.0,
+        max_requests: int = 1_000_000,
+        duration: float = 600.0,
+    ) -> None:
         self.port = port
         self.path = path if callable(path) else (lambda n, _p=path: _p)
         self.timeout = timeout
@@ -226,8 +241,10 @@ class HttpLoad:
         self.stopping = threading.Event()
         self._open: dict[int, Outcome] = {}
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True,
-                                          name=f"load-{i}") for i in range(clients)]
+        self._threads = [
+            threading.Thread(target=self._client, args=(i,), daemon=True, name=f"load-{i}")
+            for i in range(clients)
+        ]
 
     def __enter__(self) -> HttpLoad:
         self.started = time.monotonic()

@@ -30,8 +30,13 @@ def expected(path: Path) -> str:
 
 def clusterlab_run(path: Path, out: Path, cwd: Path) -> tuple[int, str, str]:
     exe = shutil.which("clusterlab", path=str(Path(sys.executable).parent)) or "clusterlab"
-    done = subprocess.run([exe, "run", str(path), "--out", str(out)], capture_output=True,
-                          text=True, timeout=60, cwd=cwd)
+    done = subprocess.run(
+        [exe, "run", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -52,15 +57,24 @@ def main_run(path: Path, out: Path, capsys, monkeypatch) -> tuple[int, str, str]
 
 def test_the_corpus_covers_the_targets_cases():
     names = {p.stem for p in CORPUS}
-    for case in ("bad_toml", "users_wrong_type", "unknown_top_level_key", "unknown_load_key",
-                 "users_negative", "missing_app", "faults_not_a_list", "faults_unknown_kind",
-                 "respawn_unknown_policy"):
+    for case in (
+        "bad_toml",
+        "users_wrong_type",
+        "unknown_top_level_key",
+        "unknown_load_key",
+        "users_negative",
+        "missing_app",
+        "faults_not_a_list",
+        "faults_unknown_kind",
+        "respawn_unknown_policy",
+    ):
         assert case in names
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_bad_scenario_is_one_line_exit_2_and_nothing_written(
-        path, tmp_path, capsys, monkeypatch, figure):
+    path, tmp_path, capsys, monkeypatch, figure
+):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -79,5 +93,8 @@ def test_bad_scenario_is_one_line_exit_2_and_nothing_written(
     assert stdout == ""
     assert not out.exists(), "the output directory was created"
     assert list(cwd.iterdir()) == [], "something was written in the working directory"
-    figure(TARGET, f"{path.stem} ({how}): exit 2, {lines[0].split(': ', 2)[-1]}",
-           group="bad scenario files")
+    figure(
+        TARGET,
+        f"{path.stem} ({how}): exit 2, {lines[0].split(': ', 2)[-1]}",
+        group="bad scenario files",
+    )

@@ -13,8 +13,10 @@ pytestmark = pytest.mark.timeout(pick(40, 90))
 
 # Delays 0.2, 0.4, 0.8, 1.6, then the 2 s cap: the short run waits ~3 s, the long one ~11 s.
 LIMIT = pick(4, 8)
-BACKOFF = (f"RestartPolicy.backoff(base=0.2, factor=2, cap=2, jitter=False, "
-           f"max_restarts={LIMIT}, within=120)")
+BACKOFF = (
+    f"RestartPolicy.backoff(base=0.2, factor=2, cap=2, jitter=False, "
+    f"max_restarts={LIMIT}, within=120)"
+)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -22,12 +24,16 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-@pytest.mark.parametrize("mode,kind", [("boot_fail", "boot_failure"),
-                                       ("crash_after_boot", "crash")])
+@pytest.mark.parametrize(
+    "mode,kind", [("boot_fail", "boot_failure"), ("crash_after_boot", "crash")]
+)
 def test_crash_loop_backs_off_then_stops_at_the_limit_with_the_primary_idle(
-        start_primary, free_tcp_port, tmp_path, figure, mode, kind):
-    p = start_primary(script(f"workers=1, restart={BACKOFF}, env={{'MODE': {mode!r}}}"),
-                      env=env(free_tcp_port, tmp_path / "inflight"))
+    start_primary, free_tcp_port, tmp_path, figure, mode, kind
+):
+    p = start_primary(
+        script(f"workers=1, restart={BACKOFF}, env={{'MODE': {mode!r}}}"),
+        env=env(free_tcp_port, tmp_path / "inflight"),
+    )
     proc = psutil.Process(p.pid)
     p.wait_for("exit", timeout=30)
     # The window: from the first failure to the limit, every back-off delay waited out.
@@ -57,8 +63,13 @@ def test_crash_loop_backs_off_then_stops_at_the_limit_with_the_primary_idle(
     assert limit["restarts_in_window"] == LIMIT and limit["last_exit"] == kind
     lines = [line for line in p.stderr.splitlines() if "restart limit reached" in line]
     assert len(lines) == 1, p.stderr
-    assert (f"restart limit reached ({LIMIT} restarts within 120s, limit {LIMIT}); "
-            f"last exit: {kind} in slot 0") in lines[0]
-    figure(TARGET, f"{kind}: {LIMIT} restarts after {', '.join(f'{d:g}' for d in delays)} s, "
-                   f"then the limit (one line on stderr, exit 1); primary CPU "
-                   f"{busy:.1%} of a core over {t1 - t0:.1f} s (bound 20 %)")
+    assert (
+        f"restart limit reached ({LIMIT} restarts within 120s, limit {LIMIT}); "
+        f"last exit: {kind} in slot 0"
+    ) in lines[0]
+    figure(
+        TARGET,
+        f"{kind}: {LIMIT} restarts after {', '.join(f'{d:g}' for d in delays)} s, "
+        f"then the limit (one line on stderr, exit 1); primary CPU "
+        f"{busy:.1%} of a core over {t1 - t0:.1f} s (bound 20 %)",
+    )

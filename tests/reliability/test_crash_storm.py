@@ -22,18 +22,24 @@ pytestmark = pytest.mark.timeout(pick(60, 240))
 RESPAWN = {
     "immediate": "RestartPolicy.immediate(max_restarts=None)",
     "backoff": "RestartPolicy.backoff(base=0.05, factor=2, cap=0.4, max_restarts=None, "
-               "reset_after=0.5)",
+    "reset_after=0.5)",
 }
 
-CASES = [("rr", 2, "immediate"), ("rr", 4, "backoff"), ("none", 2, "immediate"),
-         ("none", 4, "backoff")]
+CASES = [
+    ("rr", 2, "immediate"),
+    ("rr", 4, "backoff"),
+    ("none", 2, "immediate"),
+    ("none", 4, "backoff"),
+]
 
 
 @pytest.mark.parametrize("policy,workers,respawn", CASES if STRESS else CASES[::3])
 def test_crash_storm(start_primary, free_tcp_port, tmp_path, figure, policy, workers, respawn):
     inflight = tmp_path / "inflight"
-    p = start_primary(script(f"workers={workers}, restart={RESPAWN[respawn]}, grace=5"),
-                      env=env(free_tcp_port, inflight, policy))
+    p = start_primary(
+        script(f"workers={workers}, restart={RESPAWN[respawn]}, grace=5"),
+        env=env(free_tcp_port, inflight, policy),
+    )
     p.wait_for("ready", count=workers, timeout=30)
     primary = psutil.Process(p.pid)
     time.sleep(0.2)
@@ -62,8 +68,11 @@ def test_crash_storm(start_primary, free_tcp_port, tmp_path, figure, policy, wor
     assert p.proc.poll() is None, f"the primary died in the storm\n{p.output()}"
     # Each dead worker's channel, pidfd and hand-off sockets were closed: a full house again
     # holds what it held before the storm.
-    fds_after = wait_until(lambda: (n := primary.num_fds()) == fds_before and n, 5,
-                           f"the primary's descriptors back to {fds_before}")
+    fds_after = wait_until(
+        lambda: (n := primary.num_fds()) == fds_before and n,
+        5,
+        f"the primary's descriptors back to {fds_before}",
+    )
     p.send_signal(signal.SIGUSR2)
     rr = p.wait_for("rr", timeout=10)[0]
 
@@ -94,8 +103,8 @@ def test_crash_storm(start_primary, free_tcp_port, tmp_path, figure, policy, wor
         # the next kill a second later.
         cut = [o for o in failures if t <= o.end < windows[i + 1]]
         assert len(cut) <= held[pid], (
-            f"kill {i} of {pid}: {len(cut)} failed ({HttpLoad.describe(cut)}), "
-            f"it held {held[pid]}")
+            f"kill {i} of {pid}: {len(cut)} failed ({HttpLoad.describe(cut)}), it held {held[pid]}"
+        )
     early = [o for o in failures if o.end < kills[0][0]]
     assert not early, f"failures before the first kill: {HttpLoad.describe(early)}"
     ok = len(results) - len(failures)
@@ -106,10 +115,14 @@ def test_crash_storm(start_primary, free_tcp_port, tmp_path, figure, policy, wor
 
     p.send_signal(signal.SIGUSR1)
     assert p.wait(20) == 0
-    figure(TARGET, (
-        f"{policy}, {workers} workers, {respawn}: {len(kills)} SIGKILLs, {len(kills)} "
-        f"replacements (exit→ready median {statistics.median(respawn_s) * 1000:.0f} ms, max "
-        f"{max(respawn_s) * 1000:.0f} ms); {len(failures)} of {len(results)} requests failed "
-        f"≤ {sum(held.values())} held by the killed workers ({HttpLoad.describe(failures)})"
-        + f"; primary descriptors {fds_before} before, {fds_after} after"
-        + (f"; RR dropped {rr['dropped']}, requeued {rr['requeued']}" if policy == "rr" else "")))
+    figure(
+        TARGET,
+        (
+            f"{policy}, {workers} workers, {respawn}: {len(kills)} SIGKILLs, {len(kills)} "
+            f"replacements (exit→ready median {statistics.median(respawn_s) * 1000:.0f} ms, max "
+            f"{max(respawn_s) * 1000:.0f} ms); {len(failures)} of {len(results)} requests failed "
+            f"≤ {sum(held.values())} held by the killed workers ({HttpLoad.describe(failures)})"
+            + f"; primary descriptors {fds_before} before, {fds_after} after"
+            + (f"; RR dropped {rr['dropped']}, requeued {rr['requeued']}" if policy == "rr" else "")
+        ),
+    )

@@ -23,14 +23,19 @@ CASES = [("sigstop", "rr"), ("spin", "rr"), ("sigstop", "none"), ("spin", "none"
 
 @pytest.mark.parametrize("how,policy", CASES if STRESS else CASES[:2])
 def test_hung_worker_is_detected_within_its_timeout_and_replaced(
-        start_primary, free_tcp_port, tmp_path, figure, how, policy):
+    start_primary, free_tcp_port, tmp_path, figure, how, policy
+):
     inflight = tmp_path / "inflight"
     # Single-threaded servers: a handler stuck in a loop stops the serving loop, and with it
     # the heartbeat (a threaded server's loop would keep beating).
-    p = start_primary(script(f"workers=2, restart=RestartPolicy.immediate(max_restarts=None), "
-                             f"heartbeat=HeartbeatPolicy(interval={INTERVAL}, "
-                             f"timeout={TIMEOUT}), env={{'MODE': 'single'}}"),
-                      env=env(free_tcp_port, inflight, policy))
+    p = start_primary(
+        script(
+            f"workers=2, restart=RestartPolicy.immediate(max_restarts=None), "
+            f"heartbeat=HeartbeatPolicy(interval={INTERVAL}, "
+            f"timeout={TIMEOUT}), env={{'MODE': 'single'}}"
+        ),
+        env=env(free_tcp_port, inflight, policy),
+    )
     p.wait_for("ready", count=2, timeout=30)
     detected, replaced, cut, bound, spins = [], [], 0, 0, []
     with HttpLoad(free_tcp_port, clients=4, timeout=20) as load:
@@ -48,8 +53,12 @@ def test_hung_worker_is_detected_within_its_timeout_and_replaced(
             hang = p.wait_for("hang", count=n, timeout=10)[-1]
             if how == "sigstop":
                 assert hang["wpid"] == victim
-            ready = p.wait_for(lambda r, hang=hang: r.get("tag") == "ready"
-                               and r["slot"] == hang["slot"] and r["t"] > hang["t"], timeout=10)
+            ready = p.wait_for(
+                lambda r, hang=hang: (
+                    r.get("tag") == "ready" and r["slot"] == hang["slot"] and r["t"] > hang["t"]
+                ),
+                timeout=10,
+            )
             detected.append(hang["t"] - stopped_at)
             replaced.append(ready[0]["t"] - stopped_at)
             assert load.count() > served_before, "nothing was served while a worker hung"
@@ -65,21 +74,25 @@ def test_hung_worker_is_detected_within_its_timeout_and_replaced(
         assert TIMEOUT - 2 * INTERVAL <= d <= TIMEOUT + SLACK, detected
     exits = p.records("exit")
     assert len(exits) == ROUNDS and {(e["kind"], e["signal"]) for e in exits} == {
-        ("hang", "SIGKILL")}
+        ("hang", "SIGKILL")
+    }
     failures = load.failures()
     cut = len(failures)
-    assert cut <= bound, (f"{cut} requests failed ({HttpLoad.describe(failures)}), the hung "
-                          f"workers held {bound}")
+    assert cut <= bound, (
+        f"{cut} requests failed ({HttpLoad.describe(failures)}), the hung workers held {bound}"
+    )
     p.send_signal(signal.SIGUSR1)
     assert p.wait(20) == 0
-    figure(TARGET, f"{how}, {policy}, timeout {TIMEOUT:g} s: detected after "
-                   f"{_ms(detected)}, replacement listening after {_ms(replaced)} "
-                   f"({ROUNDS} round(s)); {cut} of {len(load.snapshot())} requests failed "
-                   f"≤ {bound} held by the hung workers")
+    figure(
+        TARGET,
+        f"{how}, {policy}, timeout {TIMEOUT:g} s: detected after "
+        f"{_ms(detected)}, replacement listening after {_ms(replaced)} "
+        f"({ROUNDS} round(s)); {cut} of {len(load.snapshot())} requests failed "
+        f"≤ {bound} held by the hung workers",
+    )
 
 
 def _ms(values):
     if len(values) == 1:
         return f"{values[0] * 1000:.0f} ms"
-    return (f"median {statistics.median(values) * 1000:.0f} ms, "
-            f"max {max(values) * 1000:.0f} ms")
+    return f"median {statistics.median(values) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms"

@@ -35,7 +35,9 @@ KINDS = (_channel.INTERNAL, _channel.USER_JSON, _channel.USER_PICKLE)
 # the fuzzer leaves them out until that is fixed, so that it can look for other failures.
 KNOWN_ACTS = {"online", "queryServer", "listening", "close", "exitedAfterDisconnect"}
 
-SCRIPT = COMMON + '''
+SCRIPT = (
+    COMMON
+    + '''
 import array
 from clusterlab.cluster import _child
 
@@ -122,6 +124,7 @@ elif os.environ["ROLE"] == "fuzz":
 else:
     worker_main()
 '''
+)
 
 WRITE, WRITE_AND_LEAVE, LEAVE, WRITE_WITH_FILES = 1, 2, 3, 4
 
@@ -217,8 +220,9 @@ class Fuzzer:
 def fuzz_primary(start_primary, free_tcp_port, tmp_path):
     def start(**extra):
         ctl = tmp_path / f"ctl{len(started)}"
-        p = start_primary(SCRIPT, env=env(free_tcp_port, tmp_path / "inflight", "rr",
-                                           CTL=str(ctl), **extra))
+        p = start_primary(
+            SCRIPT, env=env(free_tcp_port, tmp_path / "inflight", "rr", CTL=str(ctl), **extra)
+        )
         fuzzer = Fuzzer(p, ctl)
         started.append(fuzzer)
         p.wait_for("listening", timeout=30)
@@ -237,8 +241,13 @@ def header(kind: int, length: int, nfds: int = 0, magic: bytes = b"CL") -> bytes
 
 def json_values():
     scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
-    return st.recursive(scalars, lambda kids: st.lists(kids, max_size=4)
-                        | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
+    return st.recursive(
+        scalars,
+        lambda kids: (
+            st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+        ),
+        max_leaves=12,
+    )
 
 
 def errors_for(kind: int, payload: bytes) -> int:
@@ -258,8 +267,11 @@ def names_known_act(kind: int, payload: bytes) -> bool:
         message = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return False
-    return kind == _channel.INTERNAL and isinstance(message, dict) and (
-        message.get("act") in KNOWN_ACTS)
+    return (
+        kind == _channel.INTERNAL
+        and isinstance(message, dict)
+        and (message.get("act") in KNOWN_ACTS)
+    )
 
 
 def frames(canary):
@@ -270,30 +282,42 @@ def frames(canary):
     payloads = st.one_of(
         st.binary(max_size=256),
         json_values().map(lambda v: json.dumps(v).encode()),
-        st.builds(lambda act, extra: json.dumps({**extra, "act": act}).encode(),
-                  st.text(max_size=12).filter(lambda a: a not in KNOWN_ACTS),
-                  st.dictionaries(st.text(max_size=8), json_values(), max_size=3)),
+        st.builds(
+            lambda act, extra: json.dumps({**extra, "act": act}).encode(),
+            st.text(max_size=12).filter(lambda a: a not in KNOWN_ACTS),
+            st.dictionaries(st.text(max_size=8), json_values(), max_size=3),
+        ),
         st.just(canary_pickle(canary)),
         st.builds(lambda v: pickle.dumps(v), json_values()),
     )
     kinds = st.sampled_from(KINDS) | st.integers(0, 255)
     frame = st.tuples(kinds, payloads).filter(lambda f: not names_known_act(*f))
     complete = st.lists(frame, min_size=1, max_size=3).map(
-        lambda fs: (b"".join(header(k, len(b)) + b for k, b in fs), 0, "ok",
-                    sum(errors_for(k, b) for k, b in fs)))
+        lambda fs: (
+            b"".join(header(k, len(b)) + b for k, b in fs),
+            0,
+            "ok",
+            sum(errors_for(k, b) for k, b in fs),
+        )
+    )
     with_fds = st.tuples(frame, st.integers(1, 3)).map(
-        lambda t: (header(t[0][0], len(t[0][1]), t[1]) + t[0][1], t[1], "ok",
-                   errors_for(*t[0])))
+        lambda t: (header(t[0][0], len(t[0][1]), t[1]) + t[0][1], t[1], "ok", errors_for(*t[0]))
+    )
     broken = st.one_of(
-        st.tuples(st.binary(min_size=2, max_size=2).filter(lambda m: m != b"CL"), kinds,
-                  st.binary(max_size=64)).map(
-            lambda t: (header(t[1], len(t[2]), magic=t[0]) + t[2], 0)),
+        st.tuples(
+            st.binary(min_size=2, max_size=2).filter(lambda m: m != b"CL"),
+            kinds,
+            st.binary(max_size=64),
+        ).map(lambda t: (header(t[1], len(t[2]), magic=t[0]) + t[2], 0)),
         st.tuples(kinds, st.integers(_channel.MAX_FRAME + 1, 2**32 - 1)).map(
-            lambda t: (header(t[0], t[1]), 0)),
+            lambda t: (header(t[0], t[1]), 0)
+        ),
         st.tuples(kinds, st.integers(_channel.MAX_FDS + 1, 255)).map(
-            lambda t: (header(t[0], 0, t[1]), 0)),
+            lambda t: (header(t[0], 0, t[1]), 0)
+        ),
         st.tuples(kinds, st.integers(1, 3), payloads).map(  # claims descriptors, sends none
-            lambda t: (header(t[0], len(t[2]), t[1]) + t[2], 0)),
+            lambda t: (header(t[0], len(t[2]), t[1]) + t[2], 0)
+        ),
     ).map(lambda t: (*t, "fatal", 1))
     raw = st.binary(min_size=1, max_size=64).map(lambda b: (b, 0, "unknown", None))
     return st.one_of(complete, with_fds), broken, raw
@@ -330,27 +354,41 @@ def test_fuzzed_frames_never_take_the_primary_down(fuzz_primary, tmp_path, figur
 
     # Each fatal write costs a new worker (a process start): fewer of those.
     with HttpLoad(port, clients=1, timeout=10) as load:
-        for strategy, examples in ((well_framed, pick(60, 400)), (broken, pick(20, 120)),
-                                   (raw, pick(5, 40))):
-            settings(max_examples=examples, deadline=None, database=None,
-                     derandomize=not STRESS, suppress_health_check=list(HealthCheck))(
-                given(strategy)(check))()
+        for strategy, examples in (
+            (well_framed, pick(60, 400)),
+            (broken, pick(20, 120)),
+            (raw, pick(5, 40)),
+        ):
+            settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                derandomize=not STRESS,
+                suppress_health_check=list(HealthCheck),
+            )(given(strategy)(check))()
     assert not canary.exists(), "a pickle was unpickled from a non-pickle frame"
     failures = load.failures()
     assert not failures, f"the serving worker failed: {HttpLoad.describe(failures)}"
     assert load.count() > 0
     fz.leave()  # a fresh fuzzer: descriptors left in the reader go with the old channel
-    wait_until(lambda: primary.num_fds() == fds_before, 5,
-               f"the primary's descriptors back to {fds_before} (now {primary.num_fds()})")
-    figure(TARGET, f"{sum(counts[k] for k in ('ok', 'fatal', 'unknown'))} fuzzed writes "
-                   f"({counts['ok']} well-framed, {counts['fatal']} broken headers, "
-                   f"{counts['unknown']} raw): primary alive, {counts['errors']} 'error' events, "
-                   f"{counts['respawns']} channels dropped; {load.count()} requests to the other "
-                   f"worker, 0 failed; no pickle read; descriptors back to {fds_before}")
+    wait_until(
+        lambda: primary.num_fds() == fds_before,
+        5,
+        f"the primary's descriptors back to {fds_before} (now {primary.num_fds()})",
+    )
+    figure(
+        TARGET,
+        f"{sum(counts[k] for k in ('ok', 'fatal', 'unknown'))} fuzzed writes "
+        f"({counts['ok']} well-framed, {counts['fatal']} broken headers, "
+        f"{counts['unknown']} raw): primary alive, {counts['errors']} 'error' events, "
+        f"{counts['respawns']} channels dropped; {load.count()} requests to the other "
+        f"worker, 0 failed; no pickle read; descriptors back to {fds_before}",
+    )
 
 
 def test_pickles_are_read_only_from_pickle_frames_of_an_advanced_channel(
-        fuzz_primary, tmp_path, figure):
+    fuzz_primary, tmp_path, figure
+):
     canary = tmp_path / "unpickled"
     payload = canary_pickle(canary)
     p, fz = fuzz_primary()
@@ -366,9 +404,12 @@ def test_pickles_are_read_only_from_pickle_frames_of_an_advanced_channel(
     assert not canary.exists()
     assert fz.write(header(_channel.USER_PICKLE, len(payload)) + payload) == "synced"
     assert canary.exists()
-    figure(TARGET, "a pickle in INTERNAL, USER_JSON, USER_PICKLE (json channel) and unknown "
-                   "kinds: 6 'error's, never unpickled; unpickled only as USER_PICKLE on an "
-                   "advanced channel (control)")
+    figure(
+        TARGET,
+        "a pickle in INTERNAL, USER_JSON, USER_PICKLE (json channel) and unknown "
+        "kinds: 6 'error's, never unpickled; unpickled only as USER_PICKLE on an "
+        "advanced channel (control)",
+    )
 
 
 def test_oversized_length_is_refused_without_allocating_it(fuzz_primary, figure):
@@ -388,9 +429,12 @@ def test_oversized_length_is_refused_without_allocating_it(fuzz_primary, figure)
     assert grown < 64 << 20, f"the primary's RSS grew {grown >> 20} MiB"
     assert p.proc.poll() is None
     fz.leave()
-    figure(TARGET, f"length 2^32-1 refused at the header ('error', channel dropped); a "
-                   f"{_channel.MAX_FRAME >> 20} MiB claim with 1 MiB sent: primary RSS "
-                   f"+{grown / (1 << 20):.1f} MiB")
+    figure(
+        TARGET,
+        f"length 2^32-1 refused at the header ('error', channel dropped); a "
+        f"{_channel.MAX_FRAME >> 20} MiB claim with 1 MiB sent: primary RSS "
+        f"+{grown / (1 << 20):.1f} MiB",
+    )
 
 
 def test_truncated_frame_at_channel_end_is_reported(fuzz_primary, figure):
@@ -403,13 +447,25 @@ def test_truncated_frame_at_channel_end_is_reported(fuzz_primary, figure):
     assert errors, "a frame cut short by the end of the channel was dropped silently"
 
 
-@pytest.mark.parametrize("message", [
-    {"act": "listening"},
-    {"act": "listening", "port": [1], "address_type": 4},
-    {"act": "close"},
-    {"act": "queryServer", "address": "127.0.0.1", "bind_host": "127.0.0.1", "port": 0,
-     "family": 2, "address_type": 4, "path": None, "backlog": 5, "ipv6_only": False},
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"act": "listening"},
+        {"act": "listening", "port": [1], "address_type": 4},
+        {"act": "close"},
+        {
+            "act": "queryServer",
+            "address": "127.0.0.1",
+            "bind_host": "127.0.0.1",
+            "port": 0,
+            "family": 2,
+            "address_type": 4,
+            "path": None,
+            "backlog": 5,
+            "ipv6_only": False,
+        },
+    ],
+)
 def test_internal_message_with_bad_fields_is_an_error(fuzz_primary, message):
     p, fz = fuzz_primary()
     payload = orjson.dumps(message)
@@ -422,7 +478,8 @@ def test_message_with_a_descriptor_that_is_not_a_socket_is_an_error(fuzz_primary
     p, fz = fuzz_primary()
     # What `cluster.worker.send(message, open(path))` in a worker also sends.
     payload = orjson.dumps({"hello": 1})
-    outcome = fz.write(header(_channel.USER_JSON, len(payload), 1) + payload, 1, wait=5,
-                       op=WRITE_WITH_FILES)
+    outcome = fz.write(
+        header(_channel.USER_JSON, len(payload), 1) + payload, 1, wait=5, op=WRITE_WITH_FILES
+    )
     assert p.proc.poll() is None, "the primary died"
     assert outcome == "synced" and fz.records("error")

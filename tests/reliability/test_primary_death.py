@@ -17,11 +17,14 @@ pytestmark = pytest.mark.timeout(pick(40, 90))
 
 @pytest.mark.parametrize("policy", ["rr", "none"])
 def test_primary_sigkill_under_load_leaves_no_worker_2s_later(
-        start_primary, free_tcp_port, tmp_path, figure, policy):
+    start_primary, free_tcp_port, tmp_path, figure, policy
+):
     gone_after = []
     for _ in range(pick(1, 3)):
-        p = start_primary(script(f"workers={WORKERS}, restart=RestartPolicy.immediate()"),
-                          env=env(free_tcp_port, tmp_path / "inflight", policy))
+        p = start_primary(
+            script(f"workers={WORKERS}, restart=RestartPolicy.immediate()"),
+            env=env(free_tcp_port, tmp_path / "inflight", policy),
+        )
         pids = [r["wpid"] for r in p.wait_for("ready", count=WORKERS, timeout=30)]
         with HttpLoad(free_tcp_port, clients=2 * WORKERS, path="/?ms=20", timeout=5) as load:
             wait_until(lambda: load.count() >= 20, 10, "20 requests served")  # noqa: B023
@@ -40,18 +43,23 @@ def test_primary_sigkill_under_load_leaves_no_worker_2s_later(
             assert alive == [], f"workers alive 2 s after the primary's SIGKILL: {alive}"
         assert load.served_by(), "the load never got an answer"
         gone_after.append(last_gone)
-    figure(TARGET, f"SIGKILL, {policy}, {WORKERS} workers under load: every worker gone "
-                   f"{max(gone_after) * 1000:.0f} ms after (bound 2000 ms), "
-                   f"{len(gone_after)} run(s)")
+    figure(
+        TARGET,
+        f"SIGKILL, {policy}, {WORKERS} workers under load: every worker gone "
+        f"{max(gone_after) * 1000:.0f} ms after (bound 2000 ms), "
+        f"{len(gone_after)} run(s)",
+    )
 
 
 @pytest.mark.parametrize("policy", ["rr", "none"])
 def test_primary_sigterm_under_load_fails_no_request_then_all_exit(
-        start_primary, free_tcp_port, tmp_path, figure, policy):
+    start_primary, free_tcp_port, tmp_path, figure, policy
+):
     clients = pick(3, 8) * WORKERS
-    p = start_primary(script(f"workers={WORKERS}, restart=RestartPolicy.immediate()",
-                             style="run"),
-                      env=env(free_tcp_port, tmp_path / "inflight", policy))
+    p = start_primary(
+        script(f"workers={WORKERS}, restart=RestartPolicy.immediate()", style="run"),
+        env=env(free_tcp_port, tmp_path / "inflight", policy),
+    )
     pids = [r["wpid"] for r in p.wait_for("ready", count=WORKERS, timeout=30)]
     ms = 300
     with HttpLoad(free_tcp_port, clients=clients, path=f"/?ms={ms}", timeout=20) as load:
@@ -63,8 +71,11 @@ def test_primary_sigterm_under_load_fails_no_request_then_all_exit(
         # A request still waiting for a worker (queued at the primary, or in the listener's
         # backlog) when the listeners close is refused: that is not "in flight" and would
         # make the count racy, so signal once each request in flight is inside a worker.
-        wait_until(lambda: all(o.headers_at for o in load.in_flight()), 10,
-                   "every request in flight answering")
+        wait_until(
+            lambda: all(o.headers_at for o in load.in_flight()),
+            10,
+            "every request in flight answering",
+        )
         term_at = time.monotonic()
         p.send_signal(signal.SIGTERM)
         load.stop()
@@ -78,9 +89,12 @@ def test_primary_sigterm_under_load_fails_no_request_then_all_exit(
     assert not p.records("scheduled"), "the supervisor restarted a worker after SIGTERM"
     wait_no_descendants(3.0)
     assert not [pid for pid in pids if pid_alive(pid)]
-    figure(TARGET, f"SIGTERM, {policy}, {WORKERS} workers, {clients} clients: 0 of "
-                   f"{len(results)} requests failed, {len(across)} of them in flight at the "
-                   f"signal and finished after it; exit 143, no worker left")
+    figure(
+        TARGET,
+        f"SIGTERM, {policy}, {WORKERS} workers, {clients} clients: 0 of "
+        f"{len(results)} requests failed, {len(across)} of them in flight at the "
+        f"signal and finished after it; exit 143, no worker left",
+    )
 
 
 def _inside_and_young(load, seconds):
@@ -89,12 +103,14 @@ def _inside_and_young(load, seconds):
 
 
 def test_primary_sigterm_with_saturated_workers_drops_no_accepted_connection(
-        start_primary, free_tcp_port, tmp_path, figure):
+    start_primary, free_tcp_port, tmp_path, figure
+):
     # Single-threaded workers busy 200 ms a request, 12 clients: each worker holds its full
     # hand-off window (4 connections handed, not yet taken) when the SIGTERM comes.
-    p = start_primary(script("workers=2, restart=RestartPolicy.immediate(), "
-                             "env={'MODE': 'single'}", style="run"),
-                      env=env(free_tcp_port, tmp_path / "inflight", "rr"))
+    p = start_primary(
+        script("workers=2, restart=RestartPolicy.immediate(), env={'MODE': 'single'}", style="run"),
+        env=env(free_tcp_port, tmp_path / "inflight", "rr"),
+    )
     p.wait_for("ready", count=2, timeout=30)
     with HttpLoad(free_tcp_port, clients=12, path="/?ms=200", timeout=20) as load:
         time.sleep(1.0)
@@ -104,7 +120,10 @@ def test_primary_sigterm_with_saturated_workers_drops_no_accepted_connection(
     assert p.wait(30) == 143, p.output()
     rr = p.one("stopped")["rr"]
     failed = [o for o in load.failures() if o.start < term_at]
-    figure(TARGET, f"SIGTERM, rr, 2 saturated single-threaded workers, 12 clients: RR dropped "
-                   f"{rr['dropped']} (requeued {rr['requeued']}); {len(failed)} requests sent "
-                   f"before the signal failed ({HttpLoad.describe(failed)})")
+    figure(
+        TARGET,
+        f"SIGTERM, rr, 2 saturated single-threaded workers, 12 clients: RR dropped "
+        f"{rr['dropped']} (requeued {rr['requeued']}); {len(failed)} requests sent "
+        f"before the signal failed ({HttpLoad.describe(failed)})",
+    )
     assert rr["dropped"] == 0, rr

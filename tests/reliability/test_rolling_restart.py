@@ -15,13 +15,17 @@ pytestmark = pytest.mark.timeout(pick(40, 240))
 
 @pytest.mark.parametrize("policy", ["rr", "none"])
 def test_rolling_restart_under_load_fails_no_request(
-        start_primary, free_tcp_port, tmp_path, figure, policy):
-    p = start_primary(script(f"workers={WORKERS}, grace=10"),
-                      env=env(free_tcp_port, tmp_path / "inflight", policy))
+    start_primary, free_tcp_port, tmp_path, figure, policy
+):
+    p = start_primary(
+        script(f"workers={WORKERS}, grace=10"),
+        env=env(free_tcp_port, tmp_path / "inflight", policy),
+    )
     p.wait_for("ready", count=WORKERS, timeout=30)
     # Requests of 0-40 ms: a worker told to disconnect still holds some, which it must finish.
-    with HttpLoad(free_tcp_port, clients=3 * WORKERS, path=lambda n: f"/?ms={n % 5 * 10}",
-                  timeout=20) as load:
+    with HttpLoad(
+        free_tcp_port, clients=3 * WORKERS, path=lambda n: f"/?ms={n % 5 * 10}", timeout=20
+    ) as load:
         time.sleep(0.5)
         for n in range(1, ROLLS + 1):
             p.send_signal(signal.SIGHUP)
@@ -42,13 +46,16 @@ def test_rolling_restart_under_load_fails_no_request(
         spawned = next(r for r in ready if r["wpid"] == e["wpid"])
         successor = next(r for r in ready if r["slot"] == e["slot"] and r["t"] > spawned["t"])
         assert successor["t"] < e["t"], f"{e['wpid']} exited before its replacement was ready"
-        finished_by_old += sum(1 for o in results if o.worker == e["wpid"]
-                               and o.start < successor["t"] < o.end)
+        finished_by_old += sum(
+            1 for o in results if o.worker == e["wpid"] and o.start < successor["t"] < o.end
+        )
     newest = {r["wpid"] for r in ready[-WORKERS:]}
     assert newest <= set(load.served_by()), "the last replacements served nothing"
     p.send_signal(signal.SIGUSR1)
     assert p.wait(20) == 0
-    figure(TARGET, f"{policy}, {WORKERS} workers, {ROLLS} roll(s): 0 of {len(results)} "
-                   f"requests failed; {finished_by_old} were in flight on a worker as it was "
-                   "told to leave, and finished")
-
+    figure(
+        TARGET,
+        f"{policy}, {WORKERS} workers, {ROLLS} roll(s): 0 of {len(results)} "
+        f"requests failed; {finished_by_old} were in flight on a worker as it was "
+        "told to leave, and finished",
+    )

@@ -107,14 +107,20 @@ def test_rr_handoffs_leave_the_primary_descriptors_at_baseline(start_primary, fi
     took = time.monotonic() - started
     assert not load.failed, f"{len(load.failed)} failed: {load.failed[:5]}"
     assert load.served == HANDOFFS
-    after = wait_until(lambda: (n := primary.num_fds()) == baseline and n or None, 5,
-                       f"the primary's descriptors back to {baseline}")
+    after = wait_until(
+        lambda: (n := primary.num_fds()) == baseline and n or None,
+        5,
+        f"the primary's descriptors back to {baseline}",
+    )
     p.send_signal(signal.SIGUSR2)
     rr = p.wait_for("rr", timeout=10)[0]
     assert rr["dropped"] == 0 and rr["queued"] == 0, rr
     assert rr["handed"] >= HANDOFFS + warm.served
     p.send_signal(signal.SIGTERM)
     assert p.wait(20) == 0
-    figure(TARGET, f"{HANDOFFS} hand-offs in {took:.1f} s ({HANDOFFS / took:.0f}/s): primary "
-                   f"descriptors {baseline} before, peak {peak[0]}, {after} after; "
-                   f"0 failed, RR dropped 0")
+    figure(
+        TARGET,
+        f"{HANDOFFS} hand-offs in {took:.1f} s ({HANDOFFS / took:.0f}/s): primary "
+        f"descriptors {baseline} before, peak {peak[0]}, {after} after; "
+        f"0 failed, RR dropped 0",
+    )

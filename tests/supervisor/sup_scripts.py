@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from conftest import SUPERVISOR_RECORD
 
-COMMON = '''
+COMMON = """
 import asyncio, dataclasses, signal
 from http.server import BaseHTTPRequestHandler
 from clusterlab.supervisor import (HeartbeatPolicy, RestartPolicy, Supervisor, heartbeat,
@@ -93,7 +93,7 @@ async def amain(sup):
     status = await sup.serve()
     out("status", status=status)
     return status
-'''
+"""
 COMMON = COMMON.replace("{SUPERVISOR_RECORD}", SUPERVISOR_RECORD)
 
 
@@ -102,13 +102,17 @@ def script(config: str, style: str = "asyncio") -> str:
     if style == "asyncio":
         main = "sys.exit(asyncio.run(amain(Supervisor({config}))))"
     elif style == "run":
-        main = ("sup = Supervisor({config})\nrecord(sup)\nstatus = sup.run()\n"
-                "out('status', status=status)\nsys.exit(status)")
+        main = (
+            "sup = Supervisor({config})\nrecord(sup)\nstatus = sup.run()\n"
+            "out('status', status=status)\nsys.exit(status)"
+        )
     elif style == "start":
         main = "sup = Supervisor({config})\nrecord(sup)\nsup.start()\nout('started')"
     else:
         raise ValueError(style)
-    body = "if cluster.is_primary:\n" + "\n".join(
-        "    " + line for line in main.format(config=config).splitlines()
-    ) + "\nelse:\n    worker_main()\n"
+    body = (
+        "if cluster.is_primary:\n"
+        + "\n".join("    " + line for line in main.format(config=config).splitlines())
+        + "\nelse:\n    worker_main()\n"
+    )
     return COMMON + "\n" + body

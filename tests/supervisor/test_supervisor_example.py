@@ -25,8 +25,9 @@ def _get(port, path="/"):
 
 
 def test_supervised_example_restarts_crashed_and_hung_workers(start_primary, free_tcp_port):
-    p = start_primary(script=EXAMPLE, cwd=EXAMPLE.parent,
-                      env={"PORT": str(free_tcp_port), "RUN_FOR": "4"})
+    p = start_primary(
+        script=EXAMPLE, cwd=EXAMPLE.parent, env={"PORT": str(free_tcp_port), "RUN_FOR": "4"}
+    )
     p.wait_for_text("ready in slot 1", timeout=10)
     status, body = _get(free_tcp_port)
     assert status == 200 and body.startswith("hello from worker"), body

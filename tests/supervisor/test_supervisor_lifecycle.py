@@ -16,11 +16,14 @@ pytestmark = pytest.mark.timeout(40)
 HB = "heartbeat=HeartbeatPolicy(interval=0.1, timeout=0.8)"
 
 
-@pytest.mark.parametrize("mode,how", [("serve", "sigstop"), ("single", "spin"),
-                                      ("asyncio", "spin")])
+@pytest.mark.parametrize(
+    "mode,how", [("serve", "sigstop"), ("single", "spin"), ("asyncio", "spin")]
+)
 def test_hung_worker_replaced_within_heartbeat_timeout(start_primary, free_tcp_port, mode, how):
-    p = start_primary(script(f"workers=1, {HB}, restart=RestartPolicy.immediate(), "
-                             f"env={{'MODE': {mode!r}}}"), env={"PORT": str(free_tcp_port)})
+    p = start_primary(
+        script(f"workers=1, {HB}, restart=RestartPolicy.immediate(), env={{'MODE': {mode!r}}}"),
+        env={"PORT": str(free_tcp_port)},
+    )
     first = p.wait_for("ready")[0]
     time.sleep(0.5)  # heartbeats flowing: no false positive meanwhile
     assert not p.records("hang")
@@ -63,8 +66,10 @@ def _load(port, stop, results):
 
 @pytest.mark.parametrize("policy", ["rr", "none"])
 def test_rolling_restart_under_load_fails_no_request(start_primary, free_tcp_port, policy):
-    p = start_primary(script(f"workers=2, {HB}, grace=5"),
-                      env={"PORT": str(free_tcp_port), "CLUSTERLAB_SCHED_POLICY": policy})
+    p = start_primary(
+        script(f"workers=2, {HB}, grace=5"),
+        env={"PORT": str(free_tcp_port), "CLUSTERLAB_SCHED_POLICY": policy},
+    )
     old = {r["wpid"] for r in p.wait_for("ready", count=2)}
     stop, results = threading.Event(), []
     loader = threading.Thread(target=_load, args=(free_tcp_port, stop, results))
@@ -96,8 +101,10 @@ def test_rolling_restart_under_load_fails_no_request(start_primary, free_tcp_por
 
 
 def test_graceful_stop_kills_a_worker_that_ignores_disconnect(start_primary, free_tcp_port):
-    p = start_primary(script("workers=2, env=lambda slot: {'MODE': ['stubborn', 'serve'][slot]}"),
-                      env={"PORT": str(free_tcp_port), "STOP_GRACE": "0.6"})
+    p = start_primary(
+        script("workers=2, env=lambda slot: {'MODE': ['stubborn', 'serve'][slot]}"),
+        env={"PORT": str(free_tcp_port), "STOP_GRACE": "0.6"},
+    )
     p.wait_for("ready", count=2)
     t0 = time.monotonic()
     p.send_signal(signal.SIGUSR1)

@@ -37,10 +37,17 @@ def test_no_jitter_and_immediate_and_never():
     assert never.mode == "never" and never.max_restarts is None
 
 
-@pytest.mark.parametrize("kw", [
-    {"mode": "sometimes"}, {"base": -1}, {"factor": 0.5}, {"cap": float("nan")},
-    {"max_restarts": -1}, {"within": -2},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"mode": "sometimes"},
+        {"base": -1},
+        {"factor": 0.5},
+        {"cap": float("nan")},
+        {"max_restarts": -1},
+        {"within": -2},
+    ],
+)
 def test_restart_policy_rejects_bad_values(kw):
     with pytest.raises(ValueError):
         RestartPolicy(**kw)

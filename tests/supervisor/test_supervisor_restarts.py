@@ -26,8 +26,10 @@ def gaps(p, slot=None):
 
 
 def test_keeps_n_alive_after_sigkills(start_primary, free_tcp_port):
-    p = start_primary(script("workers=2, restart=RestartPolicy.immediate(max_restarts=10)",
-                             style="run"), env={"PORT": str(free_tcp_port)})
+    p = start_primary(
+        script("workers=2, restart=RestartPolicy.immediate(max_restarts=10)", style="run"),
+        env={"PORT": str(free_tcp_port)},
+    )
     first = p.wait_for("ready", count=2)
     for k, victim in enumerate(first):
         os.kill(victim["wpid"], signal.SIGKILL)
@@ -44,17 +46,27 @@ def test_keeps_n_alive_after_sigkills(start_primary, free_tcp_port):
     assert not p.records("scheduled")[2:]
 
 
-@pytest.mark.parametrize("policy,expect", [
-    ("RestartPolicy.immediate(max_restarts=4, within=30)", "immediate"),
-    ("RestartPolicy.backoff(base=0.1, factor=2, cap=1, jitter=False, max_restarts=4, "
-     "within=30)", "growing"),
-    ("RestartPolicy.backoff(base=0.2, factor=2, cap=1, seed=3, max_restarts=4, within=30)",
-     "jitter"),
-])
+@pytest.mark.parametrize(
+    "policy,expect",
+    [
+        ("RestartPolicy.immediate(max_restarts=4, within=30)", "immediate"),
+        (
+            "RestartPolicy.backoff(base=0.1, factor=2, cap=1, jitter=False, max_restarts=4, "
+            "within=30)",
+            "growing",
+        ),
+        (
+            "RestartPolicy.backoff(base=0.2, factor=2, cap=1, seed=3, max_restarts=4, within=30)",
+            "jitter",
+        ),
+    ],
+)
 def test_restart_delays(run_primary, free_tcp_port, policy, expect):
-    res = run_primary(script(f"workers=1, restart={policy}, on_limit='stop', "
-                             "env={'MODE': 'boot_fail'}"),
-                      env={"PORT": str(free_tcp_port)}, timeout=30)
+    res = run_primary(
+        script(f"workers=1, restart={policy}, on_limit='stop', env={{'MODE': 'boot_fail'}}"),
+        env={"PORT": str(free_tcp_port)},
+        timeout=30,
+    )
     res.check(1)
     measured = gaps(res._p)
     assert len(measured) == 4, res.output()
@@ -72,12 +84,17 @@ def test_restart_delays(run_primary, free_tcp_port, policy, expect):
 
 
 def test_crash_loop_backs_off_then_stops_at_the_limit_without_spinning(
-        start_primary, free_tcp_port):
+    start_primary, free_tcp_port
+):
     """Slot 1 fails at boot for ever, slot 0 serves; after the limit the primary idles."""
-    p = start_primary(script(
-        "workers=2, on_limit='keep', env=lambda slot: {'MODE': ['serve', 'boot_fail'][slot]}, "
-        "restart=RestartPolicy.backoff(base=0.1, factor=2, cap=2, jitter=False, "
-        "max_restarts=4, within=60)"), env={"PORT": str(free_tcp_port)})
+    p = start_primary(
+        script(
+            "workers=2, on_limit='keep', env=lambda slot: {'MODE': ['serve', 'boot_fail'][slot]}, "
+            "restart=RestartPolicy.backoff(base=0.1, factor=2, cap=2, jitter=False, "
+            "max_restarts=4, within=60)"
+        ),
+        env={"PORT": str(free_tcp_port)},
+    )
     limit = p.wait_for("limit", timeout=20)[0]
     first = p.records("scheduled")[0]
     # The primary's own CPU during the crash loop (forks included): far from a spin.
@@ -103,10 +120,13 @@ def test_crash_loop_backs_off_then_stops_at_the_limit_without_spinning(
 
 
 def test_boot_failure_vs_crash(start_primary, free_tcp_port):
-    p = start_primary(script(
-        "workers=3, restart=RestartPolicy.never(), "
-        "env=lambda slot: {'MODE': ['boot_fail', 'crash', 'serve'][slot]}"),
-        env={"PORT": str(free_tcp_port)})
+    p = start_primary(
+        script(
+            "workers=3, restart=RestartPolicy.never(), "
+            "env=lambda slot: {'MODE': ['boot_fail', 'crash', 'serve'][slot]}"
+        ),
+        env={"PORT": str(free_tcp_port)},
+    )
     p.wait_for("exit", count=2)
     kinds = {e["slot"]: (e["kind"], e["code"]) for e in p.records("exit")}
     assert kinds == {0: ("boot_failure", 3), 1: ("crash", 5)}
@@ -122,10 +142,15 @@ def test_boot_failure_vs_crash(start_primary, free_tcp_port):
 def test_plain_script_keeps_restarting_while_no_worker_is_alive(run_primary, free_tcp_port):
     """`sup.start()` and the main script ends: backoff waits with zero workers alive must not
     let the cluster's loop end the primary; the limit ends it."""
-    res = run_primary(script(
-        "workers=1, env={'MODE': 'boot_fail'}, restart=RestartPolicy.backoff(base=0.2, "
-        "jitter=False, max_restarts=2, within=30)", style="start"),
-        env={"PORT": str(free_tcp_port)}, timeout=20)
+    res = run_primary(
+        script(
+            "workers=1, env={'MODE': 'boot_fail'}, restart=RestartPolicy.backoff(base=0.2, "
+            "jitter=False, max_restarts=2, within=30)",
+            style="start",
+        ),
+        env={"PORT": str(free_tcp_port)},
+        timeout=20,
+    )
     res.check(0)
     assert len(res.records("spawn")) == 3
     assert res.one("limit")["restarts_in_window"] == 2
