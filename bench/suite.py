@@ -15,7 +15,7 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport):
 * ``respawn``: SIGKILL of a worker → replacement ``'listening'``, median of 20, per start method
   (``--respawn-start-methods``), vs Node.js ``fork()`` → ``'listening'`` (``bench/respawn.py`` vs
   ``node/respawn.js``), alternating runs;
-* ``scaling``: ``/cpu?ms=2`` of the lab's built-in target (``python -m clusterlab.lab.target``),
+* ``scaling``: ``/cpu?ms=2`` of the lab's built-in target (``python -m clusterlab.lab.spawned.target``),
   keep-alive wrk, 1 worker vs N workers (``--scaling-workers``, default 1 and
   ``available_parallelism()``): the speed-up against 0.9 × the cores left once wrk took its share;
 * ``primary``: the primary's own CPU % and RSS under RR at the anchor load (new connection per
@@ -493,7 +493,7 @@ class Suite:
         argv = [
             "{python}",
             "-m",
-            "clusterlab.lab.target",
+            "clusterlab.lab.spawned.target",
             "--workers",
             "{workers}",
             "--policy",

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bundled_scenarios() -> dict[str, Path]:
-    folder = resources.files("clusterlab.lab").joinpath("scenarios")
+    folder = resources.files("clusterlab.lab.config").joinpath("scenarios")
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
 
 
@@ -96,10 +96,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clusterlab.lab.progress import ConsoleProgress
-    from clusterlab.lab.report import build_report, markdown_table, summary_table
-    from clusterlab.lab.runner import default_out_dir, run_scenario
-    from clusterlab.lab.scenario import ScenarioError, load_scenario
+    from clusterlab.lab.config.scenario import ScenarioError, load_scenario
+    from clusterlab.lab.output.report import build_report, markdown_table, summary_table
+    from clusterlab.lab.running.progress import ConsoleProgress
+    from clusterlab.lab.running.runner import default_out_dir, run_scenario
 
     try:
         scenario = load_scenario(_resolve(args.scenario))
@@ -119,8 +119,8 @@ def _run(args: argparse.Namespace) -> int:
     outcome = run_scenario(scenario, out, ConsoleProgress(quiet=args.quiet))
     report = build_report(out)
     if not args.quiet:
-        from clusterlab.lab.metrics import aggregate
-        from clusterlab.lab.results import load_results
+        from clusterlab.lab.analysis.metrics import aggregate
+        from clusterlab.lab.analysis.tables import load_results
 
         results = load_results(out).results
         table = summary_table(aggregate(results)) if not results.empty else None
@@ -140,8 +140,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_gates(scenario: object, out: Path, quiet: bool) -> bool:
     """Check the scenario's [gates] on the run's summary; write gates.{json,md,xml}."""
-    from clusterlab.lab import ci_output
-    from clusterlab.lab.gates import check_gates
+    from clusterlab.lab.ci import outputs as ci_output
+    from clusterlab.lab.config.gates import check_gates
 
     gates = getattr(scenario, "gates", ())
     if not gates:
@@ -157,8 +157,15 @@ def _check_gates(scenario: object, out: Path, quiet: bool) -> bool:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from clusterlab.lab import baseline, ci_output
-    from clusterlab.lab.compare import COMPARED, DERIVED, CompareInputError, compare, load_summary
+    from clusterlab.lab.ci import baseline
+    from clusterlab.lab.ci import outputs as ci_output
+    from clusterlab.lab.ci.compare import (
+        COMPARED,
+        DERIVED,
+        CompareInputError,
+        compare,
+        load_summary,
+    )
 
     thresholds: dict[str, float] = {}
     default = 0.10
@@ -207,8 +214,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _baseline(args: argparse.Namespace) -> int:
-    from clusterlab.lab import baseline
-    from clusterlab.lab.compare import CompareInputError
+    from clusterlab.lab.ci import baseline
+    from clusterlab.lab.ci.compare import CompareInputError
 
     try:
         if args.action == "save":
@@ -223,7 +230,7 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from clusterlab.lab.report import build_report
+    from clusterlab.lab.output.report import build_report
 
     if not (args.directory / "meta.json").is_file():
         print(
@@ -238,7 +245,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from clusterlab import available_parallelism
-    from clusterlab.lab import target
+    from clusterlab.lab.spawned import target
 
     workers = args.workers or available_parallelism()
     if workers < 1 or not 0 <= args.port <= 65535:
@@ -263,7 +270,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _scenarios(args: argparse.Namespace) -> int:
-    from clusterlab.lab.scenario import ScenarioError, load_scenario
+    from clusterlab.lab.config.scenario import ScenarioError, load_scenario
 
     files = args.files or sorted(bundled_scenarios().values())
     status = EXIT_OK
@@ -279,7 +286,7 @@ def _scenarios(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from clusterlab.lab.machine import machine_facts
+    from clusterlab.lab.running.machine import machine_facts
 
     print(json.dumps(machine_facts(), indent=2))
     return EXIT_OK

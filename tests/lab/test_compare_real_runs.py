@@ -17,7 +17,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from clusterlab.cli import main
-from clusterlab.lab.compare import NOISY_OTHER_CPU, other_cpu
+from clusterlab.lab.ci.compare import NOISY_OTHER_CPU, other_cpu
 
 SCENARIO = """
 name = "ab"

@@ -6,7 +6,7 @@ import math
 import pytest
 from compare_fixtures import summary
 
-from clusterlab.lab.compare import compare, judge, metric_samples, min_p_value
+from clusterlab.lab.ci.compare import compare, judge, metric_samples, min_p_value
 
 
 def test_min_p_value_is_the_exact_u_test_floor():

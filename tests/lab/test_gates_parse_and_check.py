@@ -4,8 +4,8 @@ one line) and the check on a run's summary."""
 import pytest
 from compare_fixtures import summary
 
-from clusterlab.lab.gates import check_gates, parse_gates
-from clusterlab.lab.scenario import ScenarioError, parse_scenario
+from clusterlab.lab.config.gates import check_gates, parse_gates
+from clusterlab.lab.config.scenario import ScenarioError, parse_scenario
 
 RUN = summary(
     {

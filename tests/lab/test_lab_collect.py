@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clusterlab.lab.collect import (
+from clusterlab.lab.running.load import LoadOutcome
+from clusterlab.lab.running.rows import (
     _unreset,
     count_at,
     generator_bound,
     per_second,
     worker_rows,
 )
-from clusterlab.lab.loadgen import LoadOutcome
 
 
 def test_count_at_interpolates_between_reports_and_holds_at_the_ends():

@@ -8,8 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from clusterlab.lab import plots, recovery
-from clusterlab.lab.results import COLUMNS
+from clusterlab.lab.analysis import recovery
+from clusterlab.lab.analysis.tables import COLUMNS
+from clusterlab.lab.output import plots
 
 KEYS = {"point": 0, "repeat": 0, "workload": "w", "policy": "rr", "workers": 2}
 

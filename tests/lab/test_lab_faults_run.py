@@ -108,7 +108,7 @@ def test_a_crash_run_succeeds_and_draws_the_timeline_and_the_recovery_table(cras
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 5
     summary = json.loads((out / "summary.json").read_text())
     schema = json.loads(
-        resources.files("clusterlab.lab").joinpath("summary.schema.json").read_text()
+        resources.files("clusterlab.lab.analysis").joinpath("summary.schema.json").read_text()
     )
     jsonschema.validate(summary, schema)
     assert summary["schema_version"] == 2 and summary["plots"]["timeline"] == "timeline.png"

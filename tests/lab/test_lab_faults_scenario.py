@@ -10,7 +10,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from clusterlab.lab.scenario import Fault, Heartbeat, Respawn, ScenarioError, load_scenario, schema
+from clusterlab.lab.config.scenario import (
+    Fault,
+    Heartbeat,
+    Respawn,
+    ScenarioError,
+    load_scenario,
+    schema,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = """

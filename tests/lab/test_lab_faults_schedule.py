@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from clusterlab.lab.control import TargetError
-from clusterlab.lab.faults import FaultInjector, PlannedFault, fault_times, schedule
-from clusterlab.lab.scenario import Fault
+from clusterlab.lab.config.scenario import Fault
+from clusterlab.lab.running.faults import FaultInjector, PlannedFault, fault_times, schedule
+from clusterlab.lab.running.targets import TargetError
 
 
 def test_interval_faults_start_one_interval_in_and_stop_before_the_end():

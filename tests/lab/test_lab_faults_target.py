@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from clusterlab.lab.control import ClusterTarget, TargetConfig, free_port, start_target
-from clusterlab.lab.scenario import Respawn, Target
+from clusterlab.lab.config.scenario import Respawn, Target
+from clusterlab.lab.running.targets import ClusterTarget, TargetConfig, free_port, start_target
 
 
 def wait_for(target: ClusterTarget, predicate, timeout=15.0) -> dict:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from clusterlab.lab.loadgen import LoadError, read_load, start_load, stop_load, wait_load
-from clusterlab.lab.scenario import Load, Workload
+from clusterlab.lab.config.scenario import Load, Workload
+from clusterlab.lab.running.load import LoadError, read_load, start_load, stop_load, wait_load
 
 HELLO = Workload("hello", (("/hello", 1.0),))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clusterlab.lab.metrics import (
+from clusterlab.lab.analysis.metrics import (
     aggregate,
     coefficient_of_variation,
     fairness_columns,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterlab.lab.plan import build_plan, group_by_target, load_processes, resolve_workers
-from clusterlab.lab.scenario import Load, parse_scenario
+from clusterlab.lab.config.plan import build_plan, group_by_target, load_processes, resolve_workers
+from clusterlab.lab.config.scenario import Load, parse_scenario
 
 
 def _scenario(**sweep):
@@ -55,6 +55,6 @@ def test_auto_processes_leave_the_workers_their_cpus_but_never_zero():
 
 def test_bundled_scenarios_plan_without_error():
     for path in Path(__file__).resolve().parents[2].joinpath("scenarios").glob("*.toml"):
-        from clusterlab.lab.scenario import load_scenario
+        from clusterlab.lab.config.scenario import load_scenario
 
         assert build_plan(load_scenario(path), 2)

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from clusterlab.lab import load_results
-from clusterlab.lab.metrics import jain_index
+from clusterlab.lab.analysis.metrics import jain_index
 
 TINY = """
 name = "tiny"
@@ -143,7 +143,7 @@ def test_summary_json_follows_its_published_schema(tiny_run):
     _, out = tiny_run
     summary = json.loads((out / "summary.json").read_text())
     schema = json.loads(
-        resources.files("clusterlab.lab").joinpath("summary.schema.json").read_text()
+        resources.files("clusterlab.lab.analysis").joinpath("summary.schema.json").read_text()
     )
     jsonschema.validate(summary, schema)
     assert summary["run"]["partial"] is False and summary["run"]["measured_points"] == 2
@@ -318,6 +318,6 @@ duration = 1
     assert row["requests"] < counting_server.counts()["requests"] - before
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["share.png"]
     schema = json.loads(
-        resources.files("clusterlab.lab").joinpath("summary.schema.json").read_text()
+        resources.files("clusterlab.lab.analysis").joinpath("summary.schema.json").read_text()
     )
     jsonschema.validate(json.loads((tmp_path / "out" / "summary.json").read_text()), schema)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from clusterlab.lab.sampler import Sampler, window_usage
+from clusterlab.lab.running.sampler import Sampler, window_usage
 
 
 @pytest.fixture

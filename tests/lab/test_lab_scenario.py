@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from clusterlab.lab.scenario import ScenarioError, load_scenario, schema
+from clusterlab.lab.config.scenario import ScenarioError, load_scenario, schema
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = sorted((ROOT / "scenarios").glob("*.toml"))
@@ -33,7 +33,7 @@ def test_the_five_bundled_scenarios_exist_and_load():
 
 
 def test_bundled_scenarios_are_the_packaged_ones():
-    packaged = resources.files("clusterlab.lab").joinpath("scenarios")
+    packaged = resources.files("clusterlab.lab.config").joinpath("scenarios")
     for path in BUNDLED:
         assert path.read_text() == packaged.joinpath(path.name).read_text()
 
@@ -47,7 +47,7 @@ def test_bundled_scenarios_pass_the_shipped_json_schema():
 
 def test_the_schema_file_is_itself_a_valid_json_schema():
     jsonschema.Draft202012Validator.check_schema(schema())
-    text = resources.files("clusterlab.lab").joinpath("summary.schema.json").read_text()
+    text = resources.files("clusterlab.lab.analysis").joinpath("summary.schema.json").read_text()
     jsonschema.Draft202012Validator.check_schema(json.loads(text))
 
 

@@ -38,9 +38,10 @@ pytestmark = pytest.mark.slow
 def test_a_user_test_runs_a_scenario_with_the_fixture(tmp_path):
     (tmp_path / "test_user.py").write_text(USER_TEST)
     installed = any(
-        e.value == "clusterlab.lab.pytest_plugin" for e in metadata.entry_points(group="pytest11")
+        e.value == "clusterlab.lab.ci.pytest_plugin"
+        for e in metadata.entry_points(group="pytest11")
     )
-    plugin = [] if installed else ["-p", "clusterlab.lab.pytest_plugin"]  # not reinstalled yet
+    plugin = [] if installed else ["-p", "clusterlab.lab.ci.pytest_plugin"]  # not reinstalled yet
     done = subprocess.run(
         [
             sys.executable,

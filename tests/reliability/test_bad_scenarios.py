@@ -44,7 +44,7 @@ def main_run(path: Path, out: Path, capsys, monkeypatch) -> tuple[int, str, str]
     def must_not_run(*args, **kw):
         raise AssertionError(f"{path.name} was accepted and run")
 
-    monkeypatch.setattr("clusterlab.lab.runner.run_scenario", must_not_run)
+    monkeypatch.setattr("clusterlab.lab.running.runner.run_scenario", must_not_run)
     monkeypatch.setattr("clusterlab.cli.signal.signal", lambda *args: None)
     capsys.readouterr()
     try:

@@ -7,7 +7,7 @@ def test_capacity(clusterlab_run):
     assert run.median("rps", workload="cpu", workers=2) > 300
 ```
 
-Registered through the ``pytest11`` entry point ``clusterlab`` (or ``-p clusterlab.lab.pytest_plugin``).
+Registered through the ``pytest11`` entry point ``clusterlab`` (or ``-p clusterlab.lab.ci.pytest_plugin``).
 Each run goes to the test's temporary directory; its report.md (and the gate results) is attached
 to the test's report as a "clusterlab" section, shown for failing tests and in ``-rA``.
 """
@@ -24,8 +24,14 @@ from typing import Any
 
 import pytest
 
-from clusterlab.lab import ci_output
-from clusterlab.lab.gates import GateResult, canonical_metric, check_gates, groups, point_value
+from clusterlab.lab.ci import outputs as ci_output
+from clusterlab.lab.config.gates import (
+    GateResult,
+    canonical_metric,
+    check_gates,
+    groups,
+    point_value,
+)
 
 
 @dataclass
@@ -70,10 +76,10 @@ class LabRun:
 def run_lab(scenario: str | Path, out_dir: Path) -> LabRun:
     """Run a scenario (a file, a bundled name or TOML text) into ``out_dir``; build the report."""
     from clusterlab.cli import _resolve
-    from clusterlab.lab.progress import ConsoleProgress
-    from clusterlab.lab.report import build_report
-    from clusterlab.lab.runner import run_scenario
-    from clusterlab.lab.scenario import load_scenario
+    from clusterlab.lab.config.scenario import load_scenario
+    from clusterlab.lab.output.report import build_report
+    from clusterlab.lab.running.progress import ConsoleProgress
+    from clusterlab.lab.running.runner import run_scenario
 
     text = str(scenario)
     if "\n" in text or "[target]" in text:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clusterlab.lab.results import POINT_KEYS
+from clusterlab.lab.analysis.tables import POINT_KEYS
 
 #: Failure causes, as the locustfile names them (anything else counts as "other").
 CAUSES = ("reset", "closed", "incomplete", "refused", "timeout", "5xx", "4xx", "other")

@@ -21,7 +21,7 @@ from typing import IO
 
 import pandas as pd
 
-from clusterlab.lab.scenario import Load, Workload
+from clusterlab.lab.config.scenario import Load, Workload
 
 
 class LoadError(RuntimeError):
@@ -62,7 +62,7 @@ class LoadOutcome:
 
 
 def locustfile() -> Path:
-    return Path(str(resources.files("clusterlab.lab").joinpath("locustfile.py")))
+    return Path(str(resources.files("clusterlab.lab.spawned").joinpath("locustfile.py")))
 
 
 def start_load(

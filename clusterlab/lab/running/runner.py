@@ -18,8 +18,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clusterlab import available_parallelism
-from clusterlab.lab import collect
-from clusterlab.lab.control import (
+from clusterlab.lab.analysis.metrics import fairness_columns
+from clusterlab.lab.analysis.tables import RunTables
+from clusterlab.lab.config.plan import (
+    Point,
+    build_plan,
+    estimate_seconds,
+    group_by_target,
+    load_processes,
+)
+from clusterlab.lab.config.scenario import Scenario
+from clusterlab.lab.running import rows as collect
+from clusterlab.lab.running.faults import FaultInjector, PlannedFault, schedule
+from clusterlab.lab.running.load import LoadError, read_load, start_load, stop_load, wait_load
+from clusterlab.lab.running.machine import machine_facts
+from clusterlab.lab.running.sampler import Sampler, window_usage
+from clusterlab.lab.running.targets import (
     ClusterTarget,
     TargetConfig,
     TargetError,
@@ -27,14 +41,6 @@ from clusterlab.lab.control import (
     free_port,
     start_target,
 )
-from clusterlab.lab.faults import FaultInjector, PlannedFault, schedule
-from clusterlab.lab.loadgen import LoadError, read_load, start_load, stop_load, wait_load
-from clusterlab.lab.machine import machine_facts
-from clusterlab.lab.metrics import fairness_columns
-from clusterlab.lab.plan import Point, build_plan, estimate_seconds, group_by_target, load_processes
-from clusterlab.lab.results import RunTables
-from clusterlab.lab.sampler import Sampler, window_usage
-from clusterlab.lab.scenario import Scenario
 
 SCHEMA_VERSION = 1
 

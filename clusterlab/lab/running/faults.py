@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clusterlab.lab.control import TargetError
-from clusterlab.lab.scenario import Fault
+from clusterlab.lab.config.scenario import Fault
+from clusterlab.lab.running.targets import TargetError
 
 #: locust's mark of the measured window's start (written by the locustfile at warm-up end).
 MEASURING_FILE = "measuring.json"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clusterlab.lab.loadgen import LoadOutcome
+from clusterlab.lab.running.load import LoadOutcome
 
 Counts = Mapping[str, Mapping[str, Any]]
 

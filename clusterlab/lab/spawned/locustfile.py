@@ -2,7 +2,7 @@
 every request's outcome in 100 ms bins (successes, and failures by cause) for the timeline.
 
 Runs only inside locust's own processes (never imported by the runner); configured through the
-``CLUSTERLAB_LAB_LOAD`` environment variable (JSON) written by ``clusterlab.lab.loadgen``.
+``CLUSTERLAB_LAB_LOAD`` environment variable (JSON) written by ``clusterlab.lab.running.load``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The runner's handles on a target: start it, wait until it listens, take per-worker count
 snapshots, list its processes, and stop it with everything it started.
 
-``ClusterTarget`` drives ``python -m clusterlab.lab.target --control`` over JSON lines (count
+``ClusterTarget`` drives ``python -m clusterlab.lab.spawned.target --control`` over JSON lines (count
 snapshots, supervision counters, fault injection); ``CommandTarget`` runs an external server;
 ``UrlTarget`` only points at one that is already running.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from clusterlab.lab.scenario import Respawn, Target
+from clusterlab.lab.config.scenario import Respawn, Target
 
 
 class TargetError(RuntimeError):
@@ -62,7 +62,7 @@ class ClusterTarget:
         self._next_id = 0
         self._send_lock = threading.Lock()  # the fault injector sends from its own thread
         self._log = open(config.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "clusterlab.lab.target", "--control"]
+        command = [sys.executable, "-m", "clusterlab.lab.spawned.target", "--control"]
         command += ["--kind", config.target.kind, "--workers", str(config.workers)]
         command += ["--policy", config.policy]
         if config.target.app:

@@ -9,8 +9,8 @@ import statistics
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from clusterlab.lab.compare import Comparison, Row
-from clusterlab.lab.gates import GateResult
+from clusterlab.lab.ci.compare import Comparison, Row
+from clusterlab.lab.config.gates import GateResult
 
 MARKS = {"worse": "+", "better": "-", "unchanged": " ", "not comparable": "x"}
 

@@ -6,7 +6,7 @@ the scenario's ``[respawn]``; never restarted without one); the primary forwards
 and supervisor event, and injects the runner's faults: signals it sends to the worker's pid,
 other faults it arms in the worker over the cluster channel, fired by the next request.
 
-Run as ``python -m clusterlab.lab.target``. With ``--control`` the primary speaks JSON lines with
+Run as ``python -m clusterlab.lab.spawned.target``. With ``--control`` the primary speaks JSON lines with
 the runner (commands on stdin, events on stdout); without it, it prints for a human (``serve``).
 """
 
@@ -49,7 +49,7 @@ _SIGNALS = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m clusterlab.lab.target")
+    parser = argparse.ArgumentParser(prog="python -m clusterlab.lab.spawned.target")
     parser.add_argument("--kind", choices=["builtin", "asgi", "wsgi", "script"], default="builtin")
     parser.add_argument("--app", help="module:attribute of the ASGI/WSGI app")
     parser.add_argument("--app-dir", help="directory to import the app from")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_worker(args: argparse.Namespace) -> None:
-    from clusterlab.lab import endpoints
+    from clusterlab.lab.spawned import endpoints
     from clusterlab.servers import serve_asgi, serve_wsgi
 
     endpoints.COUNTERS.worker_id = str(cluster.worker.id)
@@ -102,7 +102,7 @@ def _serve_worker(args: argparse.Namespace) -> None:
 
 def _start_reporting(counters: Any) -> None:
     """Send the counts every REPORT_INTERVAL and when asked; take the faults the primary arms."""
-    from clusterlab.lab import endpoints
+    from clusterlab.lab.spawned import endpoints
 
     lock = threading.Lock()
 
@@ -253,7 +253,7 @@ class _Primary:
             os.environ["CLUSTERLAB_LAB_PORT"] = str(self.args.port)
             cluster.setup_primary(exec=self.args.script, args=[])
         else:
-            cluster.setup_primary(exec="-m clusterlab.lab.target", args=_argv(self.args))
+            cluster.setup_primary(exec="-m clusterlab.lab.spawned.target", args=_argv(self.args))
 
     def emit(self, event: str, **fields: Any) -> None:
         if self.args.control:

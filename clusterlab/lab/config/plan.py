@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from clusterlab.lab.scenario import Load, Scenario
+from clusterlab.lab.config.scenario import Load, Scenario
 
 NOT_APPLICABLE = "n/a"
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clusterlab.lab.compare import CompareInputError, load_summary
+from clusterlab.lab.ci.compare import CompareInputError, load_summary
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 

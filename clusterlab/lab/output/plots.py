@@ -19,9 +19,9 @@ from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from clusterlab.lab.metrics import usl  # noqa: E402
-from clusterlab.lab.recovery import SPAN_S  # noqa: E402
-from clusterlab.lab.recovery import throughput as ok_rate
+from clusterlab.lab.analysis.metrics import usl  # noqa: E402
+from clusterlab.lab.analysis.recovery import SPAN_S  # noqa: E402
+from clusterlab.lab.analysis.recovery import throughput as ok_rate
 
 COLORS = {"rr": "tab:blue", "none": "tab:orange", "reuseport": "tab:green", "n/a": "tab:gray"}
 BOUND_NOTE = "generator-bound (hollow): load generator was the limit, not the cluster"

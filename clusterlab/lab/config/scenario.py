@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import jsonschema
 
-from clusterlab.lab.gates import Gate, parse_gates
+from clusterlab.lab.config.gates import Gate, parse_gates
 
 PLOTS = ("throughput", "fairness", "latency", "share", "usl", "timeline")
 TargetKind = Literal["builtin", "asgi", "wsgi", "script", "command", "url"]
@@ -162,7 +162,7 @@ class Scenario:
 
 def schema() -> dict[str, Any]:
     """The JSON Schema of scenario files (also shipped as ``scenario.schema.json``)."""
-    text = resources.files("clusterlab.lab").joinpath("scenario.schema.json").read_text()
+    text = resources.files("clusterlab.lab.config").joinpath("scenario.schema.json").read_text()
     result: dict[str, Any] = json.loads(text)
     return result
 

@@ -32,7 +32,7 @@ from typing import Any
 import jsonschema
 from scipy import stats
 
-from clusterlab.lab.gates import GROUP_KEYS, METRICS, groups, point_value
+from clusterlab.lab.config.gates import GROUP_KEYS, METRICS, groups, point_value
 
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.01
@@ -102,7 +102,7 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text())
         schema = json.loads(
-            resources.files("clusterlab.lab").joinpath("summary.schema.json").read_text()
+            resources.files("clusterlab.lab.analysis").joinpath("summary.schema.json").read_text()
         )
         jsonschema.validate(data, schema)
     except (OSError, ValueError) as exc:

@@ -15,9 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from clusterlab.lab import plots, recovery
-from clusterlab.lab.metrics import aggregate, fairness_columns, usl_fits
-from clusterlab.lab.results import POINT_KEYS, Results, load_results
+from clusterlab.lab.analysis import recovery
+from clusterlab.lab.analysis.metrics import aggregate, fairness_columns, usl_fits
+from clusterlab.lab.analysis.tables import POINT_KEYS, Results, load_results
+from clusterlab.lab.output import plots
 
 SUMMARY_SCHEMA = "clusterlab.lab.summary"
 NOISY_OTHER_CPU = 25.0

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from clusterlab.lab.plan import Point
+from clusterlab.lab.config.plan import Point
 
 
 def _clock(seconds: float) -> str:

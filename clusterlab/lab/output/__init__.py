@@ -1,0 +1,1 @@
+"""Output: plots, report.md and report.html, rendered from one ``Analysis``."""
