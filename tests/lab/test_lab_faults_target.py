@@ -9,7 +9,8 @@ import time
 import pytest
 
 from clusterlab.lab.config.scenario import Respawn, Target
-from clusterlab.lab.running.targets import ClusterTarget, TargetConfig, free_port, start_target
+from clusterlab.lab.running.processes import free_port
+from clusterlab.lab.running.targets import ClusterTarget, TargetConfig, start_target
 
 
 def wait_for(target: ClusterTarget, predicate, timeout=15.0) -> dict:

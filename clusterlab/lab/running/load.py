@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import IO
 import pandas as pd
 
 from clusterlab.lab.config.scenario import Load, Workload
+from clusterlab.lab.running.processes import free_port, stop_process
 
 
 class LoadError(RuntimeError):
@@ -105,7 +105,7 @@ def start_load(
     main += ["--stop-timeout", "1"]
     commands = [main]
     if processes > 1:
-        port = _free_port()
+        port = free_port()
         main += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)]
         main += ["--expect-workers", str(processes), "--expect-workers-max-wait", "30"]
         worker = base + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
@@ -145,14 +145,7 @@ def wait_load(run: LoadRun) -> None:
 def stop_load(run: LoadRun) -> None:
     """Stop every locust process of the run (SIGINT, then SIGTERM, then SIGKILL) and reap it."""
     for proc in reversed(run.processes):
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if proc.poll() is not None:
-                break
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=3.0)
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process(proc, grace=3.0, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGKILL))
     for log in run._logs:
         log.close()
 
@@ -215,10 +208,3 @@ _STATS = {
     "p999_ms": "99.9%",
     "max_ms": "100%",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

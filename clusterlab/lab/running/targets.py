@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from clusterlab.lab.config.scenario import Respawn, Target
+from clusterlab.lab.running.processes import alive_since, free_port, stop_all, stop_process
 
 
 class TargetError(RuntimeError):
@@ -180,13 +181,13 @@ class ClusterTarget:
 
     def stop(self) -> None:
         """Ask the primary to disconnect its workers; escalate to signals; reap every worker."""
-        workers = _processes(self.worker_pids().values(), self._started_after())
+        workers = alive_since(self.worker_pids().values(), self._started_after())
         with contextlib.suppress(TargetError):  # already gone: the escalation below still runs
             self._send({"cmd": "stop"})
         if self.process.stdin is not None:
             self.process.stdin.close()
-        _end(self.process, grace=5.0)
-        _kill_all(workers)
+        stop_process(self.process, grace=5.0, signals=(None, signal.SIGTERM, signal.SIGKILL))
+        stop_all(workers)
         self._reader.join(timeout=2.0)
         if self.process.stdout is not None:
             self.process.stdout.close()
@@ -246,9 +247,9 @@ class CommandTarget:
         return {}
 
     def stop(self) -> None:
-        descendants = _processes(self.worker_pids().values(), self._started - 1.0)
-        _end(self.process, grace=5.0, ask_first=False)
-        _kill_all(descendants)
+        descendants = alive_since(self.worker_pids().values(), self._started - 1.0)
+        stop_process(self.process, grace=5.0)
+        stop_all(descendants)
         self._log.close()
 
 
@@ -295,14 +296,6 @@ def start_target(config: TargetConfig) -> TargetHandle:
     return handle
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_listening(
     port: int, timeout: float, process: subprocess.Popen[bytes] | None, config: TargetConfig
 ) -> None:
@@ -318,44 +311,3 @@ def _wait_listening(
         except OSError:
             time.sleep(0.1)
     raise TargetError(f"nothing listened on 127.0.0.1:{port} within {timeout:g} s")
-
-
-def _processes(pids: Any, started_after: float) -> list[psutil.Process]:
-    """psutil handles for pids that are still the processes we started (not reused pids)."""
-    found = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            if proc.create_time() >= started_after - 1.0:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def _end(process: subprocess.Popen[bytes], grace: float, ask_first: bool = True) -> None:
-    """Wait for a child that was asked to exit (``ask_first``); then SIGTERM, then SIGKILL;
-    always reaped."""
-    for sig in ((None,) if ask_first else ()) + (signal.SIGTERM, signal.SIGKILL):
-        if sig is not None and process.poll() is None:
-            process.send_signal(sig)
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _kill_all(processes: list[psutil.Process]) -> None:
-    for proc in processes:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            continue
-    _, alive = psutil.wait_procs(processes, timeout=3.0)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            continue
-    psutil.wait_procs(alive, timeout=3.0)
