@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import psutil
 
 from clusterlab import available_parallelism
+from clusterlab.lab.running.sampler import machine_busy_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -101,11 +103,17 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def _busy_s() -> float:
-    t = psutil.cpu_times()
-    return float(
-        sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
-    )
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        return _cpu_s(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 def tree_cpu_s(pids: Sequence[int]) -> float:
@@ -118,11 +126,8 @@ def tree_cpu_s(pids: Sequence[int]) -> float:
         except psutil.NoSuchProcess:
             continue
         for p in procs:
-            try:
-                c = p.cpu_times()
-                total += c.user + c.system
-            except psutil.NoSuchProcess:
-                pass
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += _cpu_s(p)
     return total
 
 
@@ -135,7 +140,7 @@ class ForeignCpu:
 
     def __init__(self, server_pids: Sequence[int]) -> None:
         self.pids = list(server_pids)
-        self._t0 = (time.monotonic(), _busy_s(), self._ours())
+        self._t0 = (time.monotonic(), machine_busy_seconds(), self._ours())
 
     def _ours(self) -> float:
         t = os.times()
@@ -144,7 +149,7 @@ class ForeignCpu:
     def pct(self) -> float:
         wall0, busy0, ours0 = self._t0
         wall = time.monotonic() - wall0
-        foreign = (_busy_s() - busy0) - (self._ours() - ours0)
+        foreign = (machine_busy_seconds() - busy0) - (self._ours() - ours0)
         return max(0.0, 100 * foreign / (wall * (os.cpu_count() or 1))) if wall > 0 else 0.0
 
 
@@ -155,27 +160,31 @@ class ServerCost:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self._t0 = (time.monotonic(), proc_cpu_s(pid), tree_cpu_s([pid]))
+        self._t0 = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        return (time.monotonic(), proc_cpu_s(self.pid), tree_cpu_s([self.pid]))
 
     def read(self) -> dict[str, float | None]:
-        wall0, root0, tree0 = self._t0
-        wall = time.monotonic() - wall0
+        return self._since(self._t0, self._now())
+
+    def lap(self) -> dict[str, float | None]:
+        """What it cost since the last lap (the start, at first); the next lap starts now."""
+        now = self._now()
+        cost, self._t0 = self._since(self._t0, now), now
+        return cost
+
+    def _since(
+        self, then: tuple[float, float, float], now: tuple[float, float, float]
+    ) -> dict[str, float | None]:
+        wall = now[0] - then[0]
         if wall <= 0:
             return {}
         return {
-            "primary_cpu_pct": round(100 * (proc_cpu_s(self.pid) - root0) / wall, 2),
+            "primary_cpu_pct": round(100 * (now[1] - then[1]) / wall, 2),
             "primary_rss_mib": rss_mib(self.pid),
-            "server_cpu_pct": round(100 * (tree_cpu_s([self.pid]) - tree0) / wall, 1),
+            "server_cpu_pct": round(100 * (now[2] - then[2]) / wall, 1),
         }
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (0 if it is gone)."""
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.NoSuchProcess:
-        return 0.0
-    return float(t.user + t.system)
 
 
 def rss_mib(pid: int) -> float | None:

@@ -790,23 +790,9 @@ class _ProcSampler:
 
     def _run(self) -> None:
         t0 = time.monotonic()
-        last = (t0, report.proc_cpu_s(self.pid), report.tree_cpu_s([self.pid]))
+        cost = report.ServerCost(self.pid)
         while not self._stop.wait(self.period):
-            now, cpu, tree = (
-                time.monotonic(),
-                report.proc_cpu_s(self.pid),
-                report.tree_cpu_s([self.pid]),
-            )
-            wall = now - last[0]
-            self.samples.append(
-                {
-                    "t": round(now - t0, 2),
-                    "primary_cpu_pct": round(100 * (cpu - last[1]) / wall, 2),
-                    "primary_rss_mib": report.rss_mib(self.pid),
-                    "server_cpu_pct": round(100 * (tree - last[2]) / wall, 1),
-                }
-            )
-            last = (now, cpu, tree)
+            self.samples.append({"t": round(time.monotonic() - t0, 2), **cost.lap()})
 
 
 def _clusterlab_argv() -> list[str]:

@@ -44,7 +44,7 @@ class Sampler:
 
     def sample(self) -> None:
         now = time.time()
-        self._rows.append((now, "machine", "all", 0, _busy_seconds(), 0.0))
+        self._rows.append((now, "machine", "all", 0, machine_busy_seconds(), 0.0))
         for (role, key), pid in self._sources().items():
             proc = self._procs.get(pid)
             try:
@@ -61,7 +61,7 @@ class Sampler:
         return pd.DataFrame(self._rows, columns=COLUMNS)
 
 
-def _busy_seconds() -> float:
+def machine_busy_seconds() -> float:
     """CPU seconds the whole machine spent not idle (interrupts included, as process times
     include the network work done on their behalf); guest time is already inside user time."""
     times = psutil.cpu_times()
