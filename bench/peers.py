@@ -3,11 +3,12 @@
 A :class:`ServerSpec` says how to launch one server (argv, extra env, port, readiness text, the
 path to load). :func:`start` launches it in its own session with output to a log file, waits until
 the readiness text has been printed ``ready_count`` times (if given) and ``GET <path>`` answers 200,
-and returns a :class:`Server` context manager. :func:`stop_tree` stops the whole process tree by
-pid with psutil (SIGTERM, then SIGKILL after a grace period); every started server is also stopped
-at interpreter exit, so exceptions and Ctrl-C leave nothing behind. :func:`run_json` runs a
-one-shot benchmark script (its own session, bounded in time, stopped by pid on any failure) and
-returns its JSON line.
+and returns a :class:`Server` context manager. Ports come from the lab's ``free_port``, and a
+server's whole process tree is stopped by pid with the lab's ``stop_tree`` (both in
+:mod:`clusterlab.lab.running.processes`: SIGTERM, then SIGKILL after a grace period); every started
+server is also stopped at interpreter exit, so exceptions and Ctrl-C leave nothing behind.
+:func:`run_json` runs a one-shot benchmark script (its own session, bounded in time, stopped by
+pid on any failure) and returns its JSON line.
 
 Peers that are not installed are reported by :func:`peer_specs` as skip notes, never faked.
 """
@@ -23,7 +24,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+from clusterlab.lab.running.processes import free_port, stop_tree
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -64,39 +64,6 @@ class ServerSpec:
     def command(self) -> str:
         envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
         return (envs + " " if envs else "") + shlex.join(self.argv)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def stop_tree(pid: int, grace: float = 3.0) -> None:
-    """SIGTERM ``pid``, wait ``grace`` s for it and its descendants, then SIGKILL what is left.
-
-    Descendants are collected before signalling (they are reparented once their parent dies),
-    and the process group ``pid`` leads (each server runs in its own session) is killed last.
-    """
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        if procs:
-            procs[0].send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            procs.extend(c for c in p.children(recursive=True) if c not in procs)
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    psutil.wait_procs(procs, timeout=grace)
 
 
 _live: dict[int, Server] = {}
