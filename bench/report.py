@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from clusterlab import available_parallelism
+from clusterlab.lab.running import machine
 from clusterlab.lab.running.sampler import machine_busy_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,43 +31,18 @@ def _version(argv: list[str]) -> str:
     return lines[0] if lines else "unknown"
 
 
+# The lab's packages and those of the peers bench starts.
+PACKAGES = tuple(dict.fromkeys((*machine.PACKAGES, "gunicorn", "psutil")))
+
+
 def machine_facts() -> dict[str, Any]:
-    """CPU, memory, OS and tool versions, for every result file."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
+    """The lab's machine facts (:func:`clusterlab.lab.running.machine.machine_facts`, with the
+    peers' packages) and the versions of the tools bench runs, ``node`` and ``wrk``."""
     return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "available_parallelism": available_parallelism(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": platform.platform(),
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
+        **machine.machine_facts(PACKAGES),
         "node": _version(["node", "--version"]),
         "wrk": _version(["wrk", "--version"]).split(" Copyright")[0],
-        "packages": {name: _package(name) for name in PACKAGES},
-        "git_revision": _version(
-            ["git", "-C", str(RESULTS.parent.parent), "describe", "--always", "--dirty"]
-        ),
-        "load_avg_at_start": os.getloadavg(),
     }
-
-
-PACKAGES = ("clusterlab", "uvicorn", "uvloop", "httptools", "gunicorn", "locust", "psutil")
-
-
-def _package(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "missing"
 
 
 def stamp() -> str:

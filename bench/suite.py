@@ -225,10 +225,10 @@ def render_markdown(
 
 def machine_line(m: dict[str, Any]) -> str:
     """One line of machine facts (from :func:`bench.report.machine_facts`)."""
-    load = m.get("load_avg_at_start") or [float("nan")]
+    load = m.get("load_average") or [float("nan")]
     return (
-        f"{m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs (available_parallelism "
-        f"{m.get('available_parallelism', '?')}), {m.get('memory_gib', '?')} GiB, Linux "
+        f"{m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} CPUs (available_parallelism "
+        f"{m.get('available_parallelism', '?')}), {m.get('memory_gb', '?')} GiB, Linux "
         f"{m.get('kernel', '?')}, Python {m.get('python', '?')}, Node.js {m.get('node', '?')}, "
         f"{m.get('wrk', '?')}; load average at start {load[0]:.2f}"
     )

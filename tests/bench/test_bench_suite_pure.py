@@ -51,15 +51,15 @@ def test_markdown_has_machine_header_table_and_notes() -> None:
         Row("c", "skipped", note="wrk not installed"),
     ]
     machine = {
-        "cpu": "AMD EPYC",
-        "cpus": 2,
+        "cpu_model": "AMD EPYC",
+        "cpu_count": 2,
         "available_parallelism": 2,
-        "memory_gib": 23.5,
+        "memory_gb": 23.5,
         "kernel": "6.18",
         "python": "3.11.7",
         "node": "v20.20.2",
         "wrk": "wrk 4.1.0",
-        "load_avg_at_start": [0.25, 0.1, 0.0],
+        "load_average": [0.25, 0.1, 0.0],
     }
     md = suite.render_markdown(
         rows,

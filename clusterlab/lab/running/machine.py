@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,28 +29,45 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def git_revision() -> str:
+def _git(*args: str) -> str | None:
+    """What ``git ARGS`` printed in this checkout, or None when git could not answer."""
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", *args],
             capture_output=True,
             text=True,
             timeout=5,
             cwd=Path(__file__).parent,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
-def machine_facts() -> dict[str, Any]:
-    """CPU model and counts, affinity, memory, load, OS, Python, package versions, git revision."""
+def git_revision() -> str:
+    return _git("rev-parse", "--short", "HEAD") or "unknown"
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the revision (None when git could not answer)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
+    """Each package's installed version; None for one that is not installed."""
     versions: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def machine_facts(packages: Sequence[str] = PACKAGES) -> dict[str, Any]:
+    """CPU model and counts, affinity, memory, load, OS and kernel, Python, the versions of
+    ``packages``, git revision and whether the checkout has changes."""
     return {
         "cpu_model": cpu_model(),
         "available_parallelism": available_parallelism(),
@@ -58,7 +76,9 @@ def machine_facts() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "os": platform.platform(),
+        "kernel": platform.release(),
         "python": sys.version.split()[0],
-        "packages": versions,
+        "packages": package_versions(packages),
         "git_revision": git_revision(),
+        "git_dirty": git_dirty(),
     }
