@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from tabulate import tabulate
 
 from clusterlab.lab.running import machine
 from clusterlab.lab.running.sampler import machine_busy_seconds
@@ -66,13 +67,17 @@ def write_json(prefix: str, data: dict[str, Any], out_dir: Path = RESULTS) -> Pa
     return write_text(out_dir / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n")
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A left-aligned plain-text table."""
-    cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False) -> str:
+    """A left-aligned plain-text table (GitHub Markdown with ``markdown``), rendered by tabulate
+    with the cells as given (numbers already formatted are not parsed again)."""
+    return tabulate(
+        rows,
+        headers=list(header),
+        tablefmt="github" if markdown else "simple",
+        stralign="left",
+        numalign="left",
+        disable_numparse=True,
+    )
 
 
 def _cpu_s(proc: psutil.Process) -> float:

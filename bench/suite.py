@@ -215,9 +215,7 @@ def render_markdown(
         lines.append("Run: " + ", ".join(m for m in made if m) + ".")
     if lines:
         lines.append("")
-    lines.append("| " + " | ".join(HEADER) + " |")
-    lines.append("| " + " | ".join("---" for _ in HEADER) + " |")
-    lines += ["| " + " | ".join(_md_cell(c) for c in r.cells()) + " |" for r in rows]
+    lines.append(report.table(HEADER, [[_md_cell(c) for c in r.cells()] for r in rows], True))
     if notes:
         lines += ["", *[f"* {_md_cell(n)}" for n in notes]]
     return "\n".join(lines) + "\n"
