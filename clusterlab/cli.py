@@ -7,7 +7,6 @@ import argparse
 import json
 import signal
 import sys
-from importlib import resources
 from pathlib import Path
 from types import FrameType
 
@@ -79,30 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     return handler(args)
 
 
-def bundled_scenarios() -> dict[str, Path]:
-    folder = resources.files("clusterlab.lab.config").joinpath("scenarios")
-    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
-
-
-def _resolve(name: str) -> Path:
-    path = Path(name)
-    if not path.exists() and name in bundled_scenarios():
-        return bundled_scenarios()[name]
-    return path
-
-
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clusterlab.lab.config.scenario import ScenarioError, load_scenario
-    from clusterlab.lab.output.report import build_report, markdown_table, summary_table
+    from clusterlab.lab.ci.outputs import gates_terminal
+    from clusterlab.lab.config.scenario import ScenarioError, load_scenario, resolve_scenario
+    from clusterlab.lab.output.report_tables import summary_table
+    from clusterlab.lab.output.text import markdown_table
+    from clusterlab.lab.pipeline import run_lab
     from clusterlab.lab.running.progress import ConsoleProgress
-    from clusterlab.lab.running.runner import default_out_dir, run_scenario
+    from clusterlab.lab.running.runner import default_out_dir
 
     try:
-        scenario = load_scenario(_resolve(args.scenario))
+        scenario = load_scenario(resolve_scenario(args.scenario))
     except ScenarioError as exc:
         print(f"clusterlab: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -116,44 +106,27 @@ def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_INPUT
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    outcome = run_scenario(scenario, out, ConsoleProgress(quiet=args.quiet))
-    report = build_report(out)
-    if not args.quiet:
-        from clusterlab.lab.analysis.metrics import aggregate
-        from clusterlab.lab.analysis.tables import load_results
-
-        results = load_results(out).results
-        table = summary_table(aggregate(results)) if not results.empty else None
-        if table is not None and not table.empty:
-            print(markdown_table(table))
-    state = "PARTIAL (interrupted) " if outcome.interrupted else ""
+    progress = ConsoleProgress(
+        quiet=args.quiet, generator_bound_cpu=scenario.load.generator_bound_cpu
+    )
+    lab = run_lab(scenario, out, progress)
+    table = summary_table(lab.analysis.aggregates)
+    if not args.quiet and not table.empty:
+        print(markdown_table(table))
+    state = "PARTIAL (interrupted) " if lab.outcome.interrupted else ""
+    report = lab.report
     print(f"{state}report: {report} (and {report.with_suffix('.html').name}, plots, CSVs in {out})")
-    gates_ok = _check_gates(scenario, out, args.quiet)
-    if outcome.interrupted or outcome.failed:
-        if outcome.failed:
-            print(
-                f"clusterlab: {outcome.failed} of {outcome.points} points failed", file=sys.stderr
-            )
+    failed_gates = not lab.gates_passed
+    if lab.gate_results and (not args.quiet or failed_gates):
+        print(gates_terminal(lab.gate_results), file=sys.stderr if failed_gates else sys.stdout)
+    if lab.outcome.failed:
+        print(
+            f"clusterlab: {lab.outcome.failed} of {lab.outcome.points} points failed",
+            file=sys.stderr,
+        )
+    if lab.outcome.interrupted or lab.outcome.failed or failed_gates:
         return EXIT_FAILED
-    return EXIT_OK if gates_ok else EXIT_FAILED
-
-
-def _check_gates(scenario: object, out: Path, quiet: bool) -> bool:
-    """Check the scenario's [gates] on the run's summary; write gates.{json,md,xml}."""
-    from clusterlab.lab.ci import outputs as ci_output
-    from clusterlab.lab.config.gates import check_gates
-
-    gates = getattr(scenario, "gates", ())
-    if not gates:
-        return True
-    results = check_gates(gates, json.loads((out / "summary.json").read_text()))
-    (out / "gates.json").write_text(ci_output.to_json(None, results))
-    (out / "gates.md").write_text(ci_output.gates_markdown(results))
-    (out / "gates.xml").write_text(ci_output.junit(None, results))
-    failed = [r for r in results if not r.passed]
-    if not quiet or failed:
-        print(ci_output.gates_terminal(results), file=sys.stderr if failed else sys.stdout)
-    return not failed
+    return EXIT_OK
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -270,7 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _scenarios(args: argparse.Namespace) -> int:
-    from clusterlab.lab.config.scenario import ScenarioError, load_scenario
+    from clusterlab.lab.config.scenario import ScenarioError, bundled_scenarios, load_scenario
 
     files = args.files or sorted(bundled_scenarios().values())
     status = EXIT_OK

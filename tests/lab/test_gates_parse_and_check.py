@@ -4,7 +4,8 @@ one line) and the check on a run's summary."""
 import pytest
 from compare_fixtures import summary
 
-from clusterlab.lab.config.gates import check_gates, parse_gates
+from clusterlab.lab.ci.gates import check_gates
+from clusterlab.lab.config.gates import parse_gates
 from clusterlab.lab.config.scenario import ScenarioError, parse_scenario
 
 RUN = summary(

@@ -11,7 +11,6 @@ from clusterlab.lab.running.load import LoadOutcome
 from clusterlab.lab.running.rows import (
     _unreset,
     count_at,
-    generator_bound,
     per_second,
     worker_rows,
 )
@@ -72,20 +71,6 @@ def test_worker_rows_from_a_header_tally_alone():
     )
     assert {r["worker"]: r["requests"] for r in rows} == {"a": 30, "b": 10}
     assert all(math.isnan(r["connections"]) for r in rows)
-
-
-def test_a_locust_process_near_a_full_core_is_generator_bound():
-    bound, reason = generator_bound(97.0, 97.0, 40.0, 70.0, limit=85.0)
-    assert bound and "97%" in reason
-
-
-def test_a_saturated_machine_where_locust_outspends_the_cluster_is_generator_bound():
-    assert generator_bound(70.0, 70.0, 60.0, 95.0, limit=85.0)[0]
-
-
-def test_a_cpu_bound_cluster_is_not_generator_bound():
-    assert not generator_bound(40.0, 40.0, 150.0, 95.0, limit=85.0)[0]
-    assert not generator_bound(60.0, 60.0, 20.0, 50.0, limit=85.0)[0]
 
 
 def test_unreset_continues_a_count_that_restarted_at_the_warmup_cut():

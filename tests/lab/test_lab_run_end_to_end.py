@@ -14,7 +14,7 @@ import jsonschema
 import psutil
 import pytest
 
-from clusterlab.lab import load_results
+from clusterlab.lab import analyze, load_results
 from clusterlab.lab.analysis.metrics import jain_index
 
 TINY = """
@@ -92,8 +92,8 @@ def test_run_writes_every_output_file(tiny_run):
 
 def test_results_agree_with_the_workers_own_counts_and_the_response_headers(tiny_run):
     _, out = tiny_run
-    data = load_results(out)
-    results, workers = data.results, data.workers
+    analysis = analyze(load_results(out))
+    results, workers = analysis.points, analysis.run.workers
     assert list(results["status"]) == ["ok", "ok"]
     assert list(results["policy"]) == ["rr", "none"]
     for row in results.to_dict("records"):
@@ -116,7 +116,7 @@ def test_results_agree_with_the_workers_own_counts_and_the_response_headers(tiny
 
 def test_a_hello_endpoint_driven_by_one_locust_process_is_generator_bound(tiny_run):
     _, out = tiny_run
-    results = load_results(out).results
+    results = analyze(load_results(out)).points
     assert results["generator_bound"].all()
     assert all(results["bound_reason"].str.len() > 0)
     summary = json.loads((out / "summary.json").read_text())

@@ -49,14 +49,6 @@ COLUMNS: dict[str, list[str]] = {
         "gen_cpu_max_pct",
         "machine_cpu_pct",
         "other_cpu_pct",
-        "generator_bound",
-        "bound_reason",
-        "jain_requests",
-        "cv_requests",
-        "max_mean_requests",
-        "jain_connections",
-        "cv_connections",
-        "max_mean_connections",
         "measure_start",
         "rr_accepted",
         "rr_handed",
@@ -81,10 +73,18 @@ COLUMNS: dict[str, list[str]] = {
 }
 
 
+#: Columns that older runs wrote into results.csv but the analysis now derives (fairness from
+#: workers.csv, the verdict from the CPU columns): dropped on reading, so nothing reads a stale
+#: copy.
+DERIVED_COLUMNS = (
+    "generator_bound",
+    "bound_reason",
+    *(f"{m}_{q}" for q in ("requests", "connections") for m in ("jain", "cv", "max_mean")),
+)
+
 INTEGER_COLUMNS = {"events": ("pid", "slot", "code")}
 TEXT_COLUMNS = (
     "error",
-    "bound_reason",
     "counts_source",
     "detail",
     "worker",
@@ -95,7 +95,7 @@ TEXT_COLUMNS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Results:
     """A run's tables as DataFrames, and its meta.json."""
 
@@ -129,11 +129,10 @@ def load_results(directory: str | Path) -> Results:
         missing = [c for c in COLUMNS[name] if c not in frame.columns]
         frame = frame.assign(**dict.fromkeys(missing, math.nan)) if missing else frame
         frames[name] = frame if not frame.empty else pd.DataFrame(columns=COLUMNS[name])
-    results = frames["results"]
+    results = frames["results"].drop(columns=list(DERIVED_COLUMNS), errors="ignore")
     if not results.empty:
-        results["generator_bound"] = results["generator_bound"].astype(bool)
         results["error"] = results["error"].fillna("")
-        results["bound_reason"] = results["bound_reason"].fillna("")
+    frames["results"] = results
     return Results(directory, json.loads(meta_path.read_text()), **frames)
 
 

@@ -32,7 +32,8 @@ from typing import Any
 import jsonschema
 from scipy import stats
 
-from clusterlab.lab.config.gates import GROUP_KEYS, METRICS, groups, point_value
+from clusterlab.lab.ci.gates import groups, point_value
+from clusterlab.lab.config.gates import GROUP_KEYS, METRICS
 
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.01

@@ -10,7 +10,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from clusterlab.lab.ci.compare import Comparison, Row
-from clusterlab.lab.config.gates import GateResult
+from clusterlab.lab.ci.gates import GateResult
 
 MARKS = {"worse": "+", "better": "-", "unchanged": " ", "not comparable": "x"}
 

@@ -167,6 +167,22 @@ def schema() -> dict[str, Any]:
     return result
 
 
+def bundled_scenarios() -> dict[str, Path]:
+    """The scenarios shipped with the package, by name."""
+    folder = resources.files("clusterlab.lab.config").joinpath("scenarios")
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def resolve_scenario(name: str | Path) -> Path:
+    """A scenario file's path: ``name`` itself when it exists, else the bundled scenario of
+    that name, else ``name`` (for ``load_scenario`` to report as missing)."""
+    path = Path(name)
+    bundled = bundled_scenarios()
+    if not path.exists() and str(name) in bundled:
+        return bundled[str(name)]
+    return path
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; raise ``ScenarioError`` with one clear line."""
     path = Path(path)

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from clusterlab.lab.config.scenario import Fault
+from clusterlab.lab.protocol import Command, FaultCommand
 from clusterlab.lab.running.targets import TargetError
 
 #: locust's mark of the measured window's start (written by the locustfile at warm-up end).
@@ -36,11 +36,11 @@ class PlannedFault:
     fault: Fault
     draw: float
 
-    def command(self) -> dict[str, Any]:
+    def command(self) -> FaultCommand:
         """The control command the target's primary carries out."""
         fault = self.fault
         return {
-            "cmd": "fault",
+            "cmd": Command.FAULT,
             "id": self.id,
             "stream": self.stream,
             "kind": fault.kind,
@@ -93,7 +93,7 @@ class FaultInjector:
     def __init__(
         self,
         plan: list[PlannedFault],
-        send: Callable[[dict[str, Any]], None],
+        send: Callable[[FaultCommand], None],
         load_dir: Path,
         skipped: Callable[[PlannedFault, str], None],
     ) -> None:

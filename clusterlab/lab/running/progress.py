@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from clusterlab.lab.analysis.verdicts import point_generator_bound
 from clusterlab.lab.config.plan import Point
 
 
@@ -22,9 +23,12 @@ def _clock(seconds: float) -> str:
 class ConsoleProgress:
     """Progress for ``clusterlab run``; ``quiet`` prints nothing."""
 
-    def __init__(self, stream: TextIO = sys.stderr, quiet: bool = False) -> None:
+    def __init__(
+        self, stream: TextIO = sys.stderr, quiet: bool = False, generator_bound_cpu: float = 85.0
+    ) -> None:
         self.stream = stream
         self.quiet = quiet
+        self.generator_bound_cpu = generator_bound_cpu
         self.tty = stream.isatty()
         self.t0 = time.monotonic()
         self.estimate = math.nan
@@ -63,7 +67,7 @@ class ConsoleProgress:
         elapsed = time.monotonic() - self.t0
         if row.get("status") == "ok":
             result = f"{row['rps']:.0f} req/s, p99 {row['p99_ms']:.1f} ms"
-            if row.get("generator_bound"):
+            if point_generator_bound(row, self.generator_bound_cpu)[0]:
                 result += " [generator-bound]"
         else:
             result = f"FAILED: {row.get('error')}"

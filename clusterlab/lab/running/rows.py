@@ -1,18 +1,27 @@
-"""Turn one point's raw observations (locust's outcome, worker count reports, psutil samples)
-into rows of the tidy tables. Pure functions: no processes, no files.
+"""Turn one point's observation (locust's outcome, worker count reports, psutil samples, the
+target's events) into rows of the raw tables. Pure functions: no processes, no files.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from clusterlab.lab.config.plan import Point
+from clusterlab.lab.config.scenario import Scenario
+from clusterlab.lab.protocol import ANSWERS, Event
+from clusterlab.lab.running.faults import PlannedFault
 from clusterlab.lab.running.load import LoadOutcome
+from clusterlab.lab.running.observe import Observation
+from clusterlab.lab.running.sampler import window_usage
 
 Counts = Mapping[str, Mapping[str, Any]]
 
@@ -89,9 +98,9 @@ def result_row(
     workers: list[dict[str, Any]],
     usage: pd.DataFrame,
     counts_source: str,
-    bound_cpu: float,
 ) -> dict[str, Any]:
-    """The point's row in results.csv (fairness columns are added by ``metrics``)."""
+    """The point's row in results.csv: what was measured, nothing derived (fairness and the
+    verdict are the analysis's)."""
     stats = outcome.stats
     window = outcome.window_s
     ok = stats["requests"] - stats["failures"]
@@ -100,13 +109,6 @@ def result_row(
     cpus = os.cpu_count() or 1
     machine = _total(usage, "machine", "cpu_pct")
     ours = {role: _total(usage, role, "cpu_pct") for role in ("primary", "worker", "generator")}
-    bound, reason = generator_bound(
-        gen_max,
-        ours["generator"],
-        ours["worker"] + _zero(ours["primary"]),
-        machine / cpus,
-        bound_cpu,
-    )
     return {
         **keys,
         "window_s": window,
@@ -129,31 +131,7 @@ def result_row(
         "other_cpu_pct": machine
         - sum(_zero(v) for v in ours.values())
         - _zero(_total(usage, "runner", "cpu_pct")),
-        "generator_bound": bound,
-        "bound_reason": reason,
     }
-
-
-def generator_bound(
-    gen_max: float,
-    gen_total: float,
-    cluster: float,
-    machine_pct: float,
-    limit: float,
-    saturated: float = 80.0,
-) -> tuple[bool, str]:
-    """Was the load generator, not the cluster, the limit? Yes when one locust process is at
-    ``limit`` % of a core (locust runs on one core per process), or when the machine's CPUs are
-    ``saturated`` % busy and locust used at least as much CPU as the cluster (then the cluster
-    got only what locust left over). CPU figures are % of one core; ``machine_pct`` of all CPUs."""
-    if gen_max >= limit:
-        return True, f"a locust process used {gen_max:.0f}% of a core (limit {limit:g}%)"
-    if machine_pct >= saturated and gen_total >= cluster:
-        return True, (
-            f"CPUs {machine_pct:.0f}% busy and locust used {gen_total:.0f}% of a core, "
-            f"the cluster {cluster:.0f}%"
-        )
-    return False, ""
 
 
 def failure_rows(keys: dict[str, Any], outcome: LoadOutcome) -> list[dict[str, Any]]:
@@ -280,3 +258,138 @@ def _total(usage: pd.DataFrame, role: str, column: str) -> float:
 
 def _worker_order(worker: str) -> tuple[int, str]:
     return (int(worker), "") if worker.isdigit() else (1 << 30, worker)
+
+
+# --- a whole point --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PointRows:
+    """One point's rows of each table."""
+
+    result: dict[str, Any]
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    timeseries: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def point_keys(point: Point) -> dict[str, Any]:
+    return {
+        "point": point.index,
+        "repeat": point.repeat,
+        "workload": point.workload,
+        "policy": point.policy,
+        "workers": point.workers,
+    }
+
+
+def point_rows(scenario: Scenario, seen: Observation) -> PointRows:
+    """Every row one observed point adds: its result, its workers, failures, time series, and
+    the events of the runner's own (load processes started, faults it could not send)."""
+    point = seen.point
+    keys = point_keys(point)
+    events = [started_row(point, Event.LOAD_STARTED, pid, role) for pid, role in seen.load_pids]
+    events += [skipped_row(point, s.planned, s.reason, s.at) for s in seen.skipped]
+    if seen.outcome is None:
+        return PointRows(failed_row(scenario, point, seen.error), events=events)
+    outcome = seen.outcome
+    usage = window_usage(seen.samples, outcome.measure_start, outcome.measure_end)
+    workers = worker_rows(keys, seen.before, seen.reports, seen.after, outcome, usage)
+    source = "channel" if seen.before else ("header" if outcome.tally else "none")
+    result = {
+        **result_row(keys, outcome, workers, usage, source),
+        "status": "ok",
+        "error": "",
+        "started": seen.started,
+        "measure_start": outcome.measure_start,
+        "users": scenario.load.users,
+        "processes": seen.processes,
+        **handoffs(seen.rr_before, seen.rr_after),
+    }
+    return PointRows(
+        result,
+        workers,
+        failure_rows(keys, outcome),
+        timeseries_rows(keys, outcome, seen.reports, seen.samples),
+        events,
+    )
+
+
+def handoffs(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, float]:
+    """The point's round-robin hand-offs: accepted, handed, requeued (given back by a worker
+    that left and handed on) and dropped (closed unserved: queued connections lost)."""
+    names = ("accepted", "handed", "requeued", "dropped")
+    if before is None or after is None:
+        return {f"rr_{n}": math.nan for n in names}
+    return {f"rr_{n}": float(after[n] - before[n]) for n in names}
+
+
+def failed_row(scenario: Scenario, point: Point, error: str) -> dict[str, Any]:
+    return {
+        **point_keys(point),
+        "status": "failed",
+        "error": error,
+        "started": time.time(),
+        "users": scenario.load.users,
+        "rps": math.nan,
+    }
+
+
+def started_row(point: Point, event: Event, pid: int, detail: str) -> dict[str, Any]:
+    """A process the run started (every one of them is stopped by the run)."""
+    return {
+        **point_keys(point),
+        "time": time.time(),
+        "event": event,
+        "worker": None,
+        "pid": pid,
+        "detail": detail,
+    }
+
+
+def skipped_row(point: Point, planned: PlannedFault, reason: str, at: float) -> dict[str, Any]:
+    """A planned fault the runner could not send (the primary reports the ones it skips); its
+    ``t`` is when it was due."""
+    return {
+        **point_keys(point),
+        "time": at,
+        "t": planned.offset,
+        "event": Event.FAULT_SKIPPED,
+        "kind": planned.fault.kind,
+        "detail": json.dumps({"id": planned.id, "offset": planned.offset, "reason": reason}),
+    }
+
+
+_COLUMN_FIELDS = ("event", "t", "worker", "pid", "slot", "kind", "code", "signal")
+
+
+def target_event_rows(
+    group: list[Point], results: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The target's events as events.csv rows, each given to the point whose load had started
+    by then (the first point before any load), with ``t`` from that point's measured window."""
+    starts = {row["point"]: row for row in results if row.get("status") == "ok"}
+    out = []
+    for event in events:
+        if event["event"] in ANSWERS:
+            continue
+        owner = group[0]
+        for point in group:
+            row = starts.get(point.index)
+            if row is not None and row["started"] <= event["t"]:
+                owner = point
+        origin = starts.get(owner.index, {}).get("measure_start", math.nan)
+        detail = {k: v for k, v in event.items() if k not in _COLUMN_FIELDS}
+        out.append(
+            {
+                **point_keys(owner),
+                "time": event["t"],
+                "t": round(event["t"] - origin, 4),
+                **{k: event.get(k) for k in _COLUMN_FIELDS[3:]},
+                "worker": None if event.get("worker") is None else str(event["worker"]),
+                "event": event["event"],
+                "detail": json.dumps(detail) if detail else "",
+            }
+        )
+    return out

@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from clusterlab.lab.config.scenario import Respawn, Target
+from clusterlab.lab.protocol import CLOSED, Command, Event, FaultCommand, Supervision
 from clusterlab.lab.running.processes import alive_since, free_port, stop_all, stop_process
 
 
@@ -102,9 +103,14 @@ class ClusterTarget:
                 continue
             with self._stream.lock:
                 self._stream.events.append(event)
-            if event.get("event") in ("snapshot", "supervision", "ready", "stopped"):
+            if event.get("event") in (
+                Event.SNAPSHOT,
+                Event.SUPERVISION,
+                Event.READY,
+                Event.STOPPED,
+            ):
                 self._stream.answers.put(event)
-        self._stream.answers.put({"event": "closed"})
+        self._stream.answers.put({"event": CLOSED})
 
     def events(self) -> list[dict[str, Any]]:
         with self._stream.lock:
@@ -117,10 +123,10 @@ class ClusterTarget:
                 answer = self._stream.answers.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if answer["event"] == "ready":
+            if answer["event"] == Event.READY:
                 self.url = f"http://127.0.0.1:{answer['port']}"
                 return
-            if answer["event"] in ("closed", "stopped"):
+            if answer["event"] in (CLOSED, Event.STOPPED):
                 break
         raise TargetError(
             f"target did not get {self.config.workers} workers listening within "
@@ -131,9 +137,9 @@ class ClusterTarget:
         """Workers forked so far that have not exited."""
         pids: dict[str, int] = {}
         for event in self.events():
-            if event["event"] == "fork":
+            if event["event"] == Event.FORK:
                 pids[str(event["worker"])] = event["pid"]
-            elif event["event"] == "exit":
+            elif event["event"] == Event.EXIT:
                 pids.pop(str(event["worker"]), None)
         return pids
 
@@ -142,20 +148,20 @@ class ClusterTarget:
         a user's worker script, which is counted from its response header instead."""
         if self.config.target.kind == "script":
             return {}
-        answer = self._ask("snapshot", "a count snapshot")
+        answer = self._ask(Command.SNAPSHOT, "a count snapshot")
         return {k: {**v, "t": answer["t"]} for k, v in answer["workers"].items()}
 
-    def supervision(self) -> dict[str, Any]:
+    def supervision(self) -> Supervision:
         """``rr``: the primary's round-robin hand-off counters (None unless policy rr);
         ``stats``: the supervisor's totals (spawns, restarts, exits by kind, refused)."""
-        answer = self._ask("supervision", "its supervision counters")
-        return {"rr": answer.get("rr"), "stats": answer.get("stats")}
+        answer = self._ask(Command.SUPERVISION, "its supervision counters")
+        return Supervision(rr=answer.get("rr"), stats=answer.get("stats"))
 
-    def inject(self, command: dict[str, Any]) -> None:
+    def inject(self, command: FaultCommand) -> None:
         """Send a fault command; the primary reports what it did as a 'fault' event."""
         self._send(command)
 
-    def _ask(self, what: str, described: str) -> dict[str, Any]:
+    def _ask(self, what: Command, described: str) -> dict[str, Any]:
         self._next_id += 1
         self._send({"cmd": what, "id": self._next_id})
         deadline = time.monotonic() + 5.0
@@ -166,11 +172,11 @@ class ClusterTarget:
                 continue
             if answer["event"] == what and answer.get("id") == self._next_id:
                 return answer
-            if answer["event"] in ("closed", "stopped"):
+            if answer["event"] in (CLOSED, Event.STOPPED):
                 break
         raise TargetError(f"target did not answer {described}; see {self.config.log_path}")
 
-    def _send(self, command: dict[str, Any]) -> None:
+    def _send(self, command: dict[str, Any] | FaultCommand) -> None:
         assert self.process.stdin is not None
         try:
             with self._send_lock:
@@ -183,7 +189,7 @@ class ClusterTarget:
         """Ask the primary to disconnect its workers; escalate to signals; reap every worker."""
         workers = alive_since(self.worker_pids().values(), self._started_after())
         with contextlib.suppress(TargetError):  # already gone: the escalation below still runs
-            self._send({"cmd": "stop"})
+            self._send({"cmd": Command.STOP})
         if self.process.stdin is not None:
             self.process.stdin.close()
         stop_process(self.process, grace=5.0, signals=(None, signal.SIGTERM, signal.SIGKILL))
@@ -243,8 +249,8 @@ class CommandTarget:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {}
 
-    def supervision(self) -> dict[str, Any]:
-        return {}
+    def supervision(self) -> Supervision:
+        return Supervision(rr=None, stats=None)
 
     def stop(self) -> None:
         descendants = alive_since(self.worker_pids().values(), self._started - 1.0)
@@ -274,8 +280,8 @@ class UrlTarget:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {}
 
-    def supervision(self) -> dict[str, Any]:
-        return {}
+    def supervision(self) -> Supervision:
+        return Supervision(rr=None, stats=None)
 
     def stop(self) -> None:
         return None

@@ -24,8 +24,9 @@ import time
 from collections import deque
 from typing import Any, TextIO
 
-from clusterlab import cluster as _cluster_module
-from clusterlab import supervisor
+from clusterlab import cluster, supervisor
+from clusterlab.cluster import Address, Worker
+from clusterlab.lab.protocol import MESSAGE_KEY, Command, Event, WorkerMessage
 from clusterlab.supervisor import (
     HeartbeatPolicy,
     RestartLimit,
@@ -34,10 +35,6 @@ from clusterlab.supervisor import (
     Supervisor,
 )
 
-# The cluster module resolves its members at run time (one object per process, as Node's).
-cluster: Any = _cluster_module
-
-MESSAGE_KEY = "clusterlab.lab"
 REPORT_INTERVAL = 0.1
 #: Seconds a stopping target gives its workers to finish before SIGKILL (a SIGSTOPped or hung
 #: worker never finishes); shorter than the runner's own patience with the primary.
@@ -70,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if cluster.is_worker:
         _serve_worker(args)
         return 0
-    return asyncio.run(_Primary(args).run())
+    return asyncio.run(LabTarget(args).run())
 
 
 # --- worker side -----------------------------------------------------------------------------
@@ -80,7 +77,7 @@ def _serve_worker(args: argparse.Namespace) -> None:
     from clusterlab.lab.spawned import endpoints
     from clusterlab.servers import serve_asgi, serve_wsgi
 
-    endpoints.COUNTERS.worker_id = str(cluster.worker.id)
+    endpoints.COUNTERS.worker_id = str(_worker().id)
     endpoints.FAULTS.on_fire = _tell_fired
     _start_reporting(endpoints.COUNTERS)
     if args.kind == "wsgi":
@@ -108,29 +105,35 @@ def _start_reporting(counters: Any) -> None:
 
     def report() -> None:
         with lock:
-            cluster.worker.send({MESSAGE_KEY: "counts", **counters.snapshot()})
+            _worker().send({MESSAGE_KEY: WorkerMessage.COUNTS, **counters.snapshot()})
 
     def on_message(message: Any, _handle: Any = None) -> None:
         what = message.get(MESSAGE_KEY) if isinstance(message, dict) else None
-        if what == "report":
+        if what == WorkerMessage.REPORT:
             report()
-        elif what == "fault" and message["kind"] == "exit":
+        elif what == WorkerMessage.FAULT and message["kind"] == "exit":
             os._exit(int(message["code"]))
-        elif what == "fault":
+        elif what == WorkerMessage.FAULT:
             endpoints.FAULTS.arm(message)
 
     def loop() -> None:
-        while cluster.worker.is_connected():
+        while _worker().is_connected():
             report()
             time.sleep(REPORT_INTERVAL)
 
-    cluster.worker.on("message", on_message)
+    _worker().on("message", on_message)
     threading.Thread(target=loop, name="lab-counts", daemon=True).start()
+
+
+def _worker() -> Worker:
+    """This worker process's own ``Worker`` (only called in workers)."""
+    assert cluster.worker is not None, "only a worker has cluster.worker"
+    return cluster.worker
 
 
 def _tell_fired(fault: dict[str, Any]) -> None:
     message = {k: fault.get(k) for k in ("id", "kind", "fatal")}
-    cluster.worker.send({MESSAGE_KEY: "fault_fired", "t": time.time(), **message})
+    _worker().send({MESSAGE_KEY: WorkerMessage.FAULT_FIRED, "t": time.time(), **message})
 
 
 def _beating(app: Any) -> Any:
@@ -157,7 +160,7 @@ def _beat_from_thread() -> None:
     beat = supervisor.Heartbeat()
 
     def loop() -> None:
-        while cluster.worker.is_connected():
+        while _worker().is_connected():
             beat.beat(force=True)
             time.sleep(beat.interval)
 
@@ -187,8 +190,8 @@ def policies(respawn: dict[str, Any] | None) -> tuple[RestartPolicy, HeartbeatPo
     return restart, HeartbeatPolicy(**beat) if beat else None
 
 
-class _Primary:
-    """Supervises the workers, forwards their events and counts, answers the runner's commands
+class LabTarget:
+    """The target's primary: supervises the workers, forwards their events and counts, answers the runner's commands
     and injects its faults."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -255,7 +258,7 @@ class _Primary:
         else:
             cluster.setup_primary(exec="-m clusterlab.lab.spawned.target", args=_argv(self.args))
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: Event, **fields: Any) -> None:
         if self.args.control:
             self.out.write(json.dumps({"event": event, "t": time.time(), **fields}) + "\n")
 
@@ -265,17 +268,17 @@ class _Primary:
 
     # --- cluster events ------------------------------------------------------------------
 
-    def _on_online(self, worker: Any) -> None:
-        self.emit("online", worker=worker.id, slot=self._slot(worker.id))
+    def _on_online(self, worker: Worker) -> None:
+        self.emit(Event.ONLINE, worker=worker.id, slot=self._slot(worker.id))
 
-    def _on_listening(self, worker: Any, address: Any) -> None:
-        self.emit("listening", worker=worker.id, port=address.port, slot=self._slot(worker.id))
+    def _on_listening(self, worker: Worker, address: Address) -> None:
+        self.emit(Event.LISTENING, worker=worker.id, port=address.port, slot=self._slot(worker.id))
         self.port = self.port or address.port
         ready = [sw for sw in self.supervisor.workers if sw.ready]
         if self.ready_sent or len(ready) < self.args.workers:
             return
         self.ready_sent = True
-        self.emit("ready", port=self.port, workers={sw.id: sw.pid for sw in ready})
+        self.emit(Event.READY, port=self.port, workers={sw.id: sw.pid for sw in ready})
         if not self.args.control:
             print(
                 f"serving http://{self.args.host}:{self.port}/ with {self.args.workers} "
@@ -283,24 +286,24 @@ class _Primary:
                 flush=True,
             )
 
-    def _on_message(self, worker: Any, message: Any, _handle: Any = None) -> None:
+    def _on_message(self, worker: Worker, message: Any, _handle: object = None) -> None:
         what = message.get(MESSAGE_KEY) if isinstance(message, dict) else None
-        if what == "fault_fired":
+        if what == WorkerMessage.FAULT_FIRED:
             fired = {k: message.get(k) for k in ("t", "id", "kind", "fatal")}
-            self.emit("fault_fired", **self._who(worker), **fired)
+            self.emit(Event.FAULT_FIRED, **self._who(worker), **fired)
             if message.get("kind") == "exception" and not message.get("fatal"):
                 self.faulted.pop(worker.id, None)  # it answered 500 and serves on
             return
-        if what != "counts":
+        if what != WorkerMessage.COUNTS:
             return
         counts = {k: message.get(k) for k in ("requests", "connections")}
-        self.emit("counts", worker=worker.id, sent=message.get("t"), **counts)
+        self.emit(Event.COUNTS, worker=worker.id, sent=message.get("t"), **counts)
         self.latest[worker.id] = counts
         self._remember(worker.id, float(message.get("t") or 0.0), float(counts["requests"] or 0))
         for waiting in self.pending.values():
             waiting[worker.id] = counts
 
-    def _who(self, worker: Any) -> dict[str, Any]:
+    def _who(self, worker: Worker) -> dict[str, Any]:
         return {"worker": worker.id, "pid": worker.process.pid, "slot": self._slot(worker.id)}
 
     def _remember(self, worker_id: int, t: float, requests: float) -> None:
@@ -321,7 +324,7 @@ class _Primary:
     # --- supervisor events ---------------------------------------------------------------
 
     def _on_supervisor_spawn(self, sw: SupervisedWorker) -> None:
-        self.emit("fork", worker=sw.id, pid=sw.pid, slot=sw.slot)
+        self.emit(Event.FORK, worker=sw.id, pid=sw.pid, slot=sw.slot)
 
     def _on_supervisor_exit(
         self, sw: SupervisedWorker, kind: str, code: int | None, sig: str | None
@@ -329,7 +332,7 @@ class _Primary:
         self.faulted.pop(sw.id, None)
         self.recent.pop(sw.id, None)
         self.emit(
-            "exit",
+            Event.EXIT,
             worker=sw.id,
             pid=sw.pid,
             slot=sw.slot,
@@ -342,11 +345,11 @@ class _Primary:
     def _on_supervisor_restart_scheduled(
         self, slot: int, delay: float, attempt: int, kind: str
     ) -> None:
-        self.emit("restart_scheduled", slot=slot, delay=delay, attempt=attempt, kind=kind)
+        self.emit(Event.RESTART_SCHEDULED, slot=slot, delay=delay, attempt=attempt, kind=kind)
 
     def _on_supervisor_restart_limit(self, limit: RestartLimit) -> None:
         self.emit(
-            "restart_limit",
+            Event.RESTART_LIMIT,
             slot=limit.slot,
             kind=limit.last_exit,
             max_restarts=limit.max_restarts,
@@ -356,15 +359,15 @@ class _Primary:
         )
 
     def _on_supervisor_restart_refused(self, slot: int, kind: str) -> None:
-        self.emit("restart_refused", slot=slot, kind=kind)
+        self.emit(Event.RESTART_REFUSED, slot=slot, kind=kind)
 
     def _on_supervisor_hang_detected(self, sw: SupervisedWorker, silent: float) -> None:
-        self.emit("hang_detected", worker=sw.id, pid=sw.pid, slot=sw.slot, silent=silent)
+        self.emit(Event.HANG_DETECTED, worker=sw.id, pid=sw.pid, slot=sw.slot, silent=silent)
 
     def _on_supervisor_stopped(self, status: int) -> None:
         # Every worker is gone. Before the target was ready (it cannot boot) or when asked to
         # stop, the target ends; mid-run (no restarts) it stays up to answer the runner.
-        self.emit("supervisor_stopped", status=status)
+        self.emit(Event.SUPERVISOR_STOPPED, status=status)
         if self.stopping or not self.ready_sent:
             self._finish()
 
@@ -378,35 +381,35 @@ class _Primary:
             try:
                 command = json.loads(line)
             except ValueError:
-                self.emit("error", message=f"not a JSON command: {line[:80]!r}")
+                self.emit(Event.ERROR, message=f"not a JSON command: {line[:80]!r}")
                 continue
             what = command.get("cmd")
-            if what == "snapshot":
+            if what == Command.SNAPSHOT:
                 await self._snapshot(command.get("id", 0))
-            elif what == "supervision":
+            elif what == Command.SUPERVISION:
                 self._supervision(command.get("id", 0))
-            elif what == "fault":
+            elif what == Command.FAULT:
                 self._inject(command)
-            elif what == "stop":
+            elif what == Command.STOP:
                 break
         self._stop()
 
     async def _snapshot(self, request_id: int) -> None:
         answers: dict[int, Any] = {}
         self.pending[request_id] = answers
-        live = [w for w in cluster.workers.values() if w.is_connected()]
+        live = [w for w in (cluster.workers or {}).values() if w.is_connected()]
         for worker in live:
-            worker.send({MESSAGE_KEY: "report"})
+            worker.send({MESSAGE_KEY: WorkerMessage.REPORT})
         deadline = time.monotonic() + 2.0
         while len(answers) < len(live) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         del self.pending[request_id]
-        self.emit("snapshot", id=request_id, workers={str(k): v for k, v in answers.items()})
+        self.emit(Event.SNAPSHOT, id=request_id, workers={str(k): v for k, v in answers.items()})
 
     def _supervision(self, request_id: int) -> None:
         """The round-robin hand-off counters (rr only) and the supervisor's totals."""
         rr = cluster.round_robin_stats() if self.args.policy == "rr" else None
-        self.emit("supervision", id=request_id, rr=rr, stats=dict(self.supervisor.stats))
+        self.emit(Event.SUPERVISION, id=request_id, rr=rr, stats=dict(self.supervisor.stats))
 
     def _inject(self, command: dict[str, Any]) -> None:
         """Carry out one fault: a signal to the worker's pid now, or a fault armed in the
@@ -415,7 +418,7 @@ class _Primary:
         fields = {"id": command["id"], "stream": command.get("stream"), "kind": kind}
         sw, reason = self._pick(command)
         if sw is None:
-            self.emit("fault_skipped", **fields, target=command["target"], reason=reason)
+            self.emit(Event.FAULT_SKIPPED, **fields, target=command["target"], reason=reason)
             return
         fields.update(worker=sw.id, pid=sw.pid, slot=sw.slot, target=command["target"])
         sig = _SIGNALS.get(kind)
@@ -427,14 +430,14 @@ class _Primary:
             try:
                 os.kill(sw.pid, sig)
             except ProcessLookupError:
-                self.emit("fault_skipped", **fields, reason="the worker had just exited")
+                self.emit(Event.FAULT_SKIPPED, **fields, reason="the worker had just exited")
                 return
-            self.emit("fault", t=at, how=sig.name, **fields)
+            self.emit(Event.FAULT, t=at, how=sig.name, **fields)
             return
         options = {k: command.get(k) for k in ("code", "fatal", "hang")}
-        sw.worker.send({MESSAGE_KEY: "fault", **fields, **options})
+        sw.worker.send({MESSAGE_KEY: WorkerMessage.FAULT, **fields, **options})
         how = f"exit {options['code']}" if kind == "exit" else "armed"
-        self.emit("fault", how=how, **fields, **options)
+        self.emit(Event.FAULT, how=how, **fields, **options)
 
     def _pick(self, command: dict[str, Any]) -> tuple[SupervisedWorker | None, str]:
         """The worker a fault goes to, among the ready ones without a pending fault; or why
@@ -466,7 +469,7 @@ class _Primary:
 
     def _finish(self) -> None:
         if not self.done.is_set():
-            self.emit("stopped")
+            self.emit(Event.STOPPED)
             self.done.set()
 
     async def _print_counts(self) -> None:

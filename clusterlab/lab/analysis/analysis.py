@@ -1,0 +1,96 @@
+"""A run's analysis: every derived number computed once from the raw tables, frozen, and read by
+every output (summary.json, report.md, report.html, plots, gates, the pytest plugin).
+
+``analyze(load_results(DIR))`` is the one place where fairness, verdicts, aggregates over
+repeats, USL fits and recovery metrics are computed. ``compare`` reads summary.json, this
+object's serialized form, because baselines outlive the tables they came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from clusterlab.lab.analysis import recovery
+from clusterlab.lab.analysis.metrics import aggregate, fairness_columns, usl_fits
+from clusterlab.lab.analysis.summary import summary_dict
+from clusterlab.lab.analysis.tables import Results
+from clusterlab.lab.analysis.verdicts import point_generator_bound
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a run measured and what follows from it.
+
+    ``points`` is results.csv with the derived columns added (fairness over workers, the
+    generator-bound verdict); ``aggregates`` one row per workload × policy × workers over the
+    repeats; ``fits`` the USL fit per workload × policy; ``faults`` and ``recovery`` the
+    recovery metrics per fault and per point; ``summary`` the content of summary.json (less
+    the list of plots, which the output step adds once it has drawn them).
+    """
+
+    run: Results
+    points: pd.DataFrame
+    aggregates: pd.DataFrame
+    fits: pd.DataFrame
+    faults: pd.DataFrame
+    recovery: pd.DataFrame
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.run.directory
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.run.meta
+
+    @property
+    def scenario(self) -> dict[str, Any]:
+        scenario: dict[str, Any] = self.run.meta["scenario"]
+        return scenario
+
+    @property
+    def parallelism(self) -> int:
+        return int(self.run.meta["machine"]["available_parallelism"])
+
+    @property
+    def measured(self) -> pd.DataFrame:
+        """The points that finished (status ok)."""
+        return self.points[self.points["status"] == "ok"] if not self.points.empty else self.points
+
+
+def analyze(run: Results) -> Analysis:
+    """Compute everything the outputs need from one run's tables."""
+    points = derive_point_columns(run)
+    aggregates = aggregate(points) if not points.empty else pd.DataFrame()
+    fits = usl_fits(points) if not points.empty else pd.DataFrame()
+    per_fault = recovery.faults(run.events, run.timeseries, points)
+    per_point = recovery.points(run.events, per_fault, points)
+    summary = summary_dict(run, points, aggregates, fits, per_fault, per_point)
+    return Analysis(run, points, aggregates, fits, per_fault, per_point, summary)
+
+
+def derive_point_columns(run: Results) -> pd.DataFrame:
+    """results.csv plus fairness (from workers.csv, the workers' own counts) and the
+    generator-bound verdict (from the CPU each side used)."""
+    points = run.results.copy()
+    if points.empty:
+        return points.assign(generator_bound=pd.Series(dtype=bool), bound_reason="")
+    limit = float(run.meta["scenario"]["load"]["generator_bound_cpu"])
+    verdicts = [point_generator_bound(row, limit) for row in points.to_dict("records")]
+    points["generator_bound"] = [bound for bound, _ in verdicts]
+    points["bound_reason"] = [reason for _, reason in verdicts]
+    fairness = {
+        (point, repeat): fairness_columns(group.to_dict("records"))
+        for (point, repeat), group in run.workers.groupby(["point", "repeat"])
+    }
+    for column in fairness_columns([]):
+        points[column] = [
+            fairness.get((p, r), {}).get(column, float("nan"))
+            for p, r in zip(points["point"], points["repeat"], strict=True)
+        ]
+    return points

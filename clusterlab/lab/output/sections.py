@@ -1,0 +1,239 @@
+"""The report's content, section by section, as blocks read from one ``Analysis``; rendered to
+Markdown and HTML by ``report``. A section is a function returning its blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from clusterlab.lab.analysis.analysis import Analysis
+from clusterlab.lab.analysis.summary import NOISY_OTHER_CPU, SUMMARY_VERSION
+from clusterlab.lab.output import report_tables as tables
+
+PLOT_HELP = {
+    "throughput": "Successful requests/s against worker count, one line per policy (median over "
+    "repeats, band = min–max). Dashed: ideal linear scaling from the smallest count; dotted: "
+    "available_parallelism(). Where the line bends away from the dashed one, adding workers stops "
+    "paying. Hollow markers are generator-bound: locust, not the cluster, was the limit.",
+    "fairness": "Jain's index of per-worker requests (solid) and connections (dashed): 1 = every "
+    "worker got the same, 1/n (dotted) = one worker got everything.",
+    "latency": "p99 latency against worker count per policy. Rising p99 with more workers than "
+    "CPUs shows oversubscription; a gap between policies shows queueing in the primary or uneven "
+    "accept.",
+    "share": "Each worker's share of the requests at the largest worker count, sorted; the dashed "
+    "line is the fair share 1/n. A tall first bar is a hot worker.",
+    "usl": "Measured throughput (points) and the Universal Scalability Law fit (line). σ is "
+    "contention (serial work), κ coherency cost (crosstalk); N* is the predicted peak.",
+    "timeline": "Each point with faults over time, one column per policy: successful requests/s "
+    "(100 ms bins, faint; 0.5 s mean, solid) and failed requests/s (red bars, right axis). Red "
+    "line: a fault takes effect (a signal at once; an armed exception or hang when a request "
+    "fires it); purple dotted: the heartbeat timeout caught a hang; green dashed: the "
+    "replacement listens; green dot: throughput back to 90 % of its pre-crash level; thick "
+    "black: the restart limit was reached (no more restarts). Warm-up is shaded.",
+}
+RECOVERY_HELP = (
+    "Per point: faults injected (and skipped: no ready worker, or the load had ended), those that "
+    "took effect, crashes (the worker exited) and how many of them were replaced; seconds from "
+    "the fault taking effect to the replacement's 'listening' and to throughput back at 90 % of "
+    "its pre-crash level (median / max); failed requests while recovering, by cause; under rr "
+    "the connections the primary re-queued from a dying worker and those it lost (closed "
+    "unserved: must be 0); restarts scheduled and refused by the restart limit. Method: "
+    "throughput is locust's successful requests in 100 ms bins; the pre-crash level is their "
+    "mean over the 2 s before the fault; it is back once a 0.5 s span has a mean of at "
+    "least 90 % of that (the time is that span's start; 0 = it never fell that low; – = not "
+    "back before the next fault or the end). A fault's failures are those in the bins from it "
+    "to the next fault's effect (or the end of measurement)."
+)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of content. ``kind``: h1, h2, p (``text``, after an optional bold ``lead``),
+    table (``table``), image (``text`` is the file, ``caption`` its help)."""
+
+    kind: str
+    text: str = ""
+    lead: str = ""
+    table: pd.DataFrame | None = None
+    caption: str = ""
+
+
+def report_blocks(analysis: Analysis, drawn: dict[str, str]) -> list[Block]:
+    """Every section of the report in order; ``drawn`` maps plot names to their files."""
+    return [
+        *_header(analysis),
+        *_summary(analysis),
+        *(_recovery(analysis) if analysis.scenario.get("faults") else []),
+        *_generator_bound(analysis),
+        *_noisy(analysis),
+        *_scalability(analysis),
+        Block("h2", "Plots"),
+        *[Block("image", file, caption=PLOT_HELP[name]) for name, file in drawn.items()],
+        *_every_point(analysis),
+    ]
+
+
+def _header(analysis: Analysis) -> list[Block]:
+    meta, scenario, machine = analysis.meta, analysis.scenario, analysis.meta["machine"]
+    load, points = scenario["load"], analysis.points
+    blocks = [Block("h1", f"clusterlab lab report: {scenario['name']}")]
+    if meta["partial"]:
+        why = "interrupted" if meta["interrupted"] else "not every point finished"
+        blocks.append(
+            Block(
+                "p",
+                f"({why}): {len(points)} of {meta['planned_points']} points measured.",
+                lead="PARTIAL REPORT",
+            )
+        )
+    if scenario.get("description"):
+        blocks.append(Block("p", scenario["description"]))
+    processes = sorted(int(p) for p in points["processes"].dropna().unique())
+    blocks.append(
+        Block(
+            "p",
+            f"Machine: {machine['cpu_model']}; available_parallelism() = "
+            f"{machine['available_parallelism']} (affinity {machine['affinity']}), "
+            f"{machine['memory_gb']} GB; Python {machine['python']}; git {machine['git_revision']}. "
+            f"Target: {scenario['target']['kind']}. Load: locust, {load['users']} users, "
+            f"{load['model']} model, {load['connection']} connections, {load['warmup']:g} s warm-up "
+            f"then {load['duration']:g} s measured, locust processes per point "
+            f"{processes or load['processes']}. The load generator and the cluster share this "
+            "machine's CPUs (no pinning); the CPU each side used is in the per-point table.",
+        )
+    )
+    return blocks
+
+
+def _summary(analysis: Analysis) -> list[Block]:
+    table = tables.summary_table(analysis.aggregates)
+    body = Block("table", table=table) if not table.empty else Block("p", "No point finished.")
+    return [Block("h2", "Summary"), body]
+
+
+def _generator_bound(analysis: Analysis) -> list[Block]:
+    points = analysis.points
+    bound = points[points["generator_bound"].astype(bool)] if not points.empty else points
+    heading = Block("h2", "Generator-bound points")
+    if bound.empty:
+        limit = analysis.scenario["load"]["generator_bound_cpu"]
+        return [
+            heading,
+            Block(
+                "p",
+                f"None: in every point each locust process stayed below {limit:g}% of a core.",
+            ),
+        ]
+    items = "; ".join(
+        f"{r['workload']} · {r['policy']} · {r['workers']} workers (repeat {r['repeat'] + 1}): "
+        f"{r['bound_reason']}"
+        for r in bound.to_dict("records")
+    )
+    return [
+        heading,
+        Block(
+            "p",
+            f"{items}. These numbers are the generator's limit, not the cluster's capacity; "
+            "raise load.processes (more locust processes) or move load to another machine to "
+            "measure the cluster.",
+        ),
+    ]
+
+
+def _noisy(analysis: Analysis) -> list[Block]:
+    points = analysis.points
+    noisy = points[points["other_cpu_pct"] > NOISY_OTHER_CPU] if not points.empty else points
+    if noisy.empty:
+        return []
+    listed = ", ".join(str(int(p) + 1) for p in noisy["point"])
+    return [
+        Block(
+            "p",
+            f"in points {listed} processes outside this run used more than "
+            f"{NOISY_OTHER_CPU:g}% of a core (column 'other CPU %'); treat those numbers with "
+            "care or run again on a quiet machine.",
+            lead="Noisy machine:",
+        )
+    ]
+
+
+def _scalability(analysis: Analysis) -> list[Block]:
+    heading = Block("h2", "Scalability (USL)")
+    if analysis.fits.empty:
+        points = analysis.points
+        counts = points["workers"].nunique() if not points.empty else 0
+        return [
+            heading,
+            Block(
+                "p",
+                "No fit: needs at least 3 worker counts that are not generator-bound (this run "
+                f"has {counts} worker counts).",
+            ),
+        ]
+    return [heading, Block("table", table=tables.fit_table(analysis.fits))]
+
+
+def _every_point(analysis: Analysis) -> list[Block]:
+    blocks = [Block("h2", "Every point"), Block("table", table=tables.point_table(analysis.points))]
+    failures = analysis.run.failures
+    if not failures.empty:
+        by_kind = (
+            failures.groupby(["workload", "policy", "workers", "error"])["occurrences"]
+            .sum()
+            .reset_index()
+        )
+        blocks += [Block("h2", "Failures by kind"), Block("table", table=by_kind)]
+    blocks.append(
+        Block(
+            "p",
+            "Tables: results.csv, workers.csv, timeseries.csv, events.csv, failures.csv; "
+            f"summary.json (schema clusterlab.lab.summary v{SUMMARY_VERSION}). Rebuild with "
+            "`clusterlab report DIR`.",
+        )
+    )
+    return blocks
+
+
+def _recovery(analysis: Analysis) -> list[Block]:
+    scenario, per_point = analysis.scenario, analysis.recovery
+    streams = "; ".join(tables.describe_fault(f) for f in scenario["faults"])
+    blocks = [
+        Block("h2", "Recovery"),
+        Block("p", f"Faults: {streams}. Supervision: {_supervision(scenario.get('respawn'))}."),
+    ]
+    if per_point.empty:
+        return [*blocks, Block("p", "No point with faults finished.")]
+    blocks += [
+        Block("table", table=tables.recovery_table(per_point)),
+        Block("p", RECOVERY_HELP),
+    ]
+    lost = per_point["rr_dropped"].dropna()
+    if (lost > 0).any():
+        blocks.append(
+            Block(
+                "p",
+                f"{lost.sum():.0f} queued connections were closed unserved under rr (every "
+                "worker had gone at once).",
+                lead="Connections lost at the primary:",
+            )
+        )
+    return [
+        *blocks,
+        Block("h2", "Every fault"),
+        Block("table", table=tables.fault_table(analysis.faults)),
+    ]
+
+
+def _supervision(respawn: dict[str, Any] | None) -> str:
+    if not respawn:
+        return "no restarts (no [respawn] table)"
+    text = f"respawn {respawn['policy']}"
+    if respawn["policy"] == "backoff":
+        text += f" (base {respawn['base']:g} s, cap {respawn['cap']:g} s)"
+    text += f", restart limit {respawn['max_restarts']} within {respawn['within']:g} s"
+    beat = respawn.get("heartbeat")
+    if beat:
+        return text + f", heartbeat every {beat['interval']:g} s (timeout {beat['timeout']:g} s)"
+    return text + ", no heartbeat"

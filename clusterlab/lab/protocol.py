@@ -1,0 +1,98 @@
+"""What the lab's processes say to each other, in one place: the runner's commands to the target's
+primary and the events it answers with (JSON lines on its stdin/stdout), the messages between
+that primary and its workers (over the cluster's channel), and the event names of events.csv.
+
+Every name is a ``StrEnum`` member, so it is written to JSON and CSV as its plain string and
+compares equal to it when read back.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, TypedDict
+
+
+class Command(StrEnum):
+    """The runner → the target's primary (``{"cmd": …}``)."""
+
+    SNAPSHOT = "snapshot"  # every live worker's counts now; answered by Event.SNAPSHOT
+    SUPERVISION = "supervision"  # RR hand-off counters and supervisor totals
+    FAULT = "fault"  # inject one planned fault
+    STOP = "stop"  # disconnect the workers and exit
+
+
+class Event(StrEnum):
+    """The target's primary → the runner (``{"event": …, "t": …}``), and events.csv's names."""
+
+    # the cluster's own events
+    ONLINE = "online"
+    LISTENING = "listening"
+    READY = "ready"  # every worker listens: the target can be loaded
+    COUNTS = "counts"  # one worker's cumulative requests and connections
+    # the supervisor's events
+    FORK = "fork"
+    EXIT = "exit"
+    RESTART_SCHEDULED = "restart_scheduled"
+    RESTART_LIMIT = "restart_limit"
+    RESTART_REFUSED = "restart_refused"
+    HANG_DETECTED = "hang_detected"
+    SUPERVISOR_STOPPED = "supervisor_stopped"
+    # faults
+    FAULT = "fault"  # a fault took effect (a signal) or was armed in a worker
+    FAULT_FIRED = "fault_fired"  # an armed fault fired at a request
+    FAULT_SKIPPED = "fault_skipped"  # no worker could take it, or the load had ended
+    # answers and the end
+    SNAPSHOT = "snapshot"
+    SUPERVISION = "supervision"
+    ERROR = "error"
+    STOPPED = "stopped"
+    # written by the runner itself into events.csv: a process it started
+    TARGET_STARTED = "target"
+    LOAD_STARTED = "load"
+
+
+#: Answers the runner waits for; they are not kept in events.csv.
+ANSWERS = frozenset({Event.COUNTS, Event.SNAPSHOT, Event.SUPERVISION})
+#: The control stream's end, as the runner's reader reports it (not sent by the target).
+CLOSED = "closed"
+
+#: The key of the lab's messages on the cluster channel, whose value is a ``WorkerMessage``.
+MESSAGE_KEY = "clusterlab.lab"
+
+
+class WorkerMessage(StrEnum):
+    """Between the target's primary and its workers (``{MESSAGE_KEY: …}``)."""
+
+    COUNTS = "counts"  # worker → primary: its cumulative counts
+    REPORT = "report"  # primary → worker: send your counts now
+    FAULT = "fault"  # primary → worker: arm (or, for exit, act on) a fault
+    FAULT_FIRED = "fault_fired"  # worker → primary: an armed fault fired
+
+
+class Counts(TypedDict):
+    """A worker's cumulative counts at ``t`` (the worker's clock)."""
+
+    requests: int
+    connections: int
+    t: float
+
+
+class FaultCommand(TypedDict):
+    """The runner's ``fault`` command: a planned fault for the primary to carry out."""
+
+    cmd: str
+    id: int
+    stream: int
+    kind: str
+    target: str
+    draw: float
+    code: int | None
+    hang: str | None
+    fatal: bool | None
+
+
+class Supervision(TypedDict):
+    """The answer to ``supervision``: RR hand-off counters (None unless rr) and totals."""
+
+    rr: dict[str, int] | None
+    stats: dict[str, Any] | None

@@ -1,0 +1,137 @@
+"""Observing one point: load the running target, sample every process meanwhile, inject the
+point's faults, and keep everything seen as an ``Observation``. The side effects of a point
+live here; turning an observation into table rows is ``rows.point_rows``, a pure function.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from clusterlab.lab.config.plan import Point
+from clusterlab.lab.config.scenario import Scenario
+from clusterlab.lab.protocol import Event, FaultCommand
+from clusterlab.lab.running.faults import FaultInjector, PlannedFault, schedule
+from clusterlab.lab.running.load import (
+    LoadError,
+    LoadOutcome,
+    read_load,
+    start_load,
+    stop_load,
+    wait_load,
+)
+from clusterlab.lab.running.sampler import Sampler
+from clusterlab.lab.running.targets import ClusterTarget, TargetError, TargetHandle
+
+Snapshot = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SkippedFault:
+    """A planned fault the runner could not send, why, and when it gave up on it."""
+
+    planned: PlannedFault
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one point's load left behind, before any row is built.
+
+    ``before``/``after``: the workers' cumulative counts asked for around the load; ``reports``:
+    the counts the workers sent meanwhile; ``rr_before``/``rr_after``: the primary's hand-off
+    counters (None unless rr); ``outcome``: locust's measurements (None when the load failed,
+    then ``error`` says why); ``samples``: psutil's CPU and memory samples of every process.
+    """
+
+    point: Point
+    processes: int
+    started: float
+    load_pids: list[tuple[int, str]]
+    before: Snapshot
+    after: Snapshot
+    reports: list[dict[str, Any]]
+    rr_before: dict[str, int] | None
+    rr_after: dict[str, int] | None
+    samples: pd.DataFrame
+    outcome: LoadOutcome | None = None
+    error: str = ""
+    skipped: list[SkippedFault] = field(default_factory=list)
+
+
+def observe_point(
+    scenario: Scenario, point: Point, target: TargetHandle, processes: int, out: Path
+) -> Observation:
+    """Load the running target with the point's workload, sampling and injecting faults."""
+    workload = next(w for w in scenario.workloads if w.name == point.workload)
+    started = time.time()
+    before, supervised_before = target.snapshot(), target.supervision()
+    run = start_load(
+        scenario.load,
+        workload,
+        target.url,
+        processes,
+        out,
+        scenario.target.worker_header,
+        count_every_failure=bool(scenario.faults),
+    )
+    roles = ["locust"] if processes == 1 else ["locust master"] + ["locust worker"] * processes
+    skipped: list[SkippedFault] = []
+    plan = schedule(scenario.faults, scenario.load.duration, point.repeat)
+    injector = FaultInjector(
+        plan,
+        _fault_sender(target),
+        out,
+        lambda planned, why: skipped.append(SkippedFault(planned, why, time.time())),
+    )
+    outcome, error = None, ""
+    try:
+        with Sampler(lambda: {**_sources(target), **run.pids()}) as sampler, injector:
+            wait_load(run)
+        outcome = read_load(out)
+    except LoadError as exc:
+        error = str(exc)
+    finally:
+        stop_load(run)
+    after, supervised_after = (target.snapshot(), target.supervision()) if outcome else ({}, None)
+    return Observation(
+        point=point,
+        processes=processes,
+        started=started,
+        load_pids=[(p.pid, role) for p, role in zip(run.processes, roles, strict=True)],
+        before=before,
+        after=after,
+        reports=[e for e in target.events() if e["event"] == Event.COUNTS and e["t"] >= started],
+        rr_before=supervised_before.get("rr"),
+        rr_after=supervised_after.get("rr") if supervised_after else None,
+        samples=sampler.frame(),
+        outcome=outcome,
+        error=error,
+        skipped=skipped,
+    )
+
+
+def _sources(target: TargetHandle) -> dict[tuple[str, str], int]:
+    """The target's processes (and the runner's own) by (role, key), for the sampler."""
+    found = {("worker", k): pid for k, pid in target.worker_pids().items()}
+    found[("runner", "0")] = os.getpid()
+    if target.primary_pid is not None:
+        found[("primary", "0")] = target.primary_pid
+    return found
+
+
+def _fault_sender(target: TargetHandle) -> Callable[[FaultCommand], None]:
+    if isinstance(target, ClusterTarget):
+        return target.inject
+
+    def refuse(command: FaultCommand) -> None:
+        raise TargetError("this target takes no faults (it is not a cluster the lab started)")
+
+    return refuse
