@@ -192,7 +192,7 @@ def print_table(results: dict[str, Any]) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--peers",
@@ -218,12 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--quiet-pct", type=float, default=5)
     ap.add_argument("--no-write", action="store_true")
-    a = ap.parse_args(argv)
-    if a.quick:
-        a.rounds, a.duration = 3, 2
-    modes = [m for m in a.modes.split(",") if m]
-    if bad := [m for m in modes if m not in MODES]:
-        ap.error(f"unknown mode(s) {bad}")
+    return ap
+
+
+def _specs(
+    ap: argparse.ArgumentParser, a: argparse.Namespace
+) -> tuple[list[peers.ServerSpec], list[str]]:
+    """The servers the arguments name (peers, then ``--target`` templates) and the skip notes of
+    peers that are missing; an argument error when there is nothing to measure."""
     names = {"all": list(peers.PEERS), "none": []}.get(a.peers, a.peers.split(","))
     specs, notes = peers.peer_specs(names, a.workers)
     for t in a.target:
@@ -233,13 +235,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs.append(target_from_template(name, template, a.workers, a.ready_text))
     if not specs:
         ap.error("nothing to measure")
+    return specs, notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = _parser()
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.rounds, a.duration = 3, 2
+    modes = [m for m in a.modes.split(",") if m]
+    if bad := [m for m in modes if m not in MODES]:
+        ap.error(f"unknown mode(s) {bad}")
+    specs, notes = _specs(ap, a)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for note in notes:
         print(note)
     for s in specs:
         print(f"{s.name}: {s.command}")
     results: dict[str, Any] = {}
-    status = 0
+    status = _measure(specs, modes, a, results)
+    summarize(results)
+    if not any(r["runs"] for m in results.values() for r in m.values()):
+        return status or 1
+    print_table(results)
+    if not a.no_write:
+        _write(a, notes, specs, results, status == 0)
+    return status
+
+
+def _measure(
+    specs: Sequence[peers.ServerSpec],
+    modes: Sequence[str],
+    a: argparse.Namespace,
+    results: dict[str, Any],
+) -> int:
+    """:func:`run_handoff` into ``results``; the exit status: 0, 1 (an error), 130 or 143 (Ctrl-C
+    or SIGTERM; every server is stopped and what was measured stays in ``results``)."""
     try:
         run_handoff(
             specs,
@@ -253,37 +284,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (KeyboardInterrupt, SystemExit) as exc:
         print("interrupted; all servers stopped", file=sys.stderr)
-        status = 143 if isinstance(exc, SystemExit) else 130
+        return 143 if isinstance(exc, SystemExit) else 130
     except (RuntimeError, subprocess.SubprocessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        status = 1
-    summarize(results)
-    if not any(r["runs"] for m in results.values() for r in m.values()):
-        return status or 1
-    print_table(results)
-    if not a.no_write:
-        path = report.write_json(
-            "handoff",
-            {
-                "benchmark": "handoff",
-                "machine": report.machine_facts(),
-                "notes": notes,
-                "settings": {
-                    "rounds": a.rounds,
-                    "duration_s": a.duration,
-                    "connections": a.connections,
-                    "threads": a.threads,
-                    "workers": a.workers,
-                    "wait_quiet_s": a.wait_quiet,
-                    "quiet_pct": a.quiet_pct,
-                },
-                "servers": {s.name: s.command for s in specs},
-                "results": results,
-                "complete": status == 0,
+        return 1
+    return 0
+
+
+def _write(
+    a: argparse.Namespace,
+    notes: list[str],
+    specs: Sequence[peers.ServerSpec],
+    results: dict[str, Any],
+    complete: bool,
+) -> None:
+    """``bench/results/handoff-<UTC time>.json``: machine, settings, servers and results."""
+    path = report.write_json(
+        "handoff",
+        {
+            "benchmark": "handoff",
+            "machine": report.machine_facts(),
+            "notes": notes,
+            "settings": {
+                "rounds": a.rounds,
+                "duration_s": a.duration,
+                "connections": a.connections,
+                "threads": a.threads,
+                "workers": a.workers,
+                "wait_quiet_s": a.wait_quiet,
+                "quiet_pct": a.quiet_pct,
             },
-        )
-        print(f"wrote {path}")
-    return status
+            "servers": {s.name: s.command for s in specs},
+            "results": results,
+            "complete": complete,
+        },
+    )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ def measure(
 
 
 async def primary(seconds: float) -> None:
-    loop = asyncio.get_running_loop()
     worker = cluster.fork()
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     state: dict[str, Any] = {"phase": None, "count": 0, "t0": 0.0}
@@ -84,6 +83,20 @@ async def primary(seconds: float) -> None:
 
     state["phase"] = "p2w"
     worker.send({"t": "count"})
+    await flood_worker(worker, seconds)
+    worker.send({"t": "report"})
+    report = await inbox.get()
+    out["p2w_msgs_per_s"] = report["rate"]
+    print(json.dumps(out), flush=True)
+    gone = asyncio.Event()
+    cluster.disconnect(gone.set)
+    await gone.wait()
+
+
+async def flood_worker(worker: cluster.Worker, seconds: float) -> None:
+    """Send small messages to ``worker`` for ``seconds``, respecting back-pressure: after every
+    :data:`BATCH` messages, wait for the write callback of the last one."""
+    loop = asyncio.get_running_loop()
     stop_at = time.perf_counter() + seconds
     seq = 0
     while time.perf_counter() < stop_at:
@@ -97,13 +110,6 @@ async def primary(seconds: float) -> None:
         )
         seq += 1
         await written
-    worker.send({"t": "report"})
-    report = await inbox.get()
-    out["p2w_msgs_per_s"] = report["rate"]
-    print(json.dumps(out), flush=True)
-    gone = asyncio.Event()
-    cluster.disconnect(gone.set)
-    await gone.wait()
 
 
 def child() -> None:

@@ -488,6 +488,15 @@ class Suite:
                 Row(f"CPU-bound `{path}` speed-up", "skipped", note="available_parallelism() is 1")
             )
             return
+        specs = self._scaling_targets(counts, path)
+        res = self._wrk_rounds("scaling", specs, "keepalive", max(s.connections, 4 * counts[-1]))
+        base = res.get("clusterlab-1w")
+        self.raw["scaling"].update(parallelism=parallelism, path=path, policy=s.scaling_policy)
+        for n in counts[1:]:
+            self._scaling_row(n, res.get(f"clusterlab-{n}w"), base, parallelism, path)
+
+    def _scaling_targets(self, counts: Sequence[int], path: str) -> list[peers.ServerSpec]:
+        """The lab's built-in target with each of ``counts`` workers, each on a free port."""
         argv = [
             "{python}",
             "-m",
@@ -495,11 +504,11 @@ class Suite:
             "--workers",
             "{workers}",
             "--policy",
-            s.scaling_policy,
+            self.settings.scaling_policy,
             "--port",
             "{port}",
         ]
-        specs = [
+        return [
             peers.target(
                 f"clusterlab-{n}w",
                 argv,
@@ -510,40 +519,45 @@ class Suite:
             )
             for n in counts
         ]
-        res = self._wrk_rounds("scaling", specs, "keepalive", max(s.connections, 4 * counts[-1]))
-        base = res.get("clusterlab-1w")
-        self.raw["scaling"].update(parallelism=parallelism, path=path, policy=s.scaling_policy)
-        for n in counts[1:]:
-            r = res.get(f"clusterlab-{n}w")
-            gen_cores = (r or {}).get("generator_cpu_pct", 0.0) / 100
-            ideal = scaling_ideal(n, parallelism, gen_cores)
-            target = SCALING_EFFICIENCY * ideal
-            speedup = ratio(_med(r), _med(base))
-            mark = " = available_parallelism()" if n == parallelism else ""
-            cost = (
-                f"server {r.get('server_cpu_pct', 0) / 100:.2f} cores, wrk {gen_cores:.2f}"
-                if r
-                else ""
+
+    def _scaling_row(
+        self,
+        n: int,
+        r: dict[str, Any] | None,
+        base: dict[str, Any] | None,
+        parallelism: int,
+        path: str,
+    ) -> None:
+        """The row of ``n`` workers (results ``r``) against 1 (``base``): the speed-up, and the
+        target it has once wrk took its cores; its figures also go to the raw results."""
+        s = self.settings
+        gen_cores = (r or {}).get("generator_cpu_pct", 0.0) / 100
+        ideal = scaling_ideal(n, parallelism, gen_cores)
+        target = SCALING_EFFICIENCY * ideal
+        speedup = ratio(_med(r), _med(base))
+        mark = " = available_parallelism()" if n == parallelism else ""
+        cost = (
+            f"server {r.get('server_cpu_pct', 0) / 100:.2f} cores, wrk {gen_cores:.2f}" if r else ""
+        )
+        self.rows.append(
+            Row(
+                f"CPU-bound `{path}`, {n} workers{mark} vs 1 ({s.scaling_policy})",
+                fmt_stats(r, "req/s"),
+                "1 worker",
+                fmt_stats(base),
+                speedup,
+                f"≥ {target:.2f}× (0.9 × {ideal:.2f})",
+                None if speedup is None else speedup >= target,
+                cost,
             )
-            self.rows.append(
-                Row(
-                    f"CPU-bound `{path}`, {n} workers{mark} vs 1 ({s.scaling_policy})",
-                    fmt_stats(r, "req/s"),
-                    "1 worker",
-                    fmt_stats(base),
-                    speedup,
-                    f"≥ {target:.2f}× (0.9 × {ideal:.2f})",
-                    None if speedup is None else speedup >= target,
-                    cost,
-                )
-            )
-            self.raw["scaling"].setdefault("rows", {})[n] = {
-                "speedup": speedup,
-                "ideal": ideal,
-                "target": target,
-                "generator_cores": gen_cores,
-                "plain_target": SCALING_EFFICIENCY * n,
-            }
+        )
+        self.raw["scaling"].setdefault("rows", {})[n] = {
+            "speedup": speedup,
+            "ideal": ideal,
+            "target": target,
+            "generator_cores": gen_cores,
+            "plain_target": SCALING_EFFICIENCY * n,
+        }
 
     # -- IPC and respawn --
 
@@ -899,7 +913,7 @@ def _settings(a: argparse.Namespace) -> Settings:
     return s
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m bench.suite",
         description=__doc__.splitlines()[0],
@@ -913,6 +927,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--only", help=f"comma list of {','.join(ROWS)} (handoff = rr,none,reuseport)")
     ap.add_argument("--out", type=Path, default=report.RESULTS, help="results directory")
+    _add_row_options(ap)
+    _add_quiet_options(ap)
+    ap.add_argument("--no-write", action="store_true")
+    return ap
+
+
+def _add_row_options(ap: argparse.ArgumentParser) -> None:
+    """How long, how often and against what each row measures."""
     ap.add_argument("--rounds", type=int, help="wrk A/B rounds (3)")
     ap.add_argument("--duration", dest="duration_s", type=float, help="seconds per wrk run (5)")
     ap.add_argument("--connections", type=int, help="wrk connections (50)")
@@ -942,6 +964,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--primary-seconds", type=float, help="the primary's long run (300; --quick 20)"
     )
     ap.add_argument("--lab-runs", type=int, help="timed lab runs, median (1)")
+
+
+def _add_quiet_options(ap: argparse.ArgumentParser) -> None:
+    """Waiting for a quiet machine, retaking disturbed samples, and the budget for both."""
     ap.add_argument(
         "--wait-quiet",
         dest="wait_quiet_s",
@@ -959,7 +985,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds the whole run may spend waiting and retaking: bounds the "
         "run time on a busy machine; afterwards samples are kept as taken (20; --quick 15)",
     )
-    ap.add_argument("--no-write", action="store_true")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = _parser()
     a = ap.parse_args(argv)
     try:
         selected = parse_only(a.only)
@@ -970,13 +999,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, t0 = time.time(), time.monotonic()
     machine = report.machine_facts()
     suite = Suite(settings)
+    steps = _steps(suite, selected)
+    report.QUIET.budget_s = settings.quiet_budget_s
+    status = _run_steps(suite, steps)
+    wall = time.monotonic() - t0
+    _print_outcome(suite, wall)
+    if a.no_write:
+        return status
+    command = shlex.join(["python", "-m", "bench.suite", *(sys.argv[1:] if argv is None else argv)])
+    run = {
+        "started": started,
+        "wall_s": wall,
+        "complete": status == 0,
+        "command": command,
+        "selected": selected,
+        "machine": machine,
+    }
+    _write_results(a.out, suite, run)
+    return status
+
+
+def _steps(suite: Suite, selected: Sequence[str]) -> list[tuple[str, Callable[[], None]]]:
+    """The selected rows as named steps, in run order (the hand-off policies are one step)."""
     steps: list[tuple[str, Callable[[], None]]] = []
     if policies := [p for p in ("rr", "none", "reuseport") if p in selected]:
         steps.append(("handoff", lambda: suite.handoff(policies)))
     for name in ("keepalive", "scaling", "ipc", "respawn", "primary", "lab-overhead"):
         if name in selected:
             steps.append((name, getattr(suite, name.replace("-", "_"))))
-    report.QUIET.budget_s = settings.quiet_budget_s
+    return steps
+
+
+def _run_steps(suite: Suite, steps: Sequence[tuple[str, Callable[[], None]]]) -> int:
+    """Run the steps in turn: a step that fails becomes a failed row and the run goes on; Ctrl-C
+    or SIGTERM ends it with the rows measured so far. The exit status (0, 1, 130 or 143)."""
     status = 0
     for name, step in steps:
         spent_before = report.QUIET.left()
@@ -997,25 +1053,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             suite.raw.setdefault("errors", {})[name] = str(exc)
             status = 1
         finally:
-            worst = max(
-                (_worst_foreign(suite.raw.get(k)) for k in STEP_RAW.get(name, ())), default=0.0
-            )
-            if worst > settings.quiet_pct:
-                for row in suite.rows[first_row:]:
-                    busy = f"others used up to {worst:.0f}% of the CPUs"
-                    row.note = f"{row.note}; {busy}" if row.note else busy
-            if settings.wait_quiet_s and spent_before > 0 and report.QUIET.left() <= 0:
-                suite.note(
-                    f"the quiet-machine budget ({settings.quiet_budget_s:g} s) ran out "
-                    f"during {name}: later samples were kept as taken"
-                )
-    wall = time.monotonic() - t0
+            _mark_disturbed(suite, name, first_row, spent_before)
+    return status
+
+
+def _mark_disturbed(suite: Suite, name: str, first_row: int, spent_before: float) -> None:
+    """After step ``name``: note on its rows (from ``first_row``) how much of the CPUs others
+    used when that passed the limit, and say so when the quiet budget ran out during it."""
+    settings = suite.settings
+    worst = max((_worst_foreign(suite.raw.get(k)) for k in STEP_RAW.get(name, ())), default=0.0)
+    if worst > settings.quiet_pct:
+        for row in suite.rows[first_row:]:
+            busy = f"others used up to {worst:.0f}% of the CPUs"
+            row.note = f"{row.note}; {busy}" if row.note else busy
+    if settings.wait_quiet_s and spent_before > 0 and report.QUIET.left() <= 0:
+        suite.note(
+            f"the quiet-machine budget ({settings.quiet_budget_s:g} s) ran out "
+            f"during {name}: later samples were kept as taken"
+        )
+
+
+def _print_outcome(suite: Suite, wall: float) -> None:
+    """The table, the notes, a warning when other processes disturbed samples, the wall time."""
     print()
     print(render_text(suite.rows))
     for n in suite.notes:
         print(f"* {n}")
     worst = _worst_foreign(suite.raw)
-    if worst > settings.quiet_pct:
+    if worst > suite.settings.quiet_pct:
         warning = (
             f"other processes used up to {worst:.0f}% of the CPUs during some samples: "
             "figures are suspect (see --wait-quiet)"
@@ -1023,32 +1088,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite.notes.append(warning)
         print(f"warning: {warning}")
     print(f"suite: {wall:.0f} s")
-    if a.no_write:
-        return status
+
+
+def _write_results(out: Path, suite: Suite, run: dict[str, Any]) -> None:
+    """``<out>/<UTC stamp>.json`` (``run``'s facts, settings, notes, table and raw results) and
+    the same table as Markdown beside it (``.md``)."""
     name = report.stamp()
-    command = shlex.join(["python", "-m", "bench.suite", *(sys.argv[1:] if argv is None else argv)])
     data = {
         "benchmark": "suite",
-        "started": started,
-        "wall_s": wall,
-        "complete": status == 0,
-        "command": command,
-        "selected": selected,
-        "machine": machine,
-        "settings": asdict(settings),
+        **run,
+        "settings": asdict(suite.settings),
         "quiet_spent_s": round(report.QUIET.spent_s, 1),
         "notes": suite.notes,
         "table": [r.as_dict() for r in suite.rows],
         "raw": suite.raw,
     }
     json_path = report.write_text(
-        a.out / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n"
+        out / f"{name}.json", json.dumps(data, indent=2, default=str) + "\n"
     )
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
-    md = render_markdown(suite.rows, machine, suite.notes, command, when, wall, _display(json_path))
-    md_path = report.write_text(a.out / f"{name}.md", md)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run["started"]))
+    md = render_markdown(
+        suite.rows,
+        run["machine"],
+        suite.notes,
+        run["command"],
+        when,
+        run["wall_s"],
+        _display(json_path),
+    )
+    md_path = report.write_text(out / f"{name}.md", md)
     print(f"wrote {_display(json_path)} and {_display(md_path)}")
-    return status
 
 
 def _display(path: Path) -> str:
