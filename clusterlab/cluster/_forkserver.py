@@ -44,7 +44,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 _LEN = struct.Struct("<I")
 _STATUS = struct.Struct("<ii")
@@ -554,33 +554,9 @@ def _become_worker(
 ) -> None:
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for sock in sockets:
-            sock.close()
-        for fd in wake:
-            os.close(fd)
-        atexit._clear()  # the template's exit handlers are not this worker's
-        os.setpgid(0, 0)
-        channel_fd, stdio = fds[0], fds[1:4]
-        for target, fd in enumerate(stdio):
-            if fd != target:
-                os.dup2(fd, target)
-        for fd in stdio:
-            if fd > 2:
-                os.close(fd)
-        os.set_inheritable(channel_fd, True)
-        if body.get("cwd") is not None:
-            os.chdir(body["cwd"])
-        uid, gid = body.get("uid"), body.get("gid")
-        if (uid is not None or gid is not None) and os.geteuid() == 0:
-            os.setgroups([])
-        if gid is not None:
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
+        _leave_template(sockets, wake)
+        channel_fd = _take_fds(fds)
+        _take_identity(body)
         env = dict(body["env"])
         env["CLUSTERLAB_CHANNEL_FD"] = str(channel_fd)
         os.environ.clear()
@@ -595,28 +571,76 @@ def _become_worker(
     except KeyboardInterrupt:
         # As the interpreter does since 3.8: die of SIGINT, so the parent sees the signal.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
+        flush_stdio()
         os.kill(os.getpid(), signal.SIGINT)
     except BaseException:  # noqa: BLE001 - as the interpreter would: print it, exit 1
         sys.excepthook(*sys.exc_info())
         code = 1
     finally:
-        # As an interpreter that ends: join non-daemon threads, run exit handlers, flush.
+        _end_as_interpreter(code)
+
+
+def _leave_template(sockets: tuple[socket.socket, ...], wake: tuple[int, int]) -> None:
+    """In a forked worker: drop the template's signal handling, its sockets to the primary, its
+    wake-up pipe and its exit handlers, and lead a process group of its own."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sock in sockets:
+        sock.close()
+    for fd in wake:
+        os.close(fd)
+    atexit._clear()  # the template's exit handlers are not this worker's
+    os.setpgid(0, 0)
+
+
+def _take_fds(fds: list[int]) -> int:
+    """Make `fds[1:4]` this process's stdin, stdout and stderr; return the channel, `fds[0]`
+    (made inheritable, for a program the worker execs)."""
+    channel_fd, stdio = fds[0], fds[1:4]
+    for target, fd in enumerate(stdio):
+        if fd != target:
+            os.dup2(fd, target)
+    for fd in stdio:
+        if fd > 2:
+            os.close(fd)
+    os.set_inheritable(channel_fd, True)
+    return channel_fd
+
+
+def _take_identity(body: dict[str, Any]) -> None:
+    """The worker's cwd, then its gid and uid (as root, with no supplementary groups)."""
+    if body.get("cwd") is not None:
+        os.chdir(body["cwd"])
+    uid, gid = body.get("uid"), body.get("gid")
+    if (uid is not None or gid is not None) and os.geteuid() == 0:
+        os.setgroups([])
+    if gid is not None:
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+
+
+def flush_stdio() -> None:
+    """Flush stdout and stderr, best effort (on the way out of a process)."""
+    for stream in (sys.stdout, sys.stderr):
         try:
-            threading._shutdown()  # type: ignore[attr-defined]
-            atexit._run_exitfuncs()
-        except BaseException:  # noqa: BLE001
-            traceback.print_exc()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
-        os._exit(code)
+            stream.flush()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+
+def _end_as_interpreter(code: int) -> NoReturn:
+    """As an interpreter that ends: join non-daemon threads, run exit handlers, flush; exit
+    with `code`."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    flush_stdio()
+    os._exit(code)
 
 
 def _exit_code(value: Any) -> int:

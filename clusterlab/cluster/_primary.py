@@ -27,7 +27,14 @@ from . import _channel, _settings
 from ._channel import ChannelError, FrameReader
 from ._endpoint import Address, Endpoint
 from ._events import EventEmitter
-from ._forkserver import BASE_PRELOAD, ForkServer, ForkServerError, TemplateChild, program_imports
+from ._forkserver import (
+    BASE_PRELOAD,
+    ForkServer,
+    ForkServerError,
+    TemplateChild,
+    flush_stdio,
+    program_imports,
+)
 from ._reuseport_handle import ReusePortHandle
 from ._round_robin import RoundRobinHandle
 from ._shared_handle import SharedHandle
@@ -410,7 +417,7 @@ class Primary:
     def _hard_exit(self, code: int) -> None:
         """Close every channel (workers exit when theirs closes) and leave now."""
         self._abandon()
-        _flush_stdio()
+        flush_stdio()
         os._exit(code)
 
     def run(self) -> None:
@@ -430,7 +437,7 @@ class Primary:
         finally:
             self._idle = None
         if self._stopping is not None:
-            _flush_stdio()
+            flush_stdio()
             os._exit(self._stopping)
 
     def _check_idle(self) -> None:
@@ -447,7 +454,7 @@ class Primary:
         self._in_exit_hook = True
         if not self._links and self._pending == 0:
             if self._stopping is not None:
-                _flush_stdio()
+                flush_stdio()
                 os._exit(self._stopping)
             return
         last = getattr(sys, "last_value", None)
@@ -594,6 +601,17 @@ class Primary:
     def _spawn(
         self, worker_id: int, settings: dict[str, Any], env: dict[str, Any], fd: int
     ) -> subprocess.Popen[bytes] | TemplateChild:
+        child_env = self._child_env(worker_id, settings, env, fd)
+        stdio = _worker_stdio(settings)
+        if settings["start_method"] == "forkserver":
+            return self._fork_from_template(settings, child_env, fd, stdio)
+        return _exec_worker(settings, child_env, fd, stdio)
+
+    def _child_env(
+        self, worker_id: int, settings: dict[str, Any], env: dict[str, Any], fd: int
+    ) -> dict[str, str]:
+        """Our environment, `env`, and what the worker's boot reads: its id, the channel's fd,
+        the serialization and its inspector port."""
         child_env = dict(os.environ)
         child_env.update({str(k): str(v) for k, v in env.items()})
         self._inspect_offset += 1
@@ -608,60 +626,35 @@ class Primary:
                 "CLUSTERLAB_INSPECT": "1" if settings["inspect_port"] is not None else "",
             }
         )
-        stdio = settings["stdio"]
-        if stdio is not None:
-            stdin, stdout, stderr = stdio
-        elif settings["silent"]:
-            stdin, stdout, stderr = subprocess.PIPE, subprocess.PIPE, subprocess.PIPE
-        else:
-            stdin = stdout = stderr = None
-        if settings["start_method"] == "forkserver":
-            argv = [settings["exec"], *settings["args"]]
-            for attempt in (1, 2):
-                server = self._forkserver_for(settings)
-                try:
-                    return server.spawn(
-                        child_env,
-                        argv,
-                        settings["cwd"],
-                        settings["uid"],
-                        settings["gid"],
-                        fd,
-                        (stdin, stdout, stderr),
-                    )
-                except (ForkServerError, ConnectionError):
-                    server.kill()  # it died: start another once
-                    if attempt == 2:
-                        raise
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        boot = (
-            f"import sys;sys.path.insert(0,{package_root!r});"
-            "from clusterlab.cluster._boot import main;main()"
-        )
-        cmd = [
-            sys.executable,
-            *settings["exec_argv"],
-            "-c",
-            boot,
-            settings["exec"],
-            *settings["args"],
-        ]
-        return subprocess.Popen(
-            cmd,
-            env=child_env,
-            cwd=settings["cwd"],
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=(fd,),
-            user=settings["uid"],
-            group=settings["gid"],
-            # As libuv does: a worker switched to another user keeps none of our groups.
-            extra_groups=[]
-            if (settings["uid"] is not None or settings["gid"] is not None) and os.geteuid() == 0
-            else None,
-            process_group=0,
-        )
+        return child_env
+
+    def _fork_from_template(
+        self,
+        settings: dict[str, Any],
+        child_env: dict[str, str],
+        fd: int,
+        stdio: tuple[Any, Any, Any],
+    ) -> TemplateChild:
+        """The worker forked by the template process; a template that died is replaced once."""
+        argv = [settings["exec"], *settings["args"]]
+        attempts = 2
+        while True:
+            server = self._forkserver_for(settings)
+            try:
+                return server.spawn(
+                    child_env,
+                    argv,
+                    settings["cwd"],
+                    settings["uid"],
+                    settings["gid"],
+                    fd,
+                    stdio,
+                )
+            except (ForkServerError, ConnectionError):
+                server.kill()  # it died: start another once
+                attempts -= 1
+                if not attempts:
+                    raise
 
     def _forkserver_for(self, settings: dict[str, Any]) -> ForkServer:
         """The template process for these settings; a new one when they changed."""
@@ -943,9 +936,50 @@ def _register_exit_hook(hook: Callable[[], None]) -> None:
         atexit.register(hook)
 
 
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - best effort on the way out
-            pass
+def _worker_stdio(settings: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """A worker's stdin, stdout and stderr: settings' stdio, pipes when silent, else ours."""
+    stdio = settings["stdio"]
+    if stdio is not None:
+        stdin, stdout, stderr = stdio
+    elif settings["silent"]:
+        stdin, stdout, stderr = subprocess.PIPE, subprocess.PIPE, subprocess.PIPE
+    else:
+        stdin = stdout = stderr = None
+    return stdin, stdout, stderr
+
+
+def _exec_worker(
+    settings: dict[str, Any], child_env: dict[str, str], fd: int, stdio: tuple[Any, Any, Any]
+) -> subprocess.Popen[bytes]:
+    """A fresh interpreter that boots the worker (the `exec` start method), in its own
+    process group, as settings' uid and gid."""
+    stdin, stdout, stderr = stdio
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    boot = (
+        f"import sys;sys.path.insert(0,{package_root!r});"
+        "from clusterlab.cluster._boot import main;main()"
+    )
+    cmd = [
+        sys.executable,
+        *settings["exec_argv"],
+        "-c",
+        boot,
+        settings["exec"],
+        *settings["args"],
+    ]
+    return subprocess.Popen(
+        cmd,
+        env=child_env,
+        cwd=settings["cwd"],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        pass_fds=(fd,),
+        user=settings["uid"],
+        group=settings["gid"],
+        # As libuv does: a worker switched to another user keeps none of our groups.
+        extra_groups=[]
+        if (settings["uid"] is not None or settings["gid"] is not None) and os.geteuid() == 0
+        else None,
+        process_group=0,
+    )
