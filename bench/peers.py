@@ -234,6 +234,52 @@ def target(
     )
 
 
+def run_in_session(
+    argv: Sequence[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    grace: float = 1.0,
+    stderr: int = subprocess.PIPE,
+) -> tuple[str, str]:
+    """Run ``argv`` from the project root, without stdin, in its own session; return its stdout
+    and stderr (empty with ``stderr=subprocess.STDOUT``, which merges it into stdout).
+
+    Bounded by ``timeout``; on a timeout, an exception or Ctrl-C its whole process tree is
+    stopped by pid (``grace`` s from SIGTERM to SIGKILL), and a straggler left in its session is
+    killed in any case. Raises RuntimeError on a timeout, and on a non-zero exit (with the end of
+    its stderr, or of its output when merged)."""
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_tree(proc.pid, grace)
+        proc.communicate()
+        raise RuntimeError(f"{shlex.join(argv)}: no result after {timeout:.0f} s") from None
+    finally:
+        if proc.poll() is None:
+            stop_tree(proc.pid, grace)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a straggler of its own session, if any
+    if proc.returncode != 0:
+        raise RuntimeError(_exited(argv, proc.returncode, err or out))
+    return out, err or ""
+
+
+def _exited(argv: Sequence[str], code: int, output: str) -> str:
+    tail = "\n".join(output.strip().splitlines()[-10:])
+    return f"{shlex.join(argv)} exited with {code}:\n{tail}"
+
+
 def run_json(
     argv: Sequence[str], timeout: float, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -242,32 +288,10 @@ def run_json(
 
     Bounded by ``timeout``; on a timeout, a failure, an exception or Ctrl-C its whole process
     tree is stopped by pid. Raises RuntimeError (with the end of its stderr) when it fails."""
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop_tree(proc.pid, grace=1)
-        proc.communicate()
-        raise RuntimeError(f"{shlex.join(argv)}: no result after {timeout:.0f} s") from None
-    finally:
-        if proc.poll() is None:
-            stop_tree(proc.pid, grace=1)
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # a straggler of its own session, if any
+    out, err = run_in_session(argv, timeout, env)
     lines = out.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(err.strip().splitlines()[-10:])
-        raise RuntimeError(f"{shlex.join(argv)} exited with {proc.returncode}:\n{tail}")
+    if not lines:
+        raise RuntimeError(_exited(argv, 0, err))
     try:
         return dict(json.loads(lines[-1]))
     except ValueError:

@@ -824,25 +824,8 @@ def run_lab(scenario: Path, timeout: float = 300) -> dict[str, Any]:
         out_dir = Path(tmp) / "run"
         argv = [*_clusterlab_argv(), "run", str(scenario), "--out", str(out_dir), "-q"]
         t0 = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            cwd=peers.ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                peers.stop_tree(proc.pid)
-                proc.wait()
+        peers.run_in_session(argv, timeout, grace=3.0, stderr=subprocess.STDOUT)
         wall = time.monotonic() - t0
-        if proc.returncode != 0:
-            tail = "\n".join(output.strip().splitlines()[-10:])
-            raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{tail}")
         summary = json.loads((out_dir / "summary.json").read_text())
     return lab_figures(summary, wall, argv)
 
