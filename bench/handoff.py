@@ -208,15 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="3 rounds of 2 s")
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="S",
-        help="before each sample wait up to S s for foreign CPU < --quiet-pct; "
-        "retake samples (3 retries) disturbed by more",
-    )
-    ap.add_argument("--quiet-pct", type=float, default=5)
+    report.add_quiet_options(ap, "retake samples (3 retries) disturbed by more")
     ap.add_argument("--no-write", action="store_true")
     return ap
 

@@ -100,14 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3, help="per IPC phase")
     ap.add_argument("--forks", type=int, default=20)
     ap.add_argument("--no-pipe", action="store_true", help="skip the multiprocessing.Pipe baseline")
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="S",
-        help="wait up to S s for foreign CPU < --quiet-pct; retake disturbed runs",
-    )
-    ap.add_argument("--quiet-pct", type=float, default=5)
+    report.add_quiet_options(ap, "retake disturbed runs")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     if not shutil.which("node"):

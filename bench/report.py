@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -242,3 +243,18 @@ def wait_quiet(server_pids: Sequence[int], max_pct: float, max_wait_s: float) ->
                 return pct
     finally:
         QUIET.charge(time.monotonic() - t0)
+
+
+def add_quiet_options(ap: argparse.ArgumentParser, retake: str, dest: str = "wait_quiet") -> None:
+    """``--wait-quiet S`` (into ``dest``; 0: no waiting, foreign CPU only recorded) and
+    ``--quiet-pct`` (5): before each sample wait for a quiet machine; ``retake`` says what
+    becomes of a sample that others disturbed."""
+    ap.add_argument(
+        "--wait-quiet",
+        dest=dest,
+        type=float,
+        default=0.0,
+        metavar="S",
+        help=f"before each sample wait up to S s for foreign CPU < --quiet-pct; {retake}",
+    )
+    ap.add_argument("--quiet-pct", type=float, default=5.0, help="(5)")

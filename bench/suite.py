@@ -951,15 +951,7 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
 
 def _add_quiet_options(ap: argparse.ArgumentParser) -> None:
     """Waiting for a quiet machine, retaking disturbed samples, and the budget for both."""
-    ap.add_argument(
-        "--wait-quiet",
-        dest="wait_quiet_s",
-        type=float,
-        metavar="S",
-        help="before each sample wait up to S s for foreign CPU < --quiet-pct; "
-        "retake disturbed samples (0: record only)",
-    )
-    ap.add_argument("--quiet-pct", type=float, help="(5)")
+    report.add_quiet_options(ap, "retake disturbed samples (0: record only)", "wait_quiet_s")
     ap.add_argument(
         "--quiet-budget",
         dest="quiet_budget_s",
