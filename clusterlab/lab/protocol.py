@@ -96,3 +96,25 @@ class Supervision(TypedDict):
 
     rr: dict[str, int] | None
     stats: dict[str, Any] | None
+
+
+#: The runner → locust: a point's load configuration, as JSON in this environment variable.
+LOAD_CONFIG_ENV = "CLUSTERLAB_LAB_LOAD"
+
+
+class LoadFile(StrEnum):
+    """Files the locustfile writes into a point's raw folder for the runner to read."""
+
+    MEASURING = "measuring.json"  # the measured window's start (the fault injector waits for it)
+    PHASES = "phases.json"  # start, measure_start and stop times
+    TALLY = "tally-{pid}.json"  # per locust process: responses by worker header
+    OUTCOMES = "outcomes-{pid}.json"  # per locust process: outcomes in 100 ms bins
+
+    def of(self, pid: int) -> str:
+        """This per-process file's name for process ``pid``."""
+        return self.value.format(pid=pid)
+
+    @property
+    def pattern(self) -> str:
+        """A glob matching this file of every process."""
+        return self.value.format(pid="*")

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from clusterlab.lab.analysis.tables import POINT_KEYS
+from clusterlab.lab.protocol import Event
 
 #: Failure causes, as the locustfile names them (anything else counts as "other").
 CAUSES = ("reset", "closed", "incomplete", "refused", "timeout", "5xx", "4xx", "other")
@@ -131,10 +132,10 @@ def faults(events: pd.DataFrame, timeseries: pd.DataFrame, results: pd.DataFrame
 def _point_faults(
     keys: dict[str, Any], events: pd.DataFrame, series: pd.DataFrame, window: float
 ) -> list[dict[str, Any]]:
-    injected = events[events["event"] == "fault"].sort_values("t")
+    injected = events[events["event"] == Event.FAULT].sort_values("t")
     if injected.empty:
         return []
-    fired = {detail(e["detail"]).get("id"): e["t"] for e in _records(events, "fault_fired")}
+    fired = {detail(e["detail"]).get("id"): e["t"] for e in _records(events, Event.FAULT_FIRED)}
     rps = throughput(series)
     found = []
     records = injected.to_dict("records")
@@ -176,14 +177,14 @@ def _aftermath(
     worker, slot = str(fault["worker"]), fault["slot"]
     exits = [
         e
-        for e in _records(events, "exit")
+        for e in _records(events, Event.EXIT)
         if str(e["worker"]) == worker
         and e["t"] < until
         and (e["kind"] != "clean" or fault["kind"] == "exit")
     ]
     hangs = [
         e
-        for e in _records(events, "hang_detected")
+        for e in _records(events, Event.HANG_DETECTED)
         if str(e["worker"]) == worker and e["t"] < until
     ]
     out: dict[str, Any] = {
@@ -205,7 +206,7 @@ def _aftermath(
         return out
     listening = [
         e
-        for e in _records(events, "listening")
+        for e in _records(events, Event.LISTENING)
         if e["slot"] == slot and e["t"] > out["t_exit"] and str(e["worker"]) != worker
     ]
     if listening and math.isfinite(effect):
@@ -233,7 +234,7 @@ def points(events: pd.DataFrame, per_fault: pd.DataFrame, results: pd.DataFrame)
         fs = per_fault[
             (per_fault["point"] == row["point"]) & (per_fault["repeat"] == row["repeat"])
         ]
-        skipped = int((window["event"] == "fault_skipped").sum())
+        skipped = int((window["event"] == Event.FAULT_SKIPPED).sum())
         if fs.empty and not skipped:
             continue
         took = fs[np.isfinite(fs["t_effect"].astype(float))]
@@ -257,10 +258,10 @@ def points(events: pd.DataFrame, per_fault: pd.DataFrame, results: pd.DataFrame)
                 **{f"fail_{c}": float(took[f"fail_{c}"].sum()) for c in CAUSES},
                 "rr_requeued": row.get("rr_requeued", math.nan),
                 "rr_dropped": row.get("rr_dropped", math.nan),
-                "restarts": int(counts.get("restart_scheduled", 0)),
-                "refused": int(counts.get("restart_refused", 0)),
-                "limit_reached": bool(counts.get("restart_limit", 0)),
-                "hangs_detected": int(counts.get("hang_detected", 0)),
+                "restarts": int(counts.get(Event.RESTART_SCHEDULED, 0)),
+                "refused": int(counts.get(Event.RESTART_REFUSED, 0)),
+                "limit_reached": bool(counts.get(Event.RESTART_LIMIT, 0)),
+                "hangs_detected": int(counts.get(Event.HANG_DETECTED, 0)),
             }
         )
     return pd.DataFrame(rows)

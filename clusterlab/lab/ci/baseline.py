@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterlab.lab.ci.compare import CompareInputError, load_summary
+from clusterlab.lab.output.text import fmt, plain_table
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -76,11 +77,19 @@ def show(name: str) -> str:
         f"{machine.get('available_parallelism')}, cpu_count {machine.get('cpu_count')}, "
         f"python {machine.get('python')}, git {machine.get('git_revision')}",
         "",
-        f"{'workload':<12} {'policy':<8} {'workers':>7} {'req/s':>10} {'p99 ms':>8} {'repeats':>7}",
+        plain_table(
+            ["workload", "policy", "workers", "req/s", "p99 ms", "repeats"],
+            [
+                [
+                    row["workload"],
+                    row["policy"],
+                    row["workers"],
+                    fmt(float(row["rps"] or 0), 0),
+                    fmt(float(row.get("p99_ms") or 0), 1),
+                    row["repeats"],
+                ]
+                for row in summary["aggregates"]
+            ],
+        ),
     ]
-    for row in summary["aggregates"]:
-        lines.append(
-            f"{row['workload']:<12} {row['policy']:<8} {row['workers']:>7} "
-            f"{row['rps'] or 0:>10,.0f} {row.get('p99_ms') or 0:>8.1f} {row['repeats']:>7}"
-        )
     return "\n".join(lines)

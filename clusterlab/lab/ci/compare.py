@@ -25,13 +25,14 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 from scipy import stats
 
+from clusterlab.lab.analysis.summary import NOISY_OTHER_CPU
+from clusterlab.lab.analysis.summary import schema as summary_schema
 from clusterlab.lab.ci.gates import groups, point_value
 from clusterlab.lab.config.gates import GROUP_KEYS, METRICS
 
@@ -46,7 +47,6 @@ COMPARED: dict[str, bool] = {
     "fairness.jain": True,
 }
 DERIVED = {"scaling_efficiency": +1, "rr_none_ratio": +1}
-NOISY_OTHER_CPU = 25.0
 MACHINE_FACTS = ("cpu_model", "available_parallelism", "cpu_count")
 
 
@@ -102,10 +102,7 @@ def load_summary(path: str | Path) -> dict[str, Any]:
         raise CompareInputError(f"{path}: expected a run directory or summary.json, got none{hint}")
     try:
         data = json.loads(file.read_text())
-        schema = json.loads(
-            resources.files("clusterlab.lab.analysis").joinpath("summary.schema.json").read_text()
-        )
-        jsonschema.validate(data, schema)
+        jsonschema.validate(data, summary_schema())
     except (OSError, ValueError) as exc:
         raise CompareInputError(f"{file}: expected a clusterlab summary.json, got {exc}") from None
     except jsonschema.ValidationError as exc:

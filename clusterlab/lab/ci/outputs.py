@@ -9,8 +9,11 @@ import statistics
 from typing import Any
 from xml.etree import ElementTree as ET
 
+import pandas as pd
+
 from clusterlab.lab.ci.compare import Comparison, Row
 from clusterlab.lab.ci.gates import GateResult
+from clusterlab.lab.output.text import markdown_table, plain_table
 
 MARKS = {"worse": "+", "better": "-", "unchanged": " ", "not comparable": "x"}
 
@@ -76,10 +79,7 @@ def headline(comparison: Comparison) -> str:
 
 def terminal(comparison: Comparison) -> str:
     """A plain fixed-width table for logs, ending with the headline."""
-    table = [HEADERS] + [_cells(r) for r in comparison.rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADERS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = [plain_table(HEADERS, [_cells(r) for r in comparison.rows])]
     lines += [f"warning: {w}" for w in comparison.warnings]
     lines.append(headline(comparison))
     return "\n".join(lines)
@@ -99,13 +99,8 @@ def markdown(comparison: Comparison, gate_results: list[GateResult] | None = Non
     if comparison.warnings:
         out.append("")
     rows = sorted(comparison.rows, key=lambda r: (not r.regressed, r.verdict != "better"))
-    out.append("| " + " | ".join(HEADERS) + " |")
-    out.append("|" + "---|" * len(HEADERS))
-    for row in rows:
-        cells = _cells(row)
-        if row.regressed:
-            cells = [f"**{c}**" if c else c for c in cells]
-        out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    cells = [[f"**{c}**" if c and row.regressed else c for c in _cells(row)] for row in rows]
+    out.append(markdown_table(pd.DataFrame(cells, columns=HEADERS)))
     if gate_results:
         out += ["", gates_markdown(gate_results)]
     return "\n".join(out) + "\n"
@@ -116,20 +111,19 @@ def gates_markdown(results: list[GateResult]) -> str:
     title = (
         f"{len(failed)} of {len(results)} gate checks FAILED"
         if failed
-        else (f"all {len(results)} gate checks passed")
+        else f"all {len(results)} gate checks passed"
     )
-    lines = [
-        f"### Gates: {title}",
-        "",
-        "| gate | workload/policy/workers | value | result |",
-        "|---|---|---|---|",
+    rows = [
+        [
+            f"`{r.gate.text}`",
+            r.name,
+            _num(r.value),
+            f"{'ok' if r.passed else '**FAILED**'} ({r.message})",
+        ]
+        for r in results
     ]
-    for r in results:
-        lines.append(
-            f"| `{r.gate.text}` | {r.name} | {_num(r.value)} | "
-            f"{'ok' if r.passed else '**FAILED**'} ({r.message}) |"
-        )
-    return "\n".join(lines) + "\n"
+    table = pd.DataFrame(rows, columns=["gate", "workload/policy/workers", "value", "result"])
+    return f"### Gates: {title}\n\n{markdown_table(table)}\n"
 
 
 def gates_terminal(results: list[GateResult]) -> str:

@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from clusterlab.lab.analysis.metrics import usl  # noqa: E402
 from clusterlab.lab.analysis.recovery import SPAN_S  # noqa: E402
-from clusterlab.lab.analysis.recovery import throughput as ok_rate
+from clusterlab.lab.analysis.recovery import throughput as ok_rate  # noqa: E402
+from clusterlab.lab.protocol import Event  # noqa: E402
 
 COLORS = {"rr": "tab:blue", "none": "tab:orange", "reuseport": "tab:green", "n/a": "tab:gray"}
 BOUND_NOTE = "generator-bound (hollow): load generator was the limit, not the cluster"
@@ -241,10 +242,10 @@ def usl_plot(results: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path | No
 TIMELINE_ROWS = 4
 _LEGEND_IN = 0.8  # inches below the panels for the shared legend
 _MARKERS = {
-    "fault": ("tab:red", "-", 1.6, "fault takes effect"),
-    "hang_detected": ("tab:purple", ":", 1.6, "hang detected (heartbeat)"),
-    "listening": ("tab:green", "--", 1.2, "replacement listening"),
-    "restart_limit": ("black", "-", 3.0, "restart limit reached"),
+    Event.FAULT: ("tab:red", "-", 1.6, "fault takes effect"),
+    Event.HANG_DETECTED: ("tab:purple", ":", 1.6, "hang detected (heartbeat)"),
+    Event.LISTENING: ("tab:green", "--", 1.2, "replacement listening"),
+    Event.RESTART_LIMIT: ("black", "-", 3.0, "restart limit reached"),
 }
 
 
@@ -306,6 +307,44 @@ def timeline(
     return path
 
 
+def _failure_bars(ax: plt.Axes, series: pd.DataFrame, width: float) -> None:
+    """Failed requests/s per bin, as red bars on a right-hand axis."""
+    fails = series[(series["source"] == "locust") & (series["series"] == "fail_100ms")]
+    per_bin = fails.groupby("t")["value"].sum() / width
+    failures = ax.twinx()
+    failures.bar(
+        per_bin.index,
+        per_bin.to_numpy(),
+        width=width,
+        color="tab:red",
+        alpha=0.45,
+        label="failed req/s",
+    )
+    failures.set_ylabel("failed req/s", color="tab:red", fontsize=8)
+    failures.tick_params(axis="y", labelcolor="tab:red", labelsize=7)
+    failures.set_ylim(bottom=0)
+
+
+def _event_lines(ax: plt.Axes, happened: pd.DataFrame, faults: pd.DataFrame) -> None:
+    """A vertical line per fault, hang detected, replacement listening and restart limit."""
+    lines = {
+        Event.FAULT: faults["t_effect"].dropna().to_numpy(dtype=float),
+        Event.HANG_DETECTED: happened.loc[happened["event"] == Event.HANG_DETECTED, "t"].to_numpy(
+            float
+        ),
+        Event.LISTENING: faults["t_listening"].dropna().to_numpy(dtype=float),
+        Event.RESTART_LIMIT: happened.loc[happened["event"] == Event.RESTART_LIMIT, "t"].to_numpy(
+            float
+        ),
+    }
+    for name, times in lines.items():
+        color, style, width, label = _MARKERS[name]
+        for k, t in enumerate(times):
+            ax.axvline(
+                t, color=color, linestyle=style, linewidth=width, label=label if k == 0 else None
+            )
+
+
 def _timeline_panel(
     ax: plt.Axes,
     row: pd.Series,
@@ -326,32 +365,8 @@ def _timeline_panel(
     ax.plot(rps.index, rps.to_numpy(), color=color, alpha=0.25, linewidth=0.6)
     ax.plot(smooth.index, smooth.to_numpy(), color=color, linewidth=1.4, label="successful req/s")
     ax.axvspan(min(0.0, float(rps.index.min()) if len(rps) else 0.0), 0, color="0.9", zorder=0)
-    fails = series[(series["source"] == "locust") & (series["series"] == "fail_100ms")]
-    per_bin = fails.groupby("t")["value"].sum() / width
-    failures = ax.twinx()
-    failures.bar(
-        per_bin.index,
-        per_bin.to_numpy(),
-        width=width,
-        color="tab:red",
-        alpha=0.45,
-        label="failed req/s",
-    )
-    failures.set_ylabel("failed req/s", color="tab:red", fontsize=8)
-    failures.tick_params(axis="y", labelcolor="tab:red", labelsize=7)
-    failures.set_ylim(bottom=0)
-    lines = {
-        "fault": faults["t_effect"].dropna().to_numpy(dtype=float),
-        "hang_detected": happened.loc[happened["event"] == "hang_detected", "t"].to_numpy(float),
-        "listening": faults["t_listening"].dropna().to_numpy(dtype=float),
-        "restart_limit": happened.loc[happened["event"] == "restart_limit", "t"].to_numpy(float),
-    }
-    for name, times in lines.items():
-        color_, style, width_, label = _MARKERS[name]
-        for k, t in enumerate(times):
-            ax.axvline(
-                t, color=color_, linestyle=style, linewidth=width_, label=label if k == 0 else None
-            )
+    _failure_bars(ax, series, width)
+    _event_lines(ax, happened, faults)
     back = faults.dropna(subset=["to_recover_s"])
     if len(back) and len(smooth):
         at = back["t_effect"].to_numpy(float) + back["to_recover_s"].to_numpy(float)

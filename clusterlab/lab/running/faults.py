@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clusterlab.lab.config.scenario import Fault
-from clusterlab.lab.protocol import Command, FaultCommand
+from clusterlab.lab.protocol import Command, FaultCommand, LoadFile
 from clusterlab.lab.running.targets import TargetError
-
-#: locust's mark of the measured window's start (written by the locustfile at warm-up end).
-MEASURING_FILE = "measuring.json"
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ class FaultInjector:
     ) -> None:
         self._plan = plan
         self._send = send
-        self._marker = load_dir / MEASURING_FILE
+        self._marker = load_dir / LoadFile.MEASURING
         self._skipped = skipped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lab-faults", daemon=True)

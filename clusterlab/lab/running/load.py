@@ -21,7 +21,8 @@ from typing import IO
 import pandas as pd
 
 from clusterlab.lab.config.scenario import Load, Workload
-from clusterlab.lab.running.processes import free_port, stop_process
+from clusterlab.lab.protocol import LOAD_CONFIG_ENV, LoadFile
+from clusterlab.lab.running.processes import LOOPBACK, free_port, stop_process
 
 
 class LoadError(RuntimeError):
@@ -97,19 +98,8 @@ def start_load(
         "worker_header": header,
         "count_every_failure": count_every_failure,
     }
-    env = {**os.environ, "CLUSTERLAB_LAB_LOAD": json.dumps(config), "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "locust", "-f", str(locustfile()), "--loglevel", "WARNING"]
-    main = base + ["--headless", "--host", url, "-u", str(load.users)]
-    main += ["-r", str(load.spawn_rate or load.users), "-t", f"{run_time}s"]
-    main += ["--csv", str(out_dir / "locust"), "--only-summary", "--exit-code-on-error", "0"]
-    main += ["--stop-timeout", "1"]
-    commands = [main]
-    if processes > 1:
-        port = free_port()
-        main += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)]
-        main += ["--expect-workers", str(processes), "--expect-workers-max-wait", "30"]
-        worker = base + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
-        commands += [worker] * processes
+    env = {**os.environ, LOAD_CONFIG_ENV: json.dumps(config), "PYTHONUNBUFFERED": "1"}
+    commands = _locust_commands(load, url, processes, out_dir, run_time)
     run = LoadRun(out_dir, [], time.monotonic() + run_time + 60.0)
     try:
         for i, command in enumerate(commands):
@@ -129,6 +119,24 @@ def start_load(
         stop_load(run)
         raise
     return run
+
+
+def _locust_commands(
+    load: Load, url: str, processes: int, out_dir: Path, run_time: int
+) -> list[list[str]]:
+    """The command lines: locust alone, or a master and ``processes`` workers."""
+    base = [sys.executable, "-m", "locust", "-f", str(locustfile()), "--loglevel", "WARNING"]
+    main = base + ["--headless", "--host", url, "-u", str(load.users)]
+    main += ["-r", str(load.spawn_rate or load.users), "-t", f"{run_time}s"]
+    main += ["--csv", str(out_dir / "locust"), "--only-summary", "--exit-code-on-error", "0"]
+    main += ["--stop-timeout", "1"]
+    if processes == 1:
+        return [main]
+    port = free_port()
+    main += ["--master", "--master-bind-host", LOOPBACK, "--master-bind-port", str(port)]
+    main += ["--expect-workers", str(processes), "--expect-workers-max-wait", "30"]
+    worker = base + ["--worker", "--master-host", LOOPBACK, "--master-port", str(port)]
+    return [main] + [worker] * processes
 
 
 def wait_load(run: LoadRun) -> None:
@@ -154,7 +162,7 @@ def read_load(out_dir: Path) -> LoadOutcome:
     """Parse locust's CSVs and the lab's own marks (measured window, tally) from ``out_dir``."""
     try:
         stats = pd.read_csv(out_dir / "locust_stats.csv")
-        phases = json.loads((out_dir / "phases.json").read_text())
+        phases = json.loads((out_dir / LoadFile.PHASES).read_text())
     except (OSError, ValueError) as exc:
         raise LoadError(f"locust left no results in {out_dir}: {exc}") from None
     if "measure_start" not in phases:
@@ -165,7 +173,7 @@ def read_load(out_dir: Path) -> LoadOutcome:
     history_path = out_dir / "locust_stats_history.csv"
     history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
     tally: dict[str, int] = {}
-    for path in out_dir.glob("tally-*.json"):
+    for path in out_dir.glob(LoadFile.TALLY.pattern):
         for worker, count in json.loads(path.read_text()).items():
             tally[worker] = tally.get(worker, 0) + int(count)
     return LoadOutcome(
@@ -181,7 +189,7 @@ def read_load(out_dir: Path) -> LoadOutcome:
 
 def _outcomes(out_dir: Path) -> pd.DataFrame:
     frames = []
-    for path in out_dir.glob("outcomes-*.json"):
+    for path in out_dir.glob(LoadFile.OUTCOMES.pattern):
         data = json.loads(path.read_text())
         frame = pd.DataFrame(data["counts"], columns=["bin", "outcome", "count"])
         frame["width"] = float(data["bin_s"])

@@ -23,7 +23,9 @@ from locust import FastHttpUser, between, constant, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-_CONFIG: dict[str, Any] = json.loads(os.environ.get("CLUSTERLAB_LAB_LOAD", "{}"))
+from clusterlab.lab.protocol import LOAD_CONFIG_ENV, LoadFile
+
+_CONFIG: dict[str, Any] = json.loads(os.environ.get(LOAD_CONFIG_ENV, "{}"))
 _OUT = Path(_CONFIG.get("out", "."))
 _PATHS: list[str] = [p for p, _ in _CONFIG.get("requests", [["/hello", 1]])]
 _WEIGHTS: list[float] = [w for _, w in _CONFIG.get("requests", [["/hello", 1]])]
@@ -64,7 +66,7 @@ def _end_warmup(environment: Environment) -> None:
     _phases["measure_start"] = time.time()
     if not _is_worker(environment):
         # tells the runner's fault injector where the measured window starts
-        _write_json("measuring.json", {"measure_start": _phases["measure_start"]})
+        _write_json(LoadFile.MEASURING, {"measure_start": _phases["measure_start"]})
         gevent.spawn_later(float(_CONFIG.get("duration", 1.0)), _end_measurement, environment)
 
 
@@ -88,11 +90,11 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     _phases.setdefault("stop", time.time())
     if not isinstance(environment.runner, MasterRunner):
         if _HEADER:
-            _write_json(f"tally-{os.getpid()}.json", dict(_tally))
+            _write_json(LoadFile.TALLY.of(os.getpid()), dict(_tally))
         rows = [[b, outcome, n] for (b, outcome), n in sorted(_outcomes.items())]
-        _write_json(f"outcomes-{os.getpid()}.json", {"bin_s": BIN_S, "counts": rows})
+        _write_json(LoadFile.OUTCOMES.of(os.getpid()), {"bin_s": BIN_S, "counts": rows})
     if not _is_worker(environment):
-        _write_json("phases.json", _phases)
+        _write_json(LoadFile.PHASES, _phases)
 
 
 @events.request.add_listener
