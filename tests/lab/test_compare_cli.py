@@ -1,4 +1,3 @@
-
 """`clusterlab compare` and `clusterlab baseline` on synthetic runs: exit status, the outputs
 (terminal, Markdown, JUnit XML, JSON) and bad input as one line with nothing written."""
 
