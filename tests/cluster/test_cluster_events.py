@@ -152,6 +152,27 @@ def test_exit_event_arguments_for_exit_code(run_primary):
     assert (rec["same"], rec["code"], rec["signal"]) == (True, 42, None)
 
 
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGUSR1"])
+def test_exit_event_arguments_for_a_signal(run_primary, sig):
+    # test-cluster-worker-death, killed: 'exit'(null, signal name) on the worker and the cluster.
+    # The worker signals itself, so the name expected is the one the test chose.
+    r = run_primary(f"""
+        import signal
+        if cluster.is_primary:
+            w = cluster.fork()
+            w.on("exit", lambda code, sig: out("worker_exit", code=code, signal=sig))
+            cluster.on("exit", lambda worker, code, sig: out(
+                "cluster_exit", same=worker is w, code=code, signal=sig))
+        else:
+            os.kill(os.getpid(), signal.{sig})
+            time.sleep(10)
+    """).check()
+    rec = r.one("worker_exit")
+    assert (rec["code"], rec["signal"]) == (None, sig)
+    rec = r.one("cluster_exit")
+    assert (rec["same"], rec["code"], rec["signal"]) == (True, None, sig)
+
+
 def test_message_event_arguments(run_primary):
     r = run_primary("""
         if cluster.is_primary:

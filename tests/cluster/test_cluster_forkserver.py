@@ -51,8 +51,12 @@ def test_bad_start_method_setting_and_environment_are_refused(monkeypatch):
 
 def test_workers_come_from_one_template_with_the_program_preloaded(run_primary):
     r = run_primary("""
-        import decimal  # top-level import of the worker program: preloaded by the template
+        # Was colorsys already imported when this process reached the program's own import of it?
+        # Only a worker forked from a template that preloaded it can say yes.
+        before_import = "colorsys" in sys.modules
+        import colorsys  # top-level import of the worker program: preloaded by the template
         if cluster.is_primary:
+            out("primary", had_colorsys=before_import)
             cluster.setup_primary(start_method="forkserver")
             done = []
             def on_exit(w, code, sig):
@@ -65,7 +69,7 @@ def test_workers_come_from_one_template_with_the_program_preloaded(run_primary):
         else:
             import psutil
             parent = psutil.Process().parent()
-            out("worker", id=cluster.worker.id, nth=os.environ["NTH"],
+            out("worker", id=cluster.worker.id, nth=os.environ["NTH"], had_colorsys=before_import,
                 parent=parent.pid, parent_cmd=" ".join(parent.cmdline()),
                 is_worker=cluster.is_worker, primary_pid=os.getppid(),
                 worker_id_env="NODE_UNIQUE_ID" in os.environ or "CLUSTERLAB_WORKER_ID" in os.environ)
@@ -74,6 +78,9 @@ def test_workers_come_from_one_template_with_the_program_preloaded(run_primary):
     workers = r.records("worker")
     assert sorted(w["nth"] for w in workers) == ["0", "1", "2"]
     assert all(w["is_worker"] for w in workers)
+    # the program's top-level import was in every worker before the program ran, and only there
+    assert r.one("primary")["had_colorsys"] is False
+    assert [w["had_colorsys"] for w in workers] == [True, True, True]
     assert not any(w["worker_id_env"] for w in workers), "the worker-id variable is removed"
     parents = {w["parent"] for w in workers}
     assert len(parents) == 1, "every worker is a child of the same template process"

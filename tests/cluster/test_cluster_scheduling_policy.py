@@ -53,7 +53,7 @@ def test_policy_frozen_after_first_setup_or_fork(run_primary, freeze):
             try:
                 cluster.scheduling_policy = cluster.SCHED_RR
             except Exception as e:
-                out("raised", type=type(e).__name__)
+                out("raised", type=type(e).__name__, msg=str(e))
             else:
                 out("no_raise")
             out("p", policy=cluster.scheduling_policy)
@@ -61,7 +61,11 @@ def test_policy_frozen_after_first_setup_or_fork(run_primary, freeze):
             cluster.worker.disconnect()
     """).check()
     assert r.records("no_raise") == [], r.output()
-    r.one("raised")
+    raised = r.one("raised")
+    assert (raised["type"], raised["msg"]) == (
+        "RuntimeError",
+        "cluster.scheduling_policy is frozen after the first fork() or setup_primary()",
+    )
     assert r.one("p")["policy"] == 1
 
 
