@@ -206,13 +206,36 @@ def fetch(port, host="127.0.0.1", family=socket.AF_INET, timeout=5.0, payload=b"
 
 
 # Primary scripts that run a Supervisor: `record(sup)` prints every supervisor event as a
-# record (with monotonic time and the primary's CPU time); needs `import dataclasses`.
+# record (with monotonic time, the primary's CPU time and its loop's turns so far); needs
+# `import asyncio, dataclasses`.
 SUPERVISOR_RECORD = """
+_TURNS = [0]
+
+
+def count_turns():
+    \"\"\"Count the running loop's turns (one per wait in its selector): an idle loop makes
+    none, one that spins or polls makes hundreds to thousands a second. A plain script's loop is
+    not running yet when it records: its turns stay 0.\"\"\"
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    selector = loop._selector
+    select = selector.select
+
+    def counting(timeout=None):
+        _TURNS[0] += 1
+        return select(timeout)
+
+    selector.select = counting
+
+
 def now():
-    return {"t": time.monotonic(), "cpu": time.process_time()}
+    return {"t": time.monotonic(), "cpu": time.process_time(), "turns": _TURNS[0]}
 
 
 def record(sup):
+    count_turns()
     sup.on("spawn", lambda sw: out("spawn", slot=sw.slot, id=sw.id, wpid=sw.pid, **now()))
     sup.on("ready", lambda sw, boot: out("ready", slot=sw.slot, id=sw.id, wpid=sw.pid,
                                          boot=boot, **now()))

@@ -97,6 +97,17 @@ def test_primary_sigterm_under_load_fails_no_request_then_all_exit(
     )
 
 
+def _mid_request(load, seconds, workers):
+    """Each worker's last answer ended 10 % to 90 % of a request's time ago."""
+    now, last = time.monotonic(), {}
+    for o in load.snapshot():
+        if o.ok:
+            last[o.worker] = max(last.get(o.worker, 0.0), o.end)
+    return len(last) == workers and all(
+        0.1 * seconds < now - end < 0.9 * seconds for end in last.values()
+    )
+
+
 def _inside_and_young(load, seconds):
     now, live = time.monotonic(), load.in_flight()
     return live and all(o.headers_at and now - o.start < seconds / 2 for o in live)
@@ -105,25 +116,37 @@ def _inside_and_young(load, seconds):
 def test_primary_sigterm_with_saturated_workers_drops_no_accepted_connection(
     start_primary, free_tcp_port, tmp_path, figure
 ):
-    # Single-threaded workers busy 200 ms a request, 12 clients: each worker holds its full
-    # hand-off window (4 connections handed, not yet taken) when the SIGTERM comes.
+    # Single-threaded workers busy 200 ms a request, 12 clients: each worker holds one
+    # connection it serves and its full hand-off window (WINDOW handed, not yet taken) when the
+    # SIGTERM comes; the primary accepts no more than that, the rest wait in the listen backlog.
+    window, clients = 4, 12
     p = start_primary(
         script("workers=2, restart=RestartPolicy.immediate(), env={'MODE': 'single'}", style="run"),
-        env=env(free_tcp_port, tmp_path / "inflight", "rr"),
+        env=env(free_tcp_port, tmp_path / "inflight", "rr", CLUSTERLAB_RR_WINDOW=str(window)),
     )
     p.wait_for("ready", count=2, timeout=30)
-    with HttpLoad(free_tcp_port, clients=12, path="/?ms=200", timeout=20) as load:
-        time.sleep(1.0)
+    ms = 200
+    with HttpLoad(free_tcp_port, clients=clients, path=f"/?ms={ms}", timeout=20) as load:
+        # Saturated (a first round answered), and each worker in the middle of a request: not
+        # at the instant it takes its next connection, before the primary accepted one more.
+        wait_until(lambda: load.count() >= clients, 20, f"{clients} requests answered")
+        wait_until(lambda: _mid_request(load, ms / 1000, 2), 10, "both workers mid-request")
         term_at = time.monotonic()
         p.send_signal(signal.SIGTERM)
         load.stop()
     assert p.wait(30) == 143, p.output()
     rr = p.one("stopped")["rr"]
     failed = [o for o in load.failures() if o.start < term_at]
+    accepted_at_most = 2 * (1 + window)
     figure(
         TARGET,
-        f"SIGTERM, rr, 2 saturated single-threaded workers, 12 clients: RR dropped "
+        f"SIGTERM, rr, 2 saturated single-threaded workers, {clients} clients: RR dropped "
         f"{rr['dropped']} (requeued {rr['requeued']}); {len(failed)} requests sent "
-        f"before the signal failed ({HttpLoad.describe(failed)})",
+        f"before the signal failed ({HttpLoad.describe(failed)}), at most "
+        f"{clients - accepted_at_most} of them never accepted",
     )
     assert rr["dropped"] == 0, rr
+    # The clients' view: whatever a worker held was answered; a request that failed never got
+    # an answer started, and there are at most as many as were left in the listen backlog.
+    assert all(o.headers_at is None for o in failed), HttpLoad.describe(failed)
+    assert len(failed) <= clients - accepted_at_most, HttpLoad.describe(failed)

@@ -3,7 +3,9 @@
 The primary is asyncio code by default (`await sup.serve()`), or a plain script
 (`sys.exit(sup.run())`, or `sup.start()` and the main script ends). Every supervisor event is
 printed as one JSON record with the primary's monotonic time `t` and CPU time `cpu`. Signals
-to the primary: SIGHUP → rolling restart, SIGUSR1 → graceful stop (grace from STOP_GRACE).
+to the primary: SIGHUP → rolling restart, SIGUSR1 → graceful stop (grace from STOP_GRACE), SIGUSR2
+→ a "probe" record (time, CPU time, loop turns so far). RECORD_BEATS=1: a "beat" record per
+heartbeat received.
 
 Workers pick their behaviour from MODE (set per slot through the supervisor's `env`):
 serve (threaded HTTP server answering its pid), single (single-threaded HTTP server; GET /spin
@@ -85,10 +87,24 @@ def install(sup):
     loop.add_signal_handler(signal.SIGHUP, sup.rolling_restart)
     grace = float(os.environ.get("STOP_GRACE", "5"))
     loop.add_signal_handler(signal.SIGUSR1, lambda: sup.stop(grace))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: out("probe", **now()))
+
+
+def record_beats():
+    # a "beat" record for every heartbeat the primary receives (env RECORD_BEATS=1)
+    from clusterlab.supervisor import CONTROL_KEY
+
+    def on_message(w, m, h):
+        if m == {CONTROL_KEY: "heartbeat"}:
+            out("beat", id=w.id, **now())
+
+    cluster.on("message", on_message)
 
 
 async def amain(sup):
     record(sup)
+    if os.environ.get("RECORD_BEATS"):
+        record_beats()
     install(sup)
     status = await sup.serve()
     out("status", status=status)

@@ -22,10 +22,13 @@ HB = "heartbeat=HeartbeatPolicy(interval=0.1, timeout=0.8)"
 def test_hung_worker_replaced_within_heartbeat_timeout(start_primary, free_tcp_port, mode, how):
     p = start_primary(
         script(f"workers=1, {HB}, restart=RestartPolicy.immediate(), env={{'MODE': {mode!r}}}"),
-        env={"PORT": str(free_tcp_port)},
+        env={"PORT": str(free_tcp_port), "RECORD_BEATS": "1"},
     )
     first = p.wait_for("ready")[0]
-    time.sleep(0.5)  # heartbeats flowing: no false positive meanwhile
+    # Heartbeats flowing for longer than the timeout (0.8 s at most one beat each 0.1 s): no
+    # false positive meanwhile.
+    beats = p.wait_for(lambda r: r["tag"] == "beat" and r["id"] == first["id"], count=10)
+    assert beats[-1]["t"] - beats[0]["t"] >= 0.8
     assert not p.records("hang")
     if how == "sigstop":
         os.kill(first["wpid"], signal.SIGSTOP)
