@@ -1,5 +1,7 @@
 """The ``clusterlab`` command: run a scenario, rebuild a report, serve the built-in target, list
-scenarios, show machine facts. Exit status 0 success, 1 a run or command failed, 2 bad input."""
+scenarios, show machine facts, compare runs, keep and calibrate baselines. Exit status 0 success,
+1 a run or command failed (compare: a regression), 2 bad input, 3 inconclusive (compare: a gated
+metric could not be judged; calibrate: untrusted points, nothing saved)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     scenarios.add_argument("files", nargs="*", type=Path)
     sub.add_parser("info", help="machine facts as the lab records them")
     compare = sub.add_parser(
-        "compare", help="compare two runs: exit 1 on a significant regression beyond threshold"
+        "compare",
+        help="compare two runs: exit 0 unchanged, 1 regression, 3 inconclusive (2 bad input)",
     )
     compare.add_argument("baseline", help="run directory, summary.json or saved baseline name")
     compare.add_argument("current", help="run directory or summary.json")
@@ -47,9 +50,22 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="[METRIC=]PCT",
-        help="change that counts, in %% (default 10); METRIC=PCT overrides one metric",
+        help="change that counts, in %% (default: the baseline's calibrated thresholds, else "
+        "10); METRIC=PCT overrides one metric, PCT the default",
     )
-    compare.add_argument("--alpha", type=float, default=0.01, help="significance level (0.01)")
+    compare.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="the interval is 100 × (1 − alpha) %% (default 0.05: 95 %%)",
+    )
+    compare.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=25.0,
+        metavar="PCT",
+        help="a point with more outside CPU (%% of a core) is untrusted (default 25)",
+    )
     compare.add_argument("--markdown", type=Path, help="write the Markdown table here")
     compare.add_argument("--junit", type=Path, help="write JUnit XML here")
     compare.add_argument("--json", type=Path, help="write JSON here")
@@ -61,6 +77,27 @@ def _parser() -> argparse.ArgumentParser:
     save.add_argument("directory", type=Path)
     show = bsub.add_parser("show", help="describe baseline NAME")
     show.add_argument("name")
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="run a scenario's A/A pairs, measure each metric's noise, save baseline NAME "
+        "with per-metric thresholds",
+    )
+    calibrate.add_argument("scenario", nargs="?", help="scenario file or bundled name")
+    calibrate.add_argument("--name", required=True, help="baseline name to save")
+    calibrate.add_argument("--pairs", type=int, default=2, help="A/A pairs to run (default 2)")
+    calibrate.add_argument("--k", type=float, default=2.0, help="threshold = max(floor, k × noise)")
+    calibrate.add_argument("--floor", type=float, default=5.0, metavar="PCT", help="default 5")
+    calibrate.add_argument("--out", type=Path, help="folder for the runs (must not exist)")
+    calibrate.add_argument(
+        "--from",
+        dest="runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="calibrate from recorded runs A A' [A A' ...] instead of running the scenario",
+    )
+    calibrate.add_argument("--max-other-cpu", type=float, default=25.0, metavar="PCT")
+    calibrate.add_argument("-q", "--quiet", action="store_true", help="no progress")
     return parser
 
 
@@ -74,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "info": _info,
         "compare": _compare,
         "baseline": _baseline,
+        "calibrate": _calibrate,
     }[args.command]
     return handler(args)
 
@@ -129,51 +167,49 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from clusterlab.lab.ci import baseline
-    from clusterlab.lab.ci import outputs as ci_output
-    from clusterlab.lab.ci.compare import (
-        COMPARED,
-        DERIVED,
-        CompareInputError,
-        compare,
-        load_summary,
-    )
+def _compare_inputs(args: argparse.Namespace) -> tuple[list[dict], dict, str]:
+    """The two summaries, the baseline's calibrated thresholds and where they came from;
+    ValueError (CompareInputError) for bad input."""
+    from clusterlab.lab.ci import baseline, calibrate
+    from clusterlab.lab.ci.compare import load_summary
 
-    thresholds: dict[str, float] = {}
-    default = 0.10
+    if not 0 < args.alpha < 1 or not args.max_other_cpu >= 0:
+        raise ValueError(
+            f"--alpha/--max-other-cpu: expected alpha in (0, 1) and a percentage ≥ 0, got "
+            f"{args.alpha} and {args.max_other_cpu}"
+        )
+    paths = []
+    for given in (args.baseline, args.current):
+        saved = None if Path(given).exists() else baseline.find(given)
+        paths.append(saved or Path(given))
+    summaries = [load_summary(p) for p in paths]
+    file = calibrate.beside(paths[0])
+    if file is None:
+        return summaries, {}, ""
+    data = calibrate.read(file)
+    return summaries, calibrate.lookup(data), calibrate.describe(data, file)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from clusterlab.lab.ci import outputs as ci_output
+    from clusterlab.lab.ci.compare import DEFAULT_THRESHOLD, compare, parse_thresholds
+
     try:
-        for text in args.threshold:
-            metric, _, pct = text.rpartition("=")
-            value = float(pct.rstrip("%")) / 100
-            if not 0 <= value < 10 or (metric and metric not in {*COMPARED, *DERIVED}):
-                raise ValueError(text)
-            if metric:
-                thresholds[metric] = value
-            else:
-                default = value
-        if not 0 < args.alpha < 1:
-            raise ValueError(f"--alpha {args.alpha}")
-        paths = []
-        for given in (args.baseline, args.current):
-            saved = None if Path(given).exists() else baseline.find(given)
-            paths.append(saved or Path(given))
-        summaries = [load_summary(p) for p in paths]
+        default, thresholds = parse_thresholds(args.threshold)
+        summaries, calibrated, calibration = _compare_inputs(args)
     except ValueError as exc:
-        if not isinstance(exc, CompareInputError):
-            exc = ValueError(
-                f"--threshold/--alpha: expected [METRIC=]PERCENT with METRIC one of "
-                f"{', '.join([*COMPARED, *DERIVED])} and alpha in (0, 1), got {exc}"
-            )
         print(f"clusterlab: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     result = compare(
         summaries[0],
         summaries[1],
         thresholds,
-        default,
+        DEFAULT_THRESHOLD if default is None else default,
         args.alpha,
         (args.baseline, args.current),
+        calibrated=calibrated,
+        max_other_cpu=args.max_other_cpu,
+        calibration=calibration,
     )
     for path, text in (
         (args.markdown, ci_output.markdown(result)),
@@ -183,7 +219,82 @@ def _compare(args: argparse.Namespace) -> int:
         if path is not None:
             path.write_text(text)
     print(ci_output.headline(result) if args.quiet else ci_output.terminal(result))
-    return EXIT_FAILED if result.regressions else EXIT_OK
+    return result.exit_status
+
+
+def _calibration_runs(args: argparse.Namespace) -> tuple[list[Path], bool]:
+    """The A/A runs to calibrate from: recorded (--from) or run now; (dirs, all complete)."""
+    from clusterlab.lab.ci.calibrate import run_pairs
+    from clusterlab.lab.config.scenario import load_scenario, resolve_scenario
+    from clusterlab.lab.running.progress import ConsoleProgress
+    from clusterlab.lab.running.runner import default_out_dir
+
+    if args.runs:
+        if args.scenario:
+            raise ValueError("calibrate: expected a SCENARIO or --from RUN..., got both")
+        return list(args.runs), True
+    if not args.scenario or args.pairs < 1:
+        raise ValueError(
+            f"calibrate: expected a SCENARIO (or --from RUN...) and --pairs ≥ 1, "
+            f"got {args.scenario!r} and {args.pairs}"
+        )
+    scenario = load_scenario(resolve_scenario(args.scenario))
+    out = args.out or default_out_dir(scenario).with_name(
+        f"calibrate-{default_out_dir(scenario).name}"
+    )
+    if out.exists():
+        raise ValueError(f"--out: expected a directory that does not exist yet, got {out}")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    progress = ConsoleProgress(
+        quiet=args.quiet, generator_bound_cpu=scenario.load.generator_bound_cpu
+    )
+    return run_pairs(scenario, out, args.pairs, progress)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from clusterlab.lab.ci import baseline, calibrate
+    from clusterlab.lab.ci.compare import load_summary
+    from clusterlab.lab.output.text import plain_table
+
+    try:
+        if not (args.k > 0 and 0 <= args.floor < 1000):
+            raise ValueError(f"calibrate: expected --k > 0 and --floor ≥ 0, got {args.k}")
+        baseline.check_name(args.name)  # before minutes of runs
+        runs, complete = _calibration_runs(args)
+        summaries = [load_summary(r) for r in runs]
+        result = calibrate.calibrate_from(
+            summaries,
+            [str(r) for r in runs],
+            args.k,
+            args.floor / 100,
+            max_other_cpu=args.max_other_cpu,
+        )
+    except ValueError as exc:  # ScenarioError and CompareInputError too
+        print(f"clusterlab: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(
+        plain_table(
+            ["metric", "group", "A/A intervals", "noise", "threshold"], calibrate.table(result)
+        )
+    )
+    for line in result.data["not_calibrated"]:
+        print(f"not calibrated (default threshold): {line}")
+    if not complete or not result.ok:
+        for line in result.refused:
+            print(f"refused: {line}", file=sys.stderr)
+        print(
+            f"calibrate: {'a run failed' if not complete else 'INCONCLUSIVE'}: nothing saved "
+            f"(runs in {Path(runs[0]).parent})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED if not complete else EXIT_INCONCLUSIVE
+    try:
+        folder = baseline.save(args.name, runs[0], result.data)
+    except ValueError as exc:
+        print(f"clusterlab: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"baseline {args.name} saved in {folder} with {calibrate.FILE} (from {runs[0]})")
+    return EXIT_OK
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -193,7 +304,11 @@ def _baseline(args: argparse.Namespace) -> int:
     try:
         if args.action == "save":
             folder = baseline.save(args.name, args.directory)
-            print(f"baseline {args.name} saved in {folder}")
+            kept = (folder / "thresholds.json").is_file()
+            print(
+                f"baseline {args.name} saved in {folder}"
+                + (" (calibrated thresholds kept: same scenario and machine)" if kept else "")
+            )
         else:
             print(baseline.show(args.name))
     except CompareInputError as exc:

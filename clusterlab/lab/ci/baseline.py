@@ -2,7 +2,10 @@
 on, so later runs can be compared with ``clusterlab compare NAME CURRENT``.
 
 Stored as ``<store>/<NAME>/summary.json`` and ``<store>/<NAME>/baseline.json`` (name, saved
-time, source directory, machine facts). The store is ``$CLUSTERLAB_BASELINES`` or
+time, source directory, machine facts), and ``<store>/<NAME>/thresholds.json`` when the baseline
+was calibrated (``clusterlab calibrate``, ``calibrate.py``). Saving a new run under a calibrated
+name keeps its thresholds when the scenario and the machine are the same (the noise they measure
+is the host's), and drops them otherwise. The store is ``$CLUSTERLAB_BASELINES`` or
 ``.clusterlab/baselines`` under the current directory; commit it, or cache it in CI.
 """
 
@@ -16,7 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clusterlab.lab.ci.compare import CompareInputError, load_summary
+from clusterlab.lab.ci import calibrate
+from clusterlab.lab.ci.compare import (
+    CompareInputError,
+    load_summary,
+    machine_differences,
+    scenario_differences,
+)
 from clusterlab.lab.output.text import fmt, plain_table
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -34,19 +43,45 @@ def _folder(name: str) -> Path:
     return store() / name
 
 
-def save(name: str, run: str | Path) -> Path:
-    """Keep the run's validated summary as baseline ``name`` (replacing an older one)."""
+def check_name(name: str) -> None:
+    """CompareInputError unless ``name`` can name a baseline."""
+    _folder(name)
+
+
+def save(name: str, run: str | Path, thresholds: dict[str, Any] | None = None) -> Path:
+    """Keep the run's validated summary as baseline ``name`` (replacing an older one), with
+    calibrated ``thresholds`` (thresholds.json's content) when given; otherwise an older
+    baseline's thresholds are kept when its scenario and machine are the same."""
     summary = load_summary(run)
     folder = _folder(name)
+    if thresholds is None:
+        thresholds = _kept_thresholds(folder, summary)
     tmp = folder.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    if thresholds is not None:
+        (tmp / calibrate.FILE).write_text(json.dumps(thresholds, indent=2))
     info = {"name": name, "saved": time.time(), "source": str(run), "machine": summary["machine"]}
     (tmp / "baseline.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
     return folder
+
+
+def _kept_thresholds(folder: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    file = folder / calibrate.FILE
+    if not (file.is_file() and (folder / "summary.json").is_file()):
+        return None
+    try:
+        old = load_summary(folder)
+        data = calibrate.read(file)
+    except CompareInputError:
+        return None
+    same = not machine_differences(old, summary) and not scenario_differences(
+        old["scenario"], summary["scenario"]
+    )
+    return data if same else None
 
 
 def find(name: str) -> Path | None:
@@ -68,6 +103,7 @@ def show(name: str) -> str:
     info: dict[str, Any] = json.loads((folder / "baseline.json").read_text())
     summary = load_summary(folder)
     machine = info["machine"]
+    thresholds = calibrate.beside(folder)
     lines = [
         f"baseline {name}: saved {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['saved']))}"
         f" from {info['source']}",
@@ -92,4 +128,18 @@ def show(name: str) -> str:
             ],
         ),
     ]
+    if thresholds is not None:
+        data = calibrate.read(thresholds)
+        lines += [
+            "",
+            f"calibrated thresholds ({calibrate.describe(data, thresholds.name)}):",
+            plain_table(
+                ["metric", "group", "noise", "threshold"],
+                [
+                    [metric, name, f"{g['noise']:.1%}", f"{g['threshold']:.1%}"]
+                    for metric, entry in data["metrics"].items()
+                    for name, g in entry["groups"].items()
+                ],
+            ),
+        ]
     return "\n".join(lines)
