@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     scenarios = sub.add_parser("scenarios", help="list bundled scenarios, or validate files")
     scenarios.add_argument("files", nargs="*", type=Path)
     sub.add_parser("info", help="machine facts as the lab records them")
+    _ci_parsers(sub)
+    return parser
+
+
+def _ci_parsers(sub: argparse._SubParsersAction) -> None:
+    """compare, baseline and calibrate."""
     compare = sub.add_parser(
         "compare",
         help="compare two runs: exit 0 unchanged, 1 regression, 3 inconclusive (2 bad input)",
@@ -66,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PCT",
         help="a point with more outside CPU (%% of a core) is untrusted (default 25)",
     )
-    compare.add_argument("--markdown", type=Path, help="write the Markdown table here")
-    compare.add_argument("--junit", type=Path, help="write JUnit XML here")
+    for flag, what in (("--markdown", "the Markdown table"), ("--junit", "JUnit XML")):
+        compare.add_argument(flag, type=Path, help=f"write {what} here")
     compare.add_argument("--json", type=Path, help="write JSON here")
     compare.add_argument("-q", "--quiet", action="store_true", help="only the headline")
     baseline = sub.add_parser("baseline", help="save or show a named baseline")
@@ -77,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     save.add_argument("directory", type=Path)
     show = bsub.add_parser("show", help="describe baseline NAME")
     show.add_argument("name")
+    _calibrate_parser(sub)
+
+
+def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
     calibrate = sub.add_parser(
         "calibrate",
         help="run a scenario's A/A pairs, measure each metric's noise, save baseline NAME "
@@ -98,7 +108,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--max-other-cpu", type=float, default=25.0, metavar="PCT")
     calibrate.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +255,7 @@ def _calibration_runs(args: argparse.Namespace) -> tuple[list[Path], bool]:
         raise ValueError(f"--out: expected a directory that does not exist yet, got {out}")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = ConsoleProgress(
-        quiet=args.quiet, generator_bound_cpu=scenario.load.generator_bound_cpu
+        sys.stderr, quiet=args.quiet, generator_bound_cpu=scenario.load.generator_bound_cpu
     )
     return run_pairs(scenario, out, args.pairs, progress)
 

@@ -55,7 +55,7 @@ def test_an_interval_wholly_beyond_the_threshold_is_worse_or_better_by_direction
 def test_an_interval_wholly_inside_the_threshold_is_unchanged_however_small_p_is():
     j = judge(BASE, [95, 96, 94, 95, 97], +1)
     assert j.verdict == "unchanged" and j.ratio == pytest.approx(0.95) and j.p_value < 0.01
-    assert 1 / 1.1 <= j.interval[0] and j.interval[1] <= 1.1
+    assert j.interval[0] >= 1 / 1.1 and j.interval[1] <= 1.1
 
 
 def test_an_interval_across_the_threshold_is_inconclusive_even_with_a_large_ratio():

@@ -103,9 +103,12 @@ def calibrate_from(
         )
         for i in range(0, len(summaries), 2)
     ]
-    refused = [f"pair {n + 1}: {w}" for n, pair in enumerate(pairs) for w in pair.warnings] + [
-        f"{d.run} {d.name} r{d.repeat}: {'; '.join(d.reasons)}" for p in pairs for d in p.untrusted
-    ]
+    refused = [f"pair {n + 1}: {w}" for n, pair in enumerate(pairs) for w in pair.warnings]
+    for n, pair in enumerate(pairs):
+        run = {"baseline": names[2 * n], "current": names[2 * n + 1]}
+        refused += [
+            f"{run[d.run]} {d.name} r{d.repeat}: {'; '.join(d.reasons)}" for d in pair.untrusted
+        ]
     metrics, skipped = _thresholds(pairs, k, floor)
     if not metrics:
         refused.append("no metric could be calibrated: " + "; ".join(skipped[:3]))
