@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
 def _compare_inputs(args: argparse.Namespace) -> tuple[list[dict], dict, str]:
     """The two summaries, the baseline's calibrated thresholds and where they came from;
     ValueError (CompareInputError) for bad input."""
-    from clusterlab.lab.ci import baseline, calibrate
+    from clusterlab.lab.ci import baseline
     from clusterlab.lab.ci.compare import load_summary
 
     if not 0 < args.alpha < 1 or not args.max_other_cpu >= 0:
@@ -187,16 +187,10 @@ def _compare_inputs(args: argparse.Namespace) -> tuple[list[dict], dict, str]:
             f"--alpha/--max-other-cpu: expected alpha in (0, 1) and a percentage ≥ 0, got "
             f"{args.alpha} and {args.max_other_cpu}"
         )
-    paths = []
-    for given in (args.baseline, args.current):
-        saved = None if Path(given).exists() else baseline.find(given)
-        paths.append(saved or Path(given))
+    paths = [baseline.resolve(args.baseline), baseline.resolve(args.current)]
     summaries = [load_summary(p) for p in paths]
-    file = calibrate.beside(paths[0])
-    if file is None:
-        return summaries, {}, ""
-    data = calibrate.read(file)
-    return summaries, calibrate.lookup(data), calibrate.describe(data, file)
+    thresholds, where = baseline.calibrated(paths[0])
+    return summaries, thresholds, where
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from clusterlab.lab.analysis.analysis import Analysis, analyze
 from clusterlab.lab.analysis.tables import load_results
 from clusterlab.lab.ci import outputs
+from clusterlab.lab.ci.compare import Comparison
 from clusterlab.lab.ci.gates import GateResult, check_gates, groups, point_value
 from clusterlab.lab.config.gates import GROUP_KEYS, canonical_metric
 from clusterlab.lab.config.scenario import Scenario
@@ -71,6 +72,18 @@ class LabRun:
         ]
         finite = [v for v in values if math.isfinite(v)]
         return statistics.median(finite) if finite else math.nan
+
+    def compare(self, baseline: str | Path, **options: Any) -> Comparison:
+        """This run compared with a baseline (a saved name, a run directory or summary.json),
+        with its calibrated thresholds when it has them; written to compare.md, compare.xml and
+        compare.json in the run directory. ``options``: those of ``ci.compare.compare()``."""
+        from clusterlab.lab.ci.baseline import compare_with
+
+        result = compare_with(baseline, self.summary, str(self.out_dir), **options)
+        (self.out_dir / "compare.md").write_text(outputs.markdown(result))
+        (self.out_dir / "compare.xml").write_text(outputs.junit(result))
+        (self.out_dir / "compare.json").write_text(outputs.to_json(result))
+        return result
 
 
 def run_lab(scenario: Scenario, out_dir: Path, progress: Progress) -> LabRun:

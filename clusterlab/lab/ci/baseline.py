@@ -22,6 +22,8 @@ from typing import Any
 from clusterlab.lab.ci import calibrate
 from clusterlab.lab.ci.compare import (
     CompareInputError,
+    Comparison,
+    compare,
     load_summary,
     machine_differences,
     scenario_differences,
@@ -91,6 +93,40 @@ def find(name: str) -> Path | None:
     except CompareInputError:
         return None
     return folder if (folder / "summary.json").is_file() else None
+
+
+def resolve(given: str | Path) -> Path:
+    """A run directory or summary.json as given, else the folder of the saved baseline so named
+    (a path that exists wins over a name)."""
+    path = Path(given)
+    return path if path.exists() else (find(str(given)) or path)
+
+
+def calibrated(path: Path) -> tuple[dict[str, dict[str, float]], str]:
+    """The calibrated thresholds stored beside a baseline (metric → {group: threshold}) and
+    where they came from; ({}, "") when it has none."""
+    file = calibrate.beside(path)
+    if file is None:
+        return {}, ""
+    data = calibrate.read(file)
+    return calibrate.lookup(data), calibrate.describe(data, file)
+
+
+def compare_with(
+    baseline: str | Path, current: dict[str, Any], name: str = "current", **options: Any
+) -> Comparison:
+    """``current`` (a summary) compared with a baseline given by name or path, using its
+    calibrated thresholds when it has them; ``options`` as ``compare()`` takes them."""
+    path = resolve(baseline)
+    thresholds, where = calibrated(path)
+    return compare(
+        load_summary(path),
+        current,
+        names=(str(baseline), name),
+        calibrated=thresholds,
+        calibration=where,
+        **options,
+    )
 
 
 def show(name: str) -> str:
