@@ -9,6 +9,7 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -27,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", help="scenario file, or the name of a bundled scenario")
     run.add_argument("--out", type=Path, help="report directory (must not exist)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary table")
+    run.add_argument(
+        "--cpu-split",
+        choices=["auto", "on", "off"],
+        help="separate CPUs for load and target (default: the scenario's cpus.split, auto: "
+        "split from 4 usable CPUs)",
+    )
     report = sub.add_parser(
         "report", help="rebuild plots, summary.json and reports from a run's tables"
     )
@@ -135,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     from clusterlab.lab.output.report_tables import summary_table
     from clusterlab.lab.output.text import markdown_table
     from clusterlab.lab.pipeline import run_lab
+    from clusterlab.lab.running.cpus import CpuSplitError, plan_cpus, usable_cpus
     from clusterlab.lab.running.progress import ConsoleProgress
     from clusterlab.lab.running.runner import default_out_dir
 
@@ -151,6 +159,13 @@ def _run(args: argparse.Namespace) -> int:
             f"clusterlab: --out: expected a directory that does not exist yet, got {out}",
             file=sys.stderr,
         )
+        return EXIT_BAD_INPUT
+    if args.cpu_split:
+        scenario = replace(scenario, cpus=replace(scenario.cpus, split=args.cpu_split))
+    try:
+        plan_cpus(scenario.cpus, usable_cpus())
+    except CpuSplitError as exc:
+        print(f"clusterlab: {scenario.path}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = ConsoleProgress(

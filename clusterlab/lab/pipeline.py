@@ -20,6 +20,7 @@ from clusterlab.lab.ci.gates import GateResult, check_gates, groups, point_value
 from clusterlab.lab.config.gates import GROUP_KEYS, canonical_metric
 from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.output.report import write_outputs
+from clusterlab.lab.running.cpus import plan_cpus, usable_cpus
 from clusterlab.lab.running.runner import Progress, RunOutcome, run_scenario
 
 
@@ -88,8 +89,10 @@ class LabRun:
 
 def run_lab(scenario: Scenario, out_dir: Path, progress: Progress) -> LabRun:
     """Run every point of ``scenario`` into ``out_dir`` (which must not exist), analyse it,
-    write its outputs and check its gates."""
-    outcome = run_scenario(scenario, out_dir, progress)
+    write its outputs and check its gates. ``CpuSplitError`` (before anything is written) when
+    the scenario asks for a CPU split this machine cannot give."""
+    cpus = plan_cpus(scenario.cpus, usable_cpus())
+    outcome = run_scenario(scenario, out_dir, progress, cpus)
     analysis = analyze(load_results(out_dir))
     report = write_outputs(analysis)
     results = check_gates(scenario.gates, analysis.summary) if scenario.gates else []

@@ -92,14 +92,31 @@ def test_pre_crash_level_is_the_mean_of_the_two_seconds_before():
 )
 def test_time_to_recover_is_the_start_of_the_first_half_second_back_at_90_percent(dip, expected):
     rps = recovery.throughput(series(bins(dip)))
-    got = recovery.time_to_recover(rps, 3.0, until=10.0)
+    got = recovery.time_to_recover(rps, 3.0, until=10.0, level=100.0)
     assert got == pytest.approx(expected, abs=1e-6, nan_ok=True)
 
 
 def test_recovery_after_the_next_fault_does_not_count():
     rps = recovery.throughput(series(bins({(3.1, 4.0): 0.0})))
-    assert math.isnan(recovery.time_to_recover(rps, 3.0, until=4.2))
-    assert recovery.time_to_recover(rps, 3.0, until=10.0) == pytest.approx(1.0)
+    assert math.isnan(recovery.time_to_recover(rps, 3.0, until=4.2, level=100.0))
+    assert recovery.time_to_recover(rps, 3.0, until=10.0, level=100.0) == pytest.approx(1.0)
+
+
+def test_the_fault_free_level_is_the_window_before_the_first_fault():
+    # 100 req/s for 2 s, then 60: the level is 100 whatever came after, warm-up left out
+    rps = recovery.throughput(series(bins({(-1.0, 0.0): 500.0, (2.1, 10.0): 60.0})))
+    assert recovery.fault_free_level(rps, 2.0) == pytest.approx(100.0)
+    assert math.isnan(recovery.fault_free_level(rps, 0.5))  # under MIN_FAULT_FREE_S of it
+
+
+def test_a_cluster_that_stays_below_its_fault_free_level_never_recovers():
+    # fault-free 100 req/s; the first crash leaves it at 70 and the second at 65: measured
+    # against the level before each crash (70 after the first) the second would look recovered
+    rps = recovery.throughput(series(bins({(3.1, 6.0): 70.0, (6.1, 10.0): 65.0})))
+    level = recovery.fault_free_level(rps, 3.0)
+    assert level == pytest.approx(100.0)
+    assert recovery.pre_crash_level(rps, 6.0) == pytest.approx(70.0)
+    assert math.isnan(recovery.time_to_recover(rps, 6.0, until=10.0, level=level))
 
 
 def test_a_burst_counts_the_failed_bins_after_the_fault_by_cause():
@@ -166,6 +183,8 @@ def test_each_fault_gets_its_effect_exit_replacement_recovery_and_burst():
     assert c["exit_kind"] == "crash" and pd.isna(c["replacement"])
     assert math.isnan(c["to_listening_s"]) and math.isnan(c["to_recover_s"])
     assert not c["recovered"] and c["failures"] == 0
+    assert (a["recovery"], c["recovery"]) == ("back", "never back within the run")
+    assert a["fault_free_rps"] == c["fault_free_rps"] == pytest.approx(100.0)
 
 
 def test_a_point_summary_adds_the_faults_up():

@@ -58,7 +58,7 @@ def test_fairness_columns_count_idle_workers_and_skip_missing_connections():
     assert math.isnan(columns["jain_connections"])
 
 
-def test_aggregate_takes_median_min_max_over_repeats_and_flags_any_bound_repeat():
+def test_aggregate_takes_median_min_max_over_repeats_and_the_repeats_verdicts():
     results = pd.DataFrame(
         {
             "workload": ["w"] * 3,
@@ -72,11 +72,15 @@ def test_aggregate_takes_median_min_max_over_repeats_and_flags_any_bound_repeat(
             "jain_requests": [1.0] * 3,
             "jain_connections": [1.0] * 3,
             "generator_bound": [False, True, False],
+            "verdict": ["target", "generator", "target"],
         }
     )
     row = aggregate(results).iloc[0]
     assert (row["rps"], row["rps_min"], row["rps_max"]) == (200.0, 100.0, 300.0)
     assert row["p99_ms"] == 7.0 and row["repeats"] == 3 and bool(row["generator_bound"])
+    assert row["verdict"] == "mixed" and not row["target_bound"]
+    agreed = aggregate(results.assign(verdict="target", generator_bound=False)).iloc[0]
+    assert agreed["verdict"] == "target" and agreed["target_bound"]
 
 
 def test_usl_fit_recovers_known_parameters_and_peak():

@@ -18,7 +18,7 @@ from clusterlab.lab.analysis import recovery
 from clusterlab.lab.analysis.metrics import aggregate, fairness_columns, usl_fits
 from clusterlab.lab.analysis.summary import summary_dict
 from clusterlab.lab.analysis.tables import Results
-from clusterlab.lab.analysis.verdicts import point_generator_bound
+from clusterlab.lab.analysis.verdicts import Verdict, point_verdict
 
 
 @dataclass(frozen=True)
@@ -75,15 +75,26 @@ def analyze(run: Results) -> Analysis:
 
 
 def derive_point_columns(run: Results) -> pd.DataFrame:
-    """results.csv plus fairness (from workers.csv, the workers' own counts) and the
-    generator-bound verdict (from the CPU each side used)."""
+    """results.csv plus fairness (from workers.csv, the workers' own counts) and the verdict
+    (from the CPU each side used; ``generator_bound`` and ``bound_reason`` kept for readers
+    of the generator-bound flag)."""
     points = run.results.copy()
     if points.empty:
-        return points.assign(generator_bound=pd.Series(dtype=bool), bound_reason="")
+        return points.assign(
+            verdict="", verdict_reason="", generator_bound=pd.Series(dtype=bool), bound_reason=""
+        )
+    busiest = run.workers.groupby(["point", "repeat"])["cpu_pct"].max()
+    points["busiest_worker_cpu_pct"] = [
+        busiest.get((p, r), float("nan"))
+        for p, r in zip(points["point"], points["repeat"], strict=True)
+    ]
     limit = float(run.meta["scenario"]["load"]["generator_bound_cpu"])
-    verdicts = [point_generator_bound(row, limit) for row in points.to_dict("records")]
-    points["generator_bound"] = [bound for bound, _ in verdicts]
-    points["bound_reason"] = [reason for _, reason in verdicts]
+    cpus = int(run.meta["machine"].get("cpu_count") or 1)
+    verdicts = [point_verdict(row, limit, cpus) for row in points.to_dict("records")]
+    points["verdict"] = [str(v) if v is not None else "" for v, _ in verdicts]
+    points["verdict_reason"] = [reason for _, reason in verdicts]
+    points["generator_bound"] = points["verdict"] == Verdict.GENERATOR
+    points["bound_reason"] = points["verdict_reason"].where(points["generator_bound"], "")
     fairness = {
         (point, repeat): fairness_columns(group.to_dict("records"))
         for (point, repeat), group in run.workers.groupby(["point", "repeat"])

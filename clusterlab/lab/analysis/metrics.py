@@ -72,8 +72,9 @@ AGGREGATED = ["rps", "p50_ms", "p99_ms", "failure_ratio", "jain_requests", "jain
 
 
 def aggregate(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (workload, policy, workers): median, min and max over repeats, and whether any
-    repeat was generator-bound. Only points that completed are used."""
+    """One row per (workload, policy, workers): median, min and max over repeats, whether any
+    repeat was generator-bound, whether all were target-bound, and the group's verdict. Only
+    points that completed are used."""
     done = results[results["status"] == "ok"]
     if done.empty:
         return pd.DataFrame()
@@ -83,7 +84,15 @@ def aggregate(results: pd.DataFrame) -> pd.DataFrame:
     table = table.join(grouped["rps"].agg(["min", "max"]).add_prefix("rps_"))
     table["repeats"] = grouped.size()
     table["generator_bound"] = grouped["generator_bound"].any()
+    table["target_bound"] = grouped["verdict"].agg(lambda v: bool((v == "target").all()))
+    table["verdict"] = grouped["verdict"].agg(group_verdict)
     return table.reset_index()
+
+
+def group_verdict(verdicts: pd.Series) -> str:
+    """One verdict for the repeats of a group: theirs when they agree, else "mixed"."""
+    found = sorted(set(verdicts))
+    return found[0] if len(found) == 1 else "mixed"
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,9 @@ def usl_fit(workers: Sequence[float], rps: Sequence[float]) -> UslFit | None:
 
 
 def usl_fits(results: pd.DataFrame) -> pd.DataFrame:
-    """A USL fit per (workload, policy) over completed, not generator-bound points."""
-    usable = results[(results["status"] == "ok") & ~results["generator_bound"].astype(bool)]
+    """A USL fit per (workload, policy) over completed, target-bound points (the only ones
+    that measure the target's capacity)."""
+    usable = results[(results["status"] == "ok") & (results["verdict"] == "target")]
     rows = []
     for (workload, policy), group in usable.groupby(["workload", "policy"], sort=True):
         fit = usl_fit(group["workers"].tolist(), group["rps"].tolist())

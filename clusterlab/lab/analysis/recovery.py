@@ -1,6 +1,7 @@
 """Recovery metrics of runs with faults, from events.csv and timeseries.csv alone: per injected
 fault, when it took effect, when its worker's replacement listened, when throughput was back to
-90 % of its pre-crash level and which requests failed meanwhile; per point, their summary.
+90 % of its fault-free level (the measured window before the first fault) and which requests
+failed meanwhile; per point, their summary.
 
 Plain frames in, plain frames out: nothing here draws or writes. Times are seconds from the
 point's start of measurement (the ``t`` of both tables).
@@ -22,6 +23,8 @@ from clusterlab.lab.protocol import Event
 CAUSES = ("reset", "closed", "incomplete", "refused", "timeout", "5xx", "4xx", "other")
 #: The pre-crash level is the mean throughput over this many seconds before the fault.
 PRE_WINDOW_S = 2.0
+#: The fault-free level needs at least this much measured window before the first fault.
+MIN_FAULT_FREE_S = 1.0
 #: Throughput counts as back once a span this long has a mean of RECOVERED × the level.
 SPAN_S = 0.5
 RECOVERED = 0.9
@@ -45,8 +48,10 @@ FAULT_COLUMNS = POINT_KEYS + [
     "t_listening",
     "to_listening_s",
     "pre_rps",
+    "fault_free_rps",
     "to_recover_s",
     "recovered",
+    "recovery",
     "failures",
     *[f"fail_{c}" for c in CAUSES],
 ]
@@ -85,12 +90,22 @@ def pre_crash_level(rps: pd.Series, crash: float) -> float:
     return float(before.mean())
 
 
-def time_to_recover(rps: pd.Series, crash: float, until: float) -> float:
+def fault_free_level(rps: pd.Series, first_fault: float) -> float:
+    """Mean throughput of the measured window before the first fault took effect (NaN when
+    that is shorter than MIN_FAULT_FREE_S): the level every crash is measured against, so a
+    cluster that never regains it after one crash does not read as recovered after the next."""
+    if not math.isfinite(first_fault) or first_fault < MIN_FAULT_FREE_S:
+        return math.nan
+    calm = rps[(rps.index > 0) & (rps.index <= first_fault + 1e-9)]
+    if len(calm) * _width(rps) < MIN_FAULT_FREE_S / 2:
+        return math.nan
+    return float(calm.mean())
+
+
+def time_to_recover(rps: pd.Series, crash: float, until: float, level: float) -> float:
     """Seconds from ``crash`` to the start of the first SPAN_S-long run of bins (from the crash
-    on, ending by ``until``) whose mean is at least RECOVERED × the pre-crash level; 0 when
-    throughput never fell that low, NaN when it was not back by ``until`` or there is no
-    level to compare with."""
-    level = pre_crash_level(rps, crash)
+    on, ending by ``until``) whose mean is at least RECOVERED × ``level``; 0 when throughput
+    never fell that low, NaN when it was not back by ``until`` or there is no level."""
     if not math.isfinite(level) or level <= 0:
         return math.nan
     width = _width(rps)
@@ -147,24 +162,40 @@ def _point_faults(
         later = [f["t"] for f in records[i + 1 :] if str(f["worker"]) == str(fault["worker"])]
         until = min(later[0] if later else math.inf, window + STOP_MARGIN_S)
         found.append({**keys, **_aftermath(fault, info, effect, events, until)})
+    _recoveries(found, rps, series, window)
+    return found
+
+
+def _recoveries(
+    found: list[dict[str, Any]], rps: pd.Series, series: pd.DataFrame, window: float
+) -> None:
+    """Each fault's recovery against the point's fault-free level, and its failure burst."""
     effects = sorted(f["t_effect"] for f in found if math.isfinite(f["t_effect"]))
+    level = fault_free_level(rps, effects[0] if effects else math.nan)
     for f in found:
         crash = f["t_effect"]
         if not math.isfinite(crash):
-            f.update(recovered=False, failures=math.nan)
+            f.update(recovered=False, failures=math.nan, recovery="never fired")
             continue
         later = [t for t in effects if t > crash]
         until = min(later[0] if later else window, window)
-        recover = time_to_recover(rps, crash, until)
+        recover = time_to_recover(rps, crash, until, level)
         burst = failure_burst(series, crash, until)
+        if not math.isfinite(level):
+            status = "no fault-free window"
+        elif math.isfinite(recover):
+            status = "back"
+        else:
+            status = "not back before the next fault" if later else "never back within the run"
         f.update(
             pre_rps=pre_crash_level(rps, crash),
+            fault_free_rps=level,
             to_recover_s=recover,
             recovered=math.isfinite(recover),
+            recovery=status,
             failures=sum(burst.values()),
             **{f"fail_{c}": n for c, n in burst.items()},
         )
-    return found
 
 
 def _aftermath(
@@ -251,6 +282,8 @@ def points(events: pd.DataFrame, per_fault: pd.DataFrame, results: pd.DataFrame)
                 "to_listening_median_s": _stat(crashed["to_listening_s"], "median"),
                 "to_listening_max_s": _stat(crashed["to_listening_s"], "max"),
                 "recovered": int(took["recovered"].astype(bool).sum()),
+                "never_back": int((took["recovery"] == "never back within the run").sum()),
+                "fault_free_rps": _stat(took["fault_free_rps"], "median"),
                 "to_recover_median_s": _stat(took["to_recover_s"], "median"),
                 "to_recover_max_s": _stat(took["to_recover_s"], "max"),
                 "failures": float(took["failures"].sum()),

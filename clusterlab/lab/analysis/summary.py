@@ -15,7 +15,7 @@ from clusterlab.lab.analysis import recovery
 from clusterlab.lab.analysis.tables import POINT_KEYS, Results
 
 SUMMARY_SCHEMA = "clusterlab.lab.summary"
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3
 #: Outside CPU (% of one core) above which a point's numbers are flagged as noisy.
 NOISY_OTHER_CPU = 25.0
 _MEASURES = (
@@ -64,6 +64,7 @@ def summary_dict(
             "schema_version": SUMMARY_VERSION,
             "scenario": run.meta["scenario"],
             "machine": run.meta["machine"],
+            "cpus": run.meta.get("cpus"),
             "run": _run_facts(run.meta, points),
             "points": [point_record(row) for row in points.to_dict("records")],
             "aggregates": aggregates.to_dict("records"),
@@ -72,6 +73,8 @@ def summary_dict(
                 "method": {
                     "bin_s": 0.1,
                     "pre_window_s": recovery.PRE_WINDOW_S,
+                    "level": "fault-free: the measured window before the first fault",
+                    "min_fault_free_s": recovery.MIN_FAULT_FREE_S,
                     "span_s": recovery.SPAN_S,
                     "recovered_fraction": recovery.RECOVERED,
                 },
@@ -107,6 +110,8 @@ def point_record(row: dict[str, Any]) -> dict[str, Any]:
             for q in ("requests", "connections")
         },
         "cpu_pct": {name: row.get(column) for name, column in _CPU.items()},
+        "verdict": row.get("verdict") or None,
+        "verdict_reason": row.get("verdict_reason") or None,
         "generator_bound": bool(row.get("generator_bound")),
         "bound_reason": row.get("bound_reason") or None,
         "rr": _handoffs(row),

@@ -71,11 +71,14 @@ def group_by_target(points: list[Point], fresh: bool = False) -> list[list[Point
     return [list(group) for _, group in itertools.groupby(points, key=lambda p: p.target_key)]
 
 
-def load_processes(load: Load, workers: int, parallelism: int) -> int:
-    """Locust processes for a point; ``auto`` takes the CPUs the workers leave free, at least one,
-    and never all of them."""
+def load_processes(load: Load, workers: int, parallelism: int, load_cpus: int | None = None) -> int:
+    """Locust processes for a point; ``auto`` takes one per CPU of the load's own set when load
+    and target have separate CPUs (``load_cpus``), else the CPUs the workers leave free, at
+    least one, and never all of them."""
     if load.processes != "auto":
         return load.processes
+    if load_cpus is not None:
+        return load_cpus
     return max(1, min(parallelism - 1, parallelism - workers))
 
 

@@ -7,6 +7,7 @@ was found; nothing else in the lab runs before a scenario has passed here.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -40,6 +41,13 @@ class Target:
     worker_header: str = "X-Worker-Id"
     ready_timeout: float = 30.0
     start_method: Literal["exec", "forkserver"] = "exec"
+    #: command targets: ready once this regex has matched ``ready_count`` lines of the
+    #: command's output (default: once per worker); no connection is made to find out.
+    ready_line: str | None = None
+    ready_count: int | None = None
+    #: url targets: the server's process (and its descendants) to sample, by pid or pid file.
+    pid: int | None = None
+    pidfile: str | None = None
 
     @property
     def is_cluster(self) -> bool:
@@ -120,6 +128,16 @@ class Respawn:
 
 
 @dataclass(frozen=True)
+class Cpus:
+    """How the load and the target share the machine's CPUs: ``split`` "auto" (separate CPU
+    sets on machines with 4 or more usable CPUs), "on" or "off"; ``load``: how many CPUs the
+    load gets when split (default ⌈N/4⌉)."""
+
+    split: Literal["auto", "on", "off"] = "auto"
+    load: int | None = None
+
+
+@dataclass(frozen=True)
 class Report:
     out: str | None = None
     plots: tuple[str, ...] = PLOTS
@@ -142,6 +160,7 @@ class Scenario:
     respawn: Respawn | None = None
     gates: tuple[Gate, ...] = ()
     gates_table: dict[str, Any] = field(default_factory=dict)
+    cpus: Cpus = field(default_factory=Cpus)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, as stored in the run's meta.json."""
@@ -157,6 +176,7 @@ class Scenario:
             "faults": [_plain(f.__dict__) for f in self.faults],
             "respawn": asdict(self.respawn) if self.respawn else None,
             "gates": self.gates_table,
+            "cpus": asdict(self.cpus),
         }
 
 
@@ -237,6 +257,7 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         respawn=respawn,
         gates=gates,
         gates_table=dict(data.get("gates", {})),
+        cpus=Cpus(**data.get("cpus", {})),
     )
 
 
@@ -269,7 +290,8 @@ def _resolve_paths(target: Target, where: str) -> Target:
     base = Path(where).resolve().parent
     app_dir = str((base / target.app_dir).resolve()) if target.app_dir else str(base)
     script = str((base / target.script).resolve()) if target.script else None
-    return replace(target, app_dir=app_dir if target.app else None, script=script)
+    pidfile = str((base / target.pidfile).resolve()) if target.pidfile else None
+    return replace(target, app_dir=app_dir if target.app else None, script=script, pidfile=pidfile)
 
 
 def _check_target(target: Target, where: str) -> None:
@@ -288,11 +310,38 @@ def _check_target(target: Target, where: str) -> None:
             f"{where}: target.start_method: expected only for a cluster the lab starts "
             f"(builtin, asgi, wsgi, script), got {_got(target.start_method)} for kind {target.kind!r}"
         )
+    _check_readiness(target, where)
     if target.kind == "command" and not any("{port}" in part for part in target.command):
         raise ScenarioError(
             f"{where}: target.command: expected a {{port}} placeholder to serve on, "
             f"got {_got(list(target.command))}"
         )
+
+
+def _check_readiness(target: Target, where: str) -> None:
+    """ready_line/ready_count only for commands (a url target prints nothing to the lab);
+    pid/pidfile only for url targets (the lab knows the processes it starts)."""
+    only = {"ready_line": "command", "ready_count": "command", "pid": "url", "pidfile": "url"}
+    for name, kind in only.items():
+        if getattr(target, name) is not None and target.kind != kind:
+            raise ScenarioError(
+                f"{where}: target.{name}: expected only with target.kind = {kind!r}, "
+                f"got {_got(getattr(target, name))} for kind {target.kind!r}"
+            )
+    if target.ready_count is not None and target.ready_line is None:
+        raise ScenarioError(
+            f"{where}: target.ready_count: expected together with target.ready_line, got it alone"
+        )
+    if target.pid is not None and target.pidfile is not None:
+        raise ScenarioError(f"{where}: target.pid: expected pid or pidfile, not both")
+    if target.ready_line is not None:
+        try:
+            re.compile(target.ready_line)
+        except re.error as exc:
+            raise ScenarioError(
+                f"{where}: target.ready_line: expected a regular expression, "
+                f"got {_got(target.ready_line)} ({exc})"
+            ) from None
 
 
 def _check_load(load: Load, where: str) -> None:

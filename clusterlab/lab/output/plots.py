@@ -7,6 +7,7 @@ One function per figure; each takes the tables and metrics, writes one file and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,15 +18,24 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from clusterlab.lab.analysis.metrics import usl  # noqa: E402
+from clusterlab.lab.analysis.metrics import group_verdict, usl  # noqa: E402
 from clusterlab.lab.analysis.recovery import SPAN_S  # noqa: E402
 from clusterlab.lab.analysis.recovery import throughput as ok_rate  # noqa: E402
 from clusterlab.lab.protocol import Event  # noqa: E402
 
 COLORS = {"rr": "tab:blue", "none": "tab:orange", "reuseport": "tab:green", "n/a": "tab:gray"}
-BOUND_NOTE = "generator-bound (hollow): load generator was the limit, not the cluster"
+#: Marker per verdict: only target-bound points are filled (they measure the target's capacity).
+VERDICT_MARKERS: dict[str, dict[str, Any]] = {
+    "target": dict(marker="o"),
+    "generator": dict(marker="o", mfc="white"),
+    "machine": dict(marker="s", mfc="white"),
+    "unsaturated": dict(marker="^", mfc="white"),
+    "mixed": dict(marker="D", mfc="white"),
+}
+VERDICT_NOTE = "filled: target-bound; hollow ○ generator, □ machine, △ unsaturated, ◇ mixed"
 
 
 def _panels(workloads: list[str], height: float = 3.6) -> tuple[Figure, list[plt.Axes]]:
@@ -38,7 +48,8 @@ def _panels(workloads: list[str], height: float = 3.6) -> tuple[Figure, list[plt
 def _save(fig: Figure, path: Path) -> Path:
     for ax in fig.axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
+    # a figure-wide legend (the verdict markers) sits below the panels
+    fig.tight_layout(rect=(0, 0.07, 1, 1) if fig.legends else (0, 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -49,12 +60,12 @@ def _ok(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _by_policy(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
-    """Per policy: per worker count, median/min/max of ``column`` and any generator-bound."""
+    """Per policy: per worker count, median/min/max of ``column`` and the repeats' verdict."""
     out = {}
     for policy, group in frame.groupby("policy", sort=True):
         grouped = group.groupby("workers")
         table = grouped[column].agg(["median", "min", "max"])
-        table["bound"] = grouped["generator_bound"].any()
+        table["verdict"] = grouped["verdict"].agg(group_verdict)
         out[str(policy)] = table.reset_index()
     return out
 
@@ -64,10 +75,27 @@ def _draw_series(ax: plt.Axes, policy: str, table: pd.DataFrame) -> None:
     x = table["workers"].to_numpy(dtype=float)
     ax.plot(x, table["median"], "-", color=color, label=policy)
     ax.fill_between(x, table["min"], table["max"], color=color, alpha=0.15, linewidth=0)
-    bound = table["bound"].to_numpy(dtype=bool)
-    ax.plot(x[~bound], table["median"][~bound], "o", color=color)
-    if bound.any():
-        ax.plot(x[bound], table["median"][bound], "o", mfc="white", mec=color, mew=1.5)
+    _verdict_markers(ax, x, table["median"].to_numpy(dtype=float), table["verdict"], color)
+
+
+def _verdict_markers(
+    ax: plt.Axes, x: np.ndarray, y: np.ndarray, verdicts: pd.Series, color: str
+) -> None:
+    """Each point with its verdict's marker (filled only when target-bound)."""
+    labels = verdicts.to_numpy(dtype=str)
+    for verdict, style in VERDICT_MARKERS.items():
+        mine = labels == verdict
+        if mine.any():
+            ax.plot(x[mine], y[mine], linestyle="none", color=color, mec=color, mew=1.5, **style)
+
+
+def _verdict_legend(fig: Figure) -> None:
+    """One legend of the marker shapes, under the panels."""
+    handles = [
+        Line2D([], [], color="0.3", linestyle="none", mec="0.3", mew=1.5, label=name, **style)
+        for name, style in VERDICT_MARKERS.items()
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
 
 
 def throughput(results: pd.DataFrame, parallelism: int, path: Path) -> Path | None:
@@ -96,7 +124,8 @@ def throughput(results: pd.DataFrame, parallelism: int, path: Path) -> Path | No
         ax.set(title=workload, xlabel="workers", ylabel="successful requests/s")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
-    fig.suptitle("Throughput vs workers (hollow: " + BOUND_NOTE.split(" (")[0] + ")", fontsize=10)
+    fig.suptitle(f"Throughput vs workers ({VERDICT_NOTE})", fontsize=10)
+    _verdict_legend(fig)
     return _save(fig, path)
 
 
@@ -143,7 +172,8 @@ def latency(results: pd.DataFrame, path: Path) -> Path | None:
         ax.set(title=workload, xlabel="workers", ylabel="p99 latency (ms)")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
-    fig.suptitle("p99 latency vs workers (hollow: generator-bound)", fontsize=10)
+    fig.suptitle(f"p99 latency vs workers ({VERDICT_NOTE})", fontsize=10)
+    _verdict_legend(fig)
     return _save(fig, path)
 
 
@@ -214,9 +244,13 @@ def usl_plot(results: pd.DataFrame, fits: pd.DataFrame, path: Path) -> Path | No
             policy = str(fit["policy"])
             color = COLORS.get(policy, "tab:purple")
             pts = subset[subset["policy"] == policy]
-            bound = pts["generator_bound"].astype(bool)
-            ax.plot(pts["workers"][~bound], pts["rps"][~bound], "o", color=color, alpha=0.7)
-            ax.plot(pts["workers"][bound], pts["rps"][bound], "o", mfc="white", mec=color)
+            _verdict_markers(
+                ax,
+                pts["workers"].to_numpy(dtype=float),
+                pts["rps"].to_numpy(dtype=float),
+                pts["verdict"],
+                color,
+            )
             top = max(float(pts["workers"].max()), float(fit["peak_workers"] or 0)) * 1.3
             n = np.linspace(1, max(top, 2.0), 200)
             label = f"{policy}: σ={fit['sigma']:.3f} κ={fit['kappa']:.4f} R²={fit['r2']:.2f}"

@@ -12,6 +12,13 @@ from clusterlab.lab.analysis import recovery
 from clusterlab.lab.output.text import fmt
 
 
+def verdict_label(verdict: str) -> str:
+    """A verdict as the tables say it: "target-bound", "generator-bound", "mixed", …"""
+    if verdict in ("target", "generator", "machine"):
+        return f"{verdict}-bound"
+    return {"mixed": "mixed (see points)", "": "–"}.get(verdict, verdict)
+
+
 def summary_table(aggregates: pd.DataFrame) -> pd.DataFrame:
     """The closing table: one row per workload × policy × workers."""
     if aggregates.empty:
@@ -30,7 +37,7 @@ def summary_table(aggregates: pd.DataFrame) -> pd.DataFrame:
                 "fail %": fmt(100 * r["failure_ratio"], 2),
                 "Jain req": fmt(r["jain_requests"], 3),
                 "Jain conn": fmt(r["jain_connections"], 3),
-                "note": "generator-bound" if r["generator_bound"] else "",
+                "verdict": verdict_label(r["verdict"]),
             }
         )
     return pd.DataFrame(rows)
@@ -95,7 +102,9 @@ def recovery_table(per_point: pd.DataFrame) -> pd.DataFrame:
                 "to listening s (med / max)": _pair(
                     r["to_listening_median_s"], r["to_listening_max_s"]
                 ),
-                "back to 90 %": f"{r['recovered']} of {r['took_effect']}",
+                "fault-free req/s": fmt(r.get("fault_free_rps"), 0),
+                "back to 90 % of it": f"{r['recovered']} of {r['took_effect']}"
+                + (" (never back by the end)" if r.get("never_back") else ""),
                 "to 90 % s (med / max)": _pair(r["to_recover_median_s"], r["to_recover_max_s"]),
                 "failed req (per fault med)": f"{r['failures']:.0f} ({fmt(r['failures_per_fault_median'], 0)})",
                 "by cause": _causes(r),
@@ -124,7 +133,9 @@ def fault_table(per_fault: pd.DataFrame) -> pd.DataFrame:
                 "replacement": r["replacement"] or "–",
                 "to listening s": fmt(r["to_listening_s"], 2),
                 "pre-crash req/s": fmt(r["pre_rps"], 0),
-                "to 90 % s": fmt(r["to_recover_s"], 2),
+                "to 90 % of fault-free s": fmt(r["to_recover_s"], 2)
+                if r.get("recovery") == "back"
+                else (r.get("recovery") or "–"),
                 "failed req": fmt(r["failures"], 0),
                 "by cause": _causes(r),
             }
@@ -152,7 +163,8 @@ def point_table(results: pd.DataFrame) -> pd.DataFrame:
                 "primary CPU %": fmt(r.get("primary_cpu_pct"), 0),
                 "locust CPU % (max proc)": f"{fmt(r.get('gen_cpu_pct'), 0)} ({fmt(r.get('gen_cpu_max_pct'), 0)})",
                 "other CPU %": fmt(r.get("other_cpu_pct"), 0),
-                "note": "generator-bound" if r.get("generator_bound") else (r.get("error") or ""),
+                "verdict": verdict_label(r.get("verdict") or ""),
+                "note": r.get("error") or "",
             }
         )
     return pd.DataFrame(rows)

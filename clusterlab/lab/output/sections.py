@@ -10,13 +10,17 @@ import pandas as pd
 
 from clusterlab.lab.analysis.analysis import Analysis
 from clusterlab.lab.analysis.summary import NOISY_OTHER_CPU, SUMMARY_VERSION
+from clusterlab.lab.output import conclusions
 from clusterlab.lab.output import report_tables as tables
+from clusterlab.lab.output.report_tables import verdict_label
 
 PLOT_HELP = {
     "throughput": "Successful requests/s against worker count, one line per policy (median over "
     "repeats, band = min–max). Dashed: ideal linear scaling from the smallest count; dotted: "
     "available_parallelism(). Where the line bends away from the dashed one, adding workers stops "
-    "paying. Hollow markers are generator-bound: locust, not the cluster, was the limit.",
+    "paying. Marker shape is the verdict: filled circles are target-bound (the target's "
+    "capacity); hollow markers are not (generator: the load was the limit; machine: the two "
+    "took CPU from each other; unsaturated: nothing ran out of CPU).",
     "fairness": "Jain's index of per-worker requests (solid) and connections (dashed): 1 = every "
     "worker got the same, 1/n (dotted) = one worker got everything.",
     "latency": "p99 latency against worker count per policy. Rising p99 with more workers than "
@@ -30,21 +34,37 @@ PLOT_HELP = {
     "(100 ms bins, faint; 0.5 s mean, solid) and failed requests/s (red bars, right axis). Red "
     "line: a fault takes effect (a signal at once; an armed exception or hang when a request "
     "fires it); purple dotted: the heartbeat timeout caught a hang; green dashed: the "
-    "replacement listens; green dot: throughput back to 90 % of its pre-crash level; thick "
+    "replacement listens; green dot: throughput back to 90 % of the fault-free level; thick "
     "black: the restart limit was reached (no more restarts). Warm-up is shaded.",
 }
 RECOVERY_HELP = (
     "Per point: faults injected (and skipped: no ready worker, or the load had ended), those that "
     "took effect, crashes (the worker exited) and how many of them were replaced; seconds from "
     "the fault taking effect to the replacement's 'listening' and to throughput back at 90 % of "
-    "its pre-crash level (median / max); failed requests while recovering, by cause; under rr "
-    "the connections the primary re-queued from a dying worker and those it lost (closed "
-    "unserved: must be 0); restarts scheduled and refused by the restart limit. Method: "
-    "throughput is locust's successful requests in 100 ms bins; the pre-crash level is their "
-    "mean over the 2 s before the fault; it is back once a 0.5 s span has a mean of at "
-    "least 90 % of that (the time is that span's start; 0 = it never fell that low; – = not "
-    "back before the next fault or the end). A fault's failures are those in the bins from it "
-    "to the next fault's effect (or the end of measurement)."
+    "the point's fault-free level (median / max); failed requests while recovering, by cause; "
+    "under rr the connections the primary re-queued from a dying worker and those it lost "
+    "(closed unserved: must be 0); restarts scheduled and refused by the restart limit. "
+    "Method: throughput is the load's successful requests in 100 ms bins; the fault-free level "
+    "is their mean over the measured window before the first fault took effect (at least 1 s), "
+    "the same for every fault of the point, so a cluster that stays below it after a crash is "
+    "never called recovered; it is back once a 0.5 s span has a mean of at least 90 % of that "
+    "level (the time is that span's start; 0 = it never fell that low), searched up to the "
+    "next fault's effect (else: not back before the next fault) or the end of measurement "
+    "(else: never back within the run). A fault's failures are those in the bins from it to "
+    "the next fault's effect (or the end of measurement)."
+)
+
+
+VERDICT_ORDER = ("target", "generator", "machine", "unsaturated")
+VERDICT_HELP = (
+    "Target-bound: the target's processes used nearly all the CPU they may use (or, sharing the "
+    "CPUs, the CPUs were full while the load used little of them): only these rates measure "
+    "its capacity. Generator-bound: a load process was at its core. Machine-bound: the CPUs "
+    "were full with neither side at its limit. Unsaturated: nothing ran out of CPU."
+)
+LIFT_LIMITS = (
+    'separate CPUs for load and target (`[cpus] split = "on"` or `--cpu-split on`), more '
+    "load processes (load.processes), or load from another machine lift the load's limits."
 )
 
 
@@ -66,7 +86,8 @@ def report_blocks(analysis: Analysis, drawn: dict[str, str]) -> list[Block]:
         *_header(analysis),
         *_summary(analysis),
         *(_recovery(analysis) if analysis.scenario.get("faults") else []),
-        *_generator_bound(analysis),
+        *_verdicts(analysis),
+        *_conclusions(analysis),
         *_noisy(analysis),
         *_scalability(analysis),
         Block("h2", "Plots"),
@@ -100,11 +121,37 @@ def _header(analysis: Analysis) -> list[Block]:
             f"Target: {scenario['target']['kind']}. Load: locust, {load['users']} users, "
             f"{load['model']} model, {load['connection']} connections, {load['warmup']:g} s warm-up "
             f"then {load['duration']:g} s measured, locust processes per point "
-            f"{processes or load['processes']}. The load generator and the cluster share this "
-            "machine's CPUs (no pinning); the CPU each side used is in the per-point table.",
+            f"{processes or load['processes']}. {_placement(meta.get('cpus'))}",
         )
     )
+    target = scenario["target"]
+    if target["kind"] == "url" and not (target.get("pid") or target.get("pidfile")):
+        blocks.append(
+            Block(
+                "p",
+                "The target's CPU is not measured (a url target without target.pid or "
+                "target.pidfile): its verdicts rest on the load's CPU and the machine's.",
+            )
+        )
     return blocks
+
+
+def _placement(cpus: dict[str, Any] | None) -> str:
+    if cpus is None:
+        return (
+            "The load generator and the cluster share this machine's CPUs (no pinning); the "
+            "CPU each side used is in the per-point table."
+        )
+    if cpus["shared"]:
+        return (
+            f"Load and target share the {len(cpus['target'])} CPUs (no split: cpus.split is off, "
+            "or fewer than 4 usable CPUs), so they take CPU from each other; each point's "
+            "verdict says what limited it."
+        )
+    return (
+        f"Load pinned to CPUs {cpus['load']}, target (primary and workers) to CPUs "
+        f"{cpus['target']}: the target's available_parallelism() is {len(cpus['target'])}."
+    )
 
 
 def _summary(analysis: Analysis) -> list[Block]:
@@ -113,32 +160,62 @@ def _summary(analysis: Analysis) -> list[Block]:
     return [Block("h2", "Summary"), body]
 
 
-def _generator_bound(analysis: Analysis) -> list[Block]:
-    points = analysis.points
-    bound = points[points["generator_bound"].astype(bool)] if not points.empty else points
-    heading = Block("h2", "Generator-bound points")
+def _verdicts(analysis: Analysis) -> list[Block]:
+    measured = analysis.measured
+    heading = Block("h2", "What limited each point")
+    if measured.empty:
+        return []
+    counts = measured["verdict"].value_counts()
+    tally = ", ".join(f"{counts[v]} {verdict_label(v)}" for v in VERDICT_ORDER if v in counts)
+    blocks = [heading, Block("p", f"{tally} (of {len(measured)} measured). {VERDICT_HELP}")]
+    others = measured[measured["verdict"] != "target"]
+    if not others.empty:
+        items = "; ".join(
+            f"{r['workload']} · {r['policy']} · {r['workers']} workers (repeat "
+            f"{r['repeat'] + 1}): {verdict_label(r['verdict'])}, {r['verdict_reason']}"
+            for r in others.to_dict("records")
+        )
+        blocks.append(
+            Block(
+                "p",
+                f"{items}. These rates are not the target's capacity; see {LIFT_LIMITS}",
+                lead="Not target-bound:",
+            )
+        )
+    return blocks
+
+
+def _conclusions(analysis: Analysis) -> list[Block]:
+    heading = Block("h2", "Conclusions")
+    measured = analysis.measured
+    if measured.empty:
+        return []
+    aggregates = analysis.aggregates
+    bound = aggregates[aggregates["target_bound"].astype(bool)]
     if bound.empty:
-        limit = analysis.scenario["load"]["generator_bound_cpu"]
         return [
             heading,
             Block(
                 "p",
-                f"None: in every point each locust process stayed below {limit:g}% of a core.",
+                "None drawn: no group of points was target-bound in every repeat, so no "
+                "number here is the target's capacity (which policy is faster, whether more "
+                f"workers pay). {LIFT_LIMITS}",
             ),
         ]
-    items = "; ".join(
-        f"{r['workload']} · {r['policy']} · {r['workers']} workers (repeat {r['repeat'] + 1}): "
-        f"{r['bound_reason']}"
-        for r in bound.to_dict("records")
+    lines = [*conclusions.policy_lines(bound), *conclusions.worker_lines(bound)]
+    untested = (
+        " With 1 repeat per point the differences are not tested."
+        if (aggregates["repeats"].max() < 2)
+        else ""
     )
     return [
         heading,
         Block(
             "p",
-            f"{items}. These numbers are the generator's limit, not the cluster's capacity; "
-            "raise load.processes (more locust processes) or move load to another machine to "
-            "measure the cluster.",
+            "From target-bound groups only (every repeat target-bound); a group whose repeats' "
+            f"ranges overlap another's is called a tie.{untested}",
         ),
+        *[Block("p", line) for line in lines],
     ]
 
 
@@ -168,8 +245,8 @@ def _scalability(analysis: Analysis) -> list[Block]:
             heading,
             Block(
                 "p",
-                "No fit: needs at least 3 worker counts that are not generator-bound (this run "
-                f"has {counts} worker counts).",
+                "No fit: needs at least 3 worker counts whose points are target-bound (this "
+                f"run has {counts} worker counts).",
             ),
         ]
     return [heading, Block("table", table=tables.fit_table(analysis.fits))]

@@ -22,6 +22,7 @@ import pandas as pd
 
 from clusterlab.lab.config.scenario import Load, Workload
 from clusterlab.lab.protocol import LOAD_CONFIG_ENV, LoadFile
+from clusterlab.lab.running.cpus import pinned
 from clusterlab.lab.running.processes import LOOPBACK, free_port, stop_process
 
 
@@ -74,11 +75,13 @@ def start_load(
     out_dir: Path,
     header: str | None,
     count_every_failure: bool = False,
+    cpus: tuple[int, ...] | None = None,
 ) -> LoadRun:
     """Start locust against ``url`` (loopback only) for warm-up + duration seconds.
 
     ``count_every_failure`` (runs with faults): the HTTP client does not silently re-send a GET
     whose connection closed before the answer, so a crash's in-flight requests count as failed.
+    ``cpus``: the CPUs the load is pinned to (None: not pinned).
     """
     if not url.startswith(("http://127.0.0.1", "http://localhost")):
         raise LoadError(f"refusing to load {url}: the lab only loads loopback addresses")
@@ -99,7 +102,7 @@ def start_load(
         "count_every_failure": count_every_failure,
     }
     env = {**os.environ, LOAD_CONFIG_ENV: json.dumps(config), "PYTHONUNBUFFERED": "1"}
-    commands = _locust_commands(load, url, processes, out_dir, run_time)
+    commands = [pinned(c, cpus) for c in _locust_commands(load, url, processes, out_dir, run_time)]
     run = LoadRun(out_dir, [], time.monotonic() + run_time + 60.0)
     try:
         for i, command in enumerate(commands):

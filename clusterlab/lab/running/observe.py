@@ -17,6 +17,7 @@ import pandas as pd
 from clusterlab.lab.config.plan import Point
 from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.protocol import Event, FaultCommand
+from clusterlab.lab.running.cpus import CpuPlan
 from clusterlab.lab.running.faults import FaultInjector, PlannedFault, schedule
 from clusterlab.lab.running.load import (
     LoadError,
@@ -54,6 +55,7 @@ class Observation:
     point: Point
     processes: int
     started: float
+    load_started: float
     load_pids: list[tuple[int, str]]
     before: Snapshot
     after: Snapshot
@@ -67,7 +69,12 @@ class Observation:
 
 
 def observe_point(
-    scenario: Scenario, point: Point, target: TargetHandle, processes: int, out: Path
+    scenario: Scenario,
+    point: Point,
+    target: TargetHandle,
+    processes: int,
+    out: Path,
+    cpus: CpuPlan,
 ) -> Observation:
     """Load the running target with the point's workload, sampling and injecting faults."""
     workload = next(w for w in scenario.workloads if w.name == point.workload)
@@ -81,7 +88,9 @@ def observe_point(
         out,
         scenario.target.worker_header,
         count_every_failure=bool(scenario.faults),
+        cpus=None if cpus.shared else cpus.load,
     )
+    load_started = time.time()
     roles = ["locust"] if processes == 1 else ["locust master"] + ["locust worker"] * processes
     skipped: list[SkippedFault] = []
     plan = schedule(scenario.faults, scenario.load.duration, point.repeat)
@@ -105,6 +114,7 @@ def observe_point(
         point=point,
         processes=processes,
         started=started,
+        load_started=load_started,
         load_pids=[(p.pid, role) for p, role in zip(run.processes, roles, strict=True)],
         before=before,
         after=after,

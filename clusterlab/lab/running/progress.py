@@ -4,12 +4,13 @@ On a terminal the current point is shown on one updating line; otherwise (CI log
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from clusterlab.lab.analysis.verdicts import point_generator_bound
+from clusterlab.lab.analysis.verdicts import point_verdict
 from clusterlab.lab.config.plan import Point
 
 
@@ -67,8 +68,9 @@ class ConsoleProgress:
         elapsed = time.monotonic() - self.t0
         if row.get("status") == "ok":
             result = f"{row['rps']:.0f} req/s, p99 {row['p99_ms']:.1f} ms"
-            if point_generator_bound(row, self.generator_bound_cpu)[0]:
-                result += " [generator-bound]"
+            verdict, _ = point_verdict(row, self.generator_bound_cpu, os.cpu_count() or 1)
+            if verdict is not None:
+                result += f" [{verdict}-bound]" if verdict != "unsaturated" else " [unsaturated]"
         else:
             result = f"FAILED: {row.get('error')}"
         self._write(

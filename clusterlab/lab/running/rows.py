@@ -18,10 +18,11 @@ import pandas as pd
 from clusterlab.lab.config.plan import Point
 from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.protocol import ANSWERS, Event
+from clusterlab.lab.running.cpus import CpuPlan
 from clusterlab.lab.running.faults import PlannedFault
 from clusterlab.lab.running.load import LoadOutcome
 from clusterlab.lab.running.observe import Observation
-from clusterlab.lab.running.sampler import window_usage
+from clusterlab.lab.running.sampler import role_cpu_pct, window_usage
 
 Counts = Mapping[str, Mapping[str, Any]]
 
@@ -107,8 +108,8 @@ def result_row(
     gen = usage[usage["role"] == "generator"]
     gen_max = float(gen["cpu_pct"].max()) if not gen.empty else math.nan
     cpus = os.cpu_count() or 1
-    machine = _total(usage, "machine", "cpu_pct")
-    ours = {role: _total(usage, role, "cpu_pct") for role in ("primary", "worker", "generator")}
+    machine = role_cpu_pct(usage, "machine")
+    ours = {role: role_cpu_pct(usage, role) for role in ("primary", "worker", "generator")}
     return {
         **keys,
         "window_s": window,
@@ -130,7 +131,7 @@ def result_row(
         # what the machine did besides this run (the runner itself included in "this run")
         "other_cpu_pct": machine
         - sum(_zero(v) for v in ours.values())
-        - _zero(_total(usage, "runner", "cpu_pct")),
+        - _zero(role_cpu_pct(usage, "runner")),
     }
 
 
@@ -284,15 +285,24 @@ def point_keys(point: Point) -> dict[str, Any]:
     }
 
 
-def point_rows(scenario: Scenario, seen: Observation) -> PointRows:
+def point_rows(scenario: Scenario, seen: Observation, cpus: CpuPlan) -> PointRows:
     """Every row one observed point adds: its result, its workers, failures, time series, and
     the events of the runner's own (load processes started, faults it could not send)."""
     point = seen.point
     keys = point_keys(point)
-    events = [started_row(point, Event.LOAD_STARTED, pid, role) for pid, role in seen.load_pids]
+    events = [
+        started_row(point, Event.LOAD_STARTED, pid, role, seen.load_started)
+        for pid, role in seen.load_pids
+    ]
     events += [skipped_row(point, s.planned, s.reason, s.at) for s in seen.skipped]
     if seen.outcome is None:
         return PointRows(failed_row(scenario, point, seen.error), events=events)
+    placement = {
+        "cpus": os.cpu_count() or 1,
+        "target_cpus": len(cpus.target),
+        "load_cpus": len(cpus.load),
+        "cpu_shared": cpus.shared,
+    }
     outcome = seen.outcome
     usage = window_usage(seen.samples, outcome.measure_start, outcome.measure_end)
     workers = worker_rows(keys, seen.before, seen.reports, seen.after, outcome, usage)
@@ -305,6 +315,7 @@ def point_rows(scenario: Scenario, seen: Observation) -> PointRows:
         "measure_start": outcome.measure_start,
         "users": scenario.load.users,
         "processes": seen.processes,
+        **placement,
         **handoffs(seen.rr_before, seen.rr_after),
     }
     return PointRows(
@@ -336,11 +347,13 @@ def failed_row(scenario: Scenario, point: Point, error: str) -> dict[str, Any]:
     }
 
 
-def started_row(point: Point, event: Event, pid: int, detail: str) -> dict[str, Any]:
-    """A process the run started (every one of them is stopped by the run)."""
+def started_row(
+    point: Point, event: Event, pid: int, detail: str, at: float | None = None
+) -> dict[str, Any]:
+    """A process the run started at ``at`` (default now); every one is stopped by the run."""
     return {
         **point_keys(point),
-        "time": time.time(),
+        "time": time.time() if at is None else at,
         "event": event,
         "worker": None,
         "pid": pid,

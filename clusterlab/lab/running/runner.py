@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from clusterlab import available_parallelism
 from clusterlab.lab.analysis.tables import RunTables
 from clusterlab.lab.config.plan import (
     Point,
@@ -25,6 +24,7 @@ from clusterlab.lab.config.plan import (
 )
 from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.protocol import Event
+from clusterlab.lab.running.cpus import CpuPlan
 from clusterlab.lab.running.machine import machine_facts
 from clusterlab.lab.running.observe import observe_point
 from clusterlab.lab.running.processes import free_port
@@ -58,10 +58,12 @@ def default_out_dir(scenario: Scenario, root: Path = Path("reports")) -> Path:
     return root / f"{scenario.name}-{stamp}"
 
 
-def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress) -> RunOutcome:
-    """Measure every point of the scenario into ``out_dir`` (created; must not hold a run)."""
-    parallelism = available_parallelism()
-    points = build_plan(scenario, parallelism)
+def run_scenario(
+    scenario: Scenario, out_dir: Path, progress: Progress, cpus: CpuPlan
+) -> RunOutcome:
+    """Measure every point of the scenario into ``out_dir`` (created; must not hold a run),
+    the load and the target on the CPUs ``cpus`` gives them."""
+    points = build_plan(scenario, cpus.target_parallelism)
     out_dir.mkdir(parents=True, exist_ok=False)
     (out_dir / "raw").mkdir()
     tables = RunTables(out_dir)
@@ -69,6 +71,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress) -> RunOu
         "schema_version": SCHEMA_VERSION,
         "scenario": scenario.to_dict(),
         "machine": machine_facts(),
+        "cpus": cpus.to_dict(),
         "planned_points": len(points),
         "started": time.time(),
         "finished": None,
@@ -81,7 +84,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Progress) -> RunOu
     interrupted = False
     try:
         for group in group_by_target(points, fresh=bool(scenario.faults)):
-            run = _GroupRun(scenario, group, len(points), parallelism, tables, progress)
+            run = _GroupRun(scenario, group, len(points), cpus, tables, progress)
             failed += run.measure()
             done += len(group)
     except KeyboardInterrupt:
@@ -100,7 +103,7 @@ class _GroupRun:
     scenario: Scenario
     group: list[Point]
     total: int
-    parallelism: int
+    cpus: CpuPlan
     tables: RunTables
     progress: Progress
 
@@ -116,6 +119,7 @@ class _GroupRun:
             raw / "target.log",
             respawn=self.scenario.respawn,
             port=free_port() if self.scenario.faults else 0,
+            cpus=None if self.cpus.shared else self.cpus.target,
         )
         target: TargetHandle | None = None
         results: list[dict[str, Any]] = []
@@ -143,11 +147,14 @@ class _GroupRun:
     def _point(self, point: Point, target: TargetHandle, first: Point) -> dict[str, Any]:
         if point is not first:
             self.progress.point_started(point, self.total)
-        processes = load_processes(self.scenario.load, point.workers, self.parallelism)
-        out = self.tables.directory / "raw" / f"point-{point.index:03d}"
-        rows = point_rows(
-            self.scenario, observe_point(self.scenario, point, target, processes, out)
+        cpus = self.cpus
+        load_cpus = None if cpus.shared else len(cpus.load)
+        processes = load_processes(
+            self.scenario.load, point.workers, cpus.target_parallelism, load_cpus
         )
+        out = self.tables.directory / "raw" / f"point-{point.index:03d}"
+        seen = observe_point(self.scenario, point, target, processes, out, cpus)
+        rows = point_rows(self.scenario, seen, cpus)
         for table, found in (
             ("results", [rows.result]),
             ("workers", rows.workers),

@@ -6,6 +6,7 @@ so any window's usage is a difference of two samples, whatever the sampling inte
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -87,6 +88,19 @@ def window_usage(samples: pd.DataFrame, start: float, end: float) -> pd.DataFram
                 "cpu_s": cpu_s,
                 "cpu_pct": 100.0 * cpu_s / span if span > 0 else float("nan"),
                 "rss_mb": float(group["rss_mb"].max()),
+                "span_s": span,
             }
         )
-    return pd.DataFrame(rows, columns=["role", "key", "pid", "cpu_s", "cpu_pct", "rss_mb"])
+    columns = ["role", "key", "pid", "cpu_s", "cpu_pct", "rss_mb", "span_s"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def role_cpu_pct(usage: pd.DataFrame, role: str) -> float:
+    """CPU of every process of ``role`` together, % of one core over the sampled window: their
+    CPU seconds over the longest span any process was sampled (the machine's), so a process that
+    lived for part of the window (a crashed worker, its replacement) counts for that part only."""
+    mine = usage[usage["role"] == role]
+    span = float(usage["span_s"].max()) if not usage.empty else 0.0
+    if mine.empty or span <= 0:
+        return math.nan
+    return 100.0 * float(mine["cpu_s"].sum()) / span

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ import psutil
 
 from clusterlab.lab.config.scenario import Respawn, Target
 from clusterlab.lab.protocol import CLOSED, Command, Event, FaultCommand, Supervision
+from clusterlab.lab.running.cpus import pinned
 from clusterlab.lab.running.processes import alive_since, free_port, stop_all, stop_process
 
 
@@ -45,6 +47,8 @@ class TargetConfig:
     #: A fixed port (0: the cluster picks one). With faults, the port must outlive every
     #: worker: if all die at once, their replacements listen on the same port again.
     port: int = 0
+    #: The CPUs the target (and everything it starts) is pinned to; None: not pinned.
+    cpus: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -76,7 +80,7 @@ class ClusterTarget:
         if config.port:
             command += ["--port", str(config.port)]
         self.process = subprocess.Popen(
-            command,
+            pinned(command, config.cpus),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -219,7 +223,7 @@ class CommandTarget:
         self._log = open(config.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "CLUSTERLAB_SCHED_POLICY": config.policy}
         self.process = subprocess.Popen(
-            command,
+            pinned(command, config.cpus),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
@@ -236,15 +240,18 @@ class CommandTarget:
         return []
 
     def wait_ready(self) -> None:
-        _wait_listening(self._port, self.config.target.ready_timeout, self.process, self.config)
+        """Until the command's output has ``ready_line`` once per worker (or ``ready_count``
+        times); without one, until its port accepts a connection."""
+        target = self.config.target
+        if target.ready_line is None:
+            _wait_listening(self._port, target.ready_timeout, self.process, self.config)
+            return
+        count = target.ready_count or max(1, self.config.workers)
+        _wait_for_lines(self.config, re.compile(target.ready_line), count, self.process)
 
     def worker_pids(self) -> dict[str, int]:
         """The command's descendants, keyed by pid (its workers if it forks any)."""
-        try:
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.Error:
-            return {}
-        return {str(c.pid): c.pid for c in children}
+        return _descendants(self.process.pid)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {}
@@ -265,7 +272,7 @@ class UrlTarget:
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
         self.url = (config.target.url or "").rstrip("/")
-        self.primary_pid: int | None = None
+        self.primary_pid: int | None = _given_pid(config)
 
     def events(self) -> list[dict[str, Any]]:
         return []
@@ -275,7 +282,8 @@ class UrlTarget:
         _wait_listening(port, self.config.target.ready_timeout, None, self.config)
 
     def worker_pids(self) -> dict[str, int]:
-        return {}
+        """The given server process's descendants (none when no pid was given)."""
+        return _descendants(self.primary_pid) if self.primary_pid is not None else {}
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {}
@@ -285,6 +293,31 @@ class UrlTarget:
 
     def stop(self) -> None:
         return None
+
+
+def _given_pid(config: TargetConfig) -> int | None:
+    """A url target's process, from target.pid or target.pidfile (TargetError when the file
+    does not hold the pid of a running process)."""
+    target = config.target
+    if target.pidfile is None:
+        return target.pid
+    try:
+        pid = int(Path(target.pidfile).read_text().split()[0])
+        psutil.Process(pid)
+    except (OSError, ValueError, IndexError, psutil.Error) as exc:
+        raise TargetError(
+            f"target.pidfile {target.pidfile}: expected the pid of a running process ({exc})"
+        ) from None
+    return pid
+
+
+def _descendants(pid: int) -> dict[str, int]:
+    """Every descendant of ``pid``, keyed by its pid as a string."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return {}
+    return {str(c.pid): c.pid for c in children}
 
 
 TargetHandle = ClusterTarget | CommandTarget | UrlTarget
@@ -300,6 +333,29 @@ def start_target(config: TargetConfig) -> TargetHandle:
         handle.stop()
         raise
     return handle
+
+
+def _wait_for_lines(
+    config: TargetConfig, pattern: re.Pattern[str], count: int, process: subprocess.Popen[bytes]
+) -> None:
+    """Until ``pattern`` has matched ``count`` lines of the command's log."""
+    deadline = time.monotonic() + config.target.ready_timeout
+    found = 0
+    while time.monotonic() < deadline:
+        text = config.log_path.read_text(errors="replace") if config.log_path.exists() else ""
+        found = sum(1 for line in text.splitlines() if pattern.search(line))
+        if found >= count:
+            return
+        if process.poll() is not None:
+            raise TargetError(
+                f"target command exited with status {process.returncode} before it was ready; "
+                f"see {config.log_path}"
+            )
+        time.sleep(0.05)
+    raise TargetError(
+        f"target command printed {found} of {count} lines matching ready_line "
+        f"{pattern.pattern!r} within {config.target.ready_timeout:g} s; see {config.log_path}"
+    )
 
 
 def _wait_listening(
