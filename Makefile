@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint lab bench stress clean
+.PHONY: install test lint lab bench stress trust trust-compare clean
 
 install: $(STAMP)
 
@@ -38,10 +38,23 @@ bench: install
 	@$(PY) -c 'import gunicorn' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.suite --wait-quiet 10 $(BENCH_ARGS)
 
+# The lab beside wrk on Node.js's cluster and the builtin target: every point's lab/wrk ratio,
+# verdict and target CPU; fails when a verdict contradicts wrk (bench/trust.py, ~5 minutes).
+trust: install
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) -m bench.trust $(TRUST_ARGS)
+
 # The reliability suite's long versions (60 s crash storms, 50k hand-offs, ...), under 10 minutes;
 # ends with a table: each reliability target and the figure measured for it.
 stress: install
 	CLUSTERLAB_STRESS=1 $(PY) -m pytest -q tests/reliability
+
+# Can `clusterlab compare` be trusted here? Calibrates a short ci-like scenario, then 5 A/A runs,
+# 5 at +30 % and 5 at +10 % CPU per request and one beside a CPU burner, each compared with the
+# quiet baseline; prints the table and exits 1 when a target is missed. About 25 minutes on
+# 2 cores; TRUST_COMPARE_ARGS=--quick for about 4 (the plumbing, not the counts).
+trust-compare: install
+	$(PY) tools/trust_compare.py $(TRUST_COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

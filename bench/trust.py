@@ -1,0 +1,167 @@
+"""``make trust``: does the lab's throughput agree with ``wrk`` on the same target, and does every
+point that does not carry a verdict that says so?
+
+For Node.js's cluster (``bench/node/hello_cluster.js``, a ``command`` target) and the lab's
+builtin target, rr and none, 2 and 4 workers, keep-alive and a new connection per request: the
+lab measures each point (locust, 16 users), then ``wrk -t1 -c16`` measures the same server
+started alone. Printed per point: lab req/s / wrk req/s, the lab's verdict, the target's CPU
+(% of the cores it may use). Fails (exit 1) when a point below 0.8 × wrk is marked target-bound,
+or a point at ≥ 0.9 × wrk whose target used ≥ 90 % of its CPU is not.
+
+Usage: python -m bench.trust [--duration S] [--only node|builtin]   (about 5 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import peers, report
+from bench.wrk import run_wrk
+from clusterlab.lab.analysis.verdicts import TARGET_SATURATED_PCT, point_usage
+from clusterlab.lab.config.scenario import parse_scenario
+from clusterlab.lab.pipeline import run_lab
+from clusterlab.lab.running.processes import free_port
+from clusterlab.lab.running.progress import ConsoleProgress
+
+CONNECTIONS = 16
+TOO_LOW, HIGH = 0.8, 0.9
+NODE = str(peers.NODE_DIR / "hello_cluster.js")
+TARGETS: dict[str, dict[str, Any]] = {
+    "node": {
+        "path": "/",
+        "target": {
+            "kind": "command",
+            "command": [
+                "env",
+                "NODE_CLUSTER_SCHED_POLICY={policy}",
+                "PORT={port}",
+                "node",
+                NODE,
+                "{workers}",
+            ],
+            "ready_line": "^ready ",
+            "ready_count": 1,
+        },
+    },
+    "builtin": {"path": "/hello", "target": {"kind": "builtin"}},
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    target: str
+    connection: str
+    policy: str
+    workers: int
+    lab_rps: float
+    wrk_rps: float
+    verdict: str
+    target_cpu_share: float
+
+    @property
+    def ratio(self) -> float:
+        return self.lab_rps / self.wrk_rps if self.wrk_rps else float("nan")
+
+    def problem(self) -> str:
+        """Why this row breaks a trust rule ("" when it does not)."""
+        if self.verdict == "target" and self.ratio < TOO_LOW:
+            return f"target-bound at {self.ratio:.2f} × wrk (< {TOO_LOW})"
+        saturated = self.target_cpu_share >= TARGET_SATURATED_PCT
+        if self.ratio >= HIGH and saturated and self.verdict != "target":
+            return f"{self.ratio:.2f} × wrk with the target's CPU saturated, but {self.verdict}"
+        return ""
+
+
+def lab_points(name: str, connection: str, duration: float, out: Path) -> list[dict[str, Any]]:
+    """Run the lab over rr/none × 2/4 workers on one target; the analysed points."""
+    spec = TARGETS[name]
+    data = {
+        "name": f"trust-{name}-{connection}",
+        "target": spec["target"],
+        "sweep": {"workers": [2, 4], "policies": ["rr", "none"]},
+        "workloads": {"hello": {spec["path"]: 1}},
+        "load": {
+            "users": CONNECTIONS,
+            "warmup": 1,
+            "duration": duration,
+            "connection": connection,
+        },
+    }
+    scenario = parse_scenario(data, str(out / "scenario.toml"), default_name=data["name"])
+    lab = run_lab(scenario, out / data["name"], ConsoleProgress())
+    return [dict(p) for p in lab.analysis.measured.to_dict("records")]
+
+
+def wrk_rps(name: str, policy: str, workers: int, close: bool, duration: float) -> float:
+    """wrk's req/s against the same server, started alone."""
+    port = free_port()
+    if name == "node":
+        spec = peers.node_cluster(policy, port, workers)
+    else:
+        argv = ["{python}", "-m", "clusterlab.lab.spawned.target", "--workers", "{workers}"]
+        argv += ["--policy", policy, "--port", "{port}"]
+        spec = peers.target(f"builtin-{policy}", argv, port, workers, ready_text="serving")
+        spec = peers.ServerSpec(**{**spec.__dict__, "path": "/hello"})
+    with peers.start(spec):
+        return run_wrk(spec.url, 1, CONNECTIONS, duration, close=close).requests_per_s
+
+
+def measure(names: list[str], duration: float, out: Path) -> list[Row]:
+    rows = []
+    for name in names:
+        for connection in ("keep-alive", "new"):
+            for point in lab_points(name, connection, duration, out):
+                usage = point_usage(point, default_cpus=os.cpu_count() or 1)
+                share = 100 * usage.target / usage.target_capacity
+                policy, workers = str(point["policy"]), int(point["workers"])
+                wrk = wrk_rps(name, policy, workers, connection == "new", duration)
+                rows.append(
+                    Row(
+                        name,
+                        connection,
+                        policy,
+                        workers,
+                        point["rps"],
+                        wrk,
+                        point["verdict"],
+                        share,
+                    )
+                )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--only", choices=sorted(TARGETS), help="one target")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="clusterlab-trust-") as tmp:
+        rows = measure([args.only] if args.only else list(TARGETS), args.duration, Path(tmp))
+    header = ["target", "conn", "policy", "workers", "lab req/s", "wrk req/s", "lab/wrk"]
+    header += ["verdict", "target CPU % of its cores", "problem"]
+    cells = [
+        [r.target, r.connection, r.policy, r.workers, f"{r.lab_rps:,.0f}", f"{r.wrk_rps:,.0f}"]
+        + [f"{r.ratio:.2f}", r.verdict, f"{r.target_cpu_share:.0f}", r.problem() or "ok"]
+        for r in rows
+    ]
+    print(report.table(header, cells))
+    report.write_json(
+        "trust", {"machine": report.machine_facts(), "rows": [r.__dict__ for r in rows]}
+    )
+    problems = [r for r in rows if r.problem()]
+    print(
+        f"trust: {len(problems)} of {len(rows)} points break a rule"
+        if problems
+        else f"trust: all {len(rows)} points carry a verdict consistent with wrk"
+    )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
