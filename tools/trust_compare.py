@@ -60,7 +60,7 @@ connection = "keep-alive"
 processes = 1
 """
 CASES = {"A/A": "2", "+30 %": "2.6", "+10 %": "2.2"}
-OTHER_LOADS = ("locust", "wrk", "clusterlab.cli", "clusterlab.lab.spawned")
+OTHER_LOADS = ("locust", "wrk ", "clusterlab.cli", "clusterlab.lab.spawned", "bench.", "/bench/")
 QUIET_CPU_PCT = 30.0
 
 
