@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import signal
 import socket
@@ -36,6 +37,15 @@ def _become_subreaper() -> None:
 
 if sys.platform.startswith("linux"):
     _become_subreaper()
+
+
+# tools/mutate.py runs the tests in a mutated copy of the tree: they must test that copy.
+if os.environ.get("CLUSTERLAB_MUTANT_ROOT"):
+    import clusterlab
+
+    _mutant = Path(os.environ["CLUSTERLAB_MUTANT_ROOT"]).resolve()
+    if not Path(clusterlab.__file__).resolve().is_relative_to(_mutant):
+        raise pytest.UsageError(f"clusterlab imported from {clusterlab.__file__}, not {_mutant}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,6 +591,45 @@ def has_ipv6() -> bool:
         return True
     except OSError:
         return False
+
+
+def cpu_quota_cpus() -> int | None:
+    """This process's cgroup CPU quota in whole CPUs (rounded up), read here from the cgroup
+    files (v1: the cpu controller's own group; v2: its group and every group above it); None
+    when no quota applies. The tests' own reading, to check available_parallelism() against."""
+    limits = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":
+            group = Path("/sys/fs/cgroup") / rel.lstrip("/")
+            while group.is_relative_to("/sys/fs/cgroup"):
+                try:
+                    quota, period = (group / "cpu.max").read_text().split()
+                    if quota != "max":
+                        limits.append(int(quota) / int(period))
+                except (OSError, ValueError):
+                    pass
+                if group == Path("/sys/fs/cgroup"):
+                    break
+                group = group.parent
+        elif "cpu" in controllers.split(","):
+            for mount in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct")):
+                try:
+                    quota = int((mount / rel.lstrip("/") / "cpu.cfs_quota_us").read_text())
+                    period = int((mount / rel.lstrip("/") / "cpu.cfs_period_us").read_text())
+                except (OSError, ValueError):
+                    continue
+                if quota > 0:
+                    limits.append(quota / period)
+                break
+    return max(1, math.ceil(min(limits) - 1e-9)) if limits else None
+
+
+def cpus_allowed() -> int:
+    """The CPUs this process may use, from the OS: its affinity, capped by its cgroup quota."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = cpu_quota_cpus()
+    return max(1, min(cpus, quota) if quota is not None else cpus)
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,6 +1,5 @@
 """available_parallelism(): affinity mask capped by a cgroup CPU quota, at least 1."""
 
-import math
 import os
 import subprocess
 import sys
@@ -8,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import cpus_allowed
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,33 +22,8 @@ def _run(code: str, preexec=None) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def _quota_cpus() -> int | None:
-    """This process's cgroup CPU quota in whole CPUs (rounded up), read here from the cgroup
-    files themselves; None when no quota applies."""
-    limits = []
-    v1 = _cgroup_v1_cpu_dir()
-    if v1 is not None:
-        quota = int((v1 / "cpu.cfs_quota_us").read_text())
-        period = int((v1 / "cpu.cfs_period_us").read_text())
-        if quota > 0:
-            limits.append(quota / period)
-    v2 = _cgroup_v2_dir()
-    while v2 is not None and v2 != Path("/sys/fs/cgroup").parent:
-        try:
-            quota, period = (v2 / "cpu.max").read_text().split()
-        except (OSError, ValueError):
-            quota = "max"
-        if quota != "max":
-            limits.append(int(quota) / int(period))
-        v2 = None if v2 in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")) else v2.parent
-    return math.ceil(min(limits)) if limits else None
-
-
 def test_available_parallelism_is_the_affinity_count_capped_by_the_quota():
-    cpus = len(os.sched_getaffinity(0))
-    quota = _quota_cpus()
-    expected = max(1, min(cpus, quota) if quota is not None else cpus)
-    assert _run(PRINT) == expected
+    assert _run(PRINT) == cpus_allowed()  # read from the OS by the test itself
 
 
 def test_available_parallelism_is_importable_as_the_readme_shows():

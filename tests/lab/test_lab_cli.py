@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
-from clusterlab import available_parallelism
+from conftest import cpus_allowed
 
 
 def clusterlab(*args, cwd=None):
@@ -69,7 +69,8 @@ def test_info_prints_machine_facts():
     done = clusterlab("info")
     assert done.returncode == 0
     facts = json.loads(done.stdout)
-    assert facts["available_parallelism"] == available_parallelism()
+    # the CPUs this process may use, as the test reads them from the OS (affinity, cgroup quota)
+    assert facts["available_parallelism"] == cpus_allowed()
     assert facts["packages"]["locust"]
 
 
@@ -89,7 +90,11 @@ def test_serve_answers_from_every_worker_and_stops_on_ctrl_c():
                 assert response.read() == b"hello world\n"
                 seen.add(response.headers["X-Worker-Id"])
         assert seen == {"1", "2"}
-    finally:
+        # Ctrl-C: the workers finish and the primary exits as an interrupted program does
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=15)
+        assert proc.wait(timeout=15) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         proc.stdout.close()

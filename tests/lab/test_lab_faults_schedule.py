@@ -2,9 +2,12 @@
 the same faults for every policy of a repeat, and the injector sending each at its time after
 locust marks the measured window."""
 
+import errno
 import json
+import os
 import random
 import statistics
+import threading
 import time
 
 import pytest
@@ -75,22 +78,44 @@ def test_a_planned_fault_becomes_the_primarys_command():
     }
 
 
+def _open_once_read(fifo, timeout=10.0) -> int:
+    """Open `fifo` for writing as soon as someone opens it to read: the moment the injector
+    first looks for locust's window marker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            assert exc.errno == errno.ENXIO, exc
+            assert time.monotonic() < deadline, "the injector never looked for the window"
+            time.sleep(0.01)
+
+
 def test_the_injector_waits_for_the_measured_window_then_sends_each_fault_on_time(tmp_path):
     plan = [
         PlannedFault(0, 0, 0.2, Fault("sigkill", every=1), 0.5),
         PlannedFault(1, 0, 0.5, Fault("sigkill", every=1), 0.1),
     ]
     sent: list[tuple[float, dict]] = []
+    both = threading.Event()
+
+    def send(command):
+        sent.append((time.time(), command))
+        if len(sent) == 2:
+            both.set()
+
     skipped: list[tuple[PlannedFault, str]] = []
-    injector = FaultInjector(
-        plan, lambda c: sent.append((time.time(), c)), tmp_path, lambda f, r: skipped.append((f, r))
-    )
+    # The marker is a FIFO: the injector's read of it blocks until the window is written.
+    marker = tmp_path / "measuring.json"
+    os.mkfifo(marker)
+    injector = FaultInjector(plan, send, tmp_path, lambda f, r: skipped.append((f, r)))
     with injector:
-        time.sleep(0.3)
-        assert sent == []  # no window yet: nothing is due
+        fd = _open_once_read(marker)
+        assert sent == []  # looking for the window: nothing was due, nothing was sent
         origin = time.time()
-        (tmp_path / "measuring.json").write_text(json.dumps({"measure_start": origin}))
-        time.sleep(1.0)
+        os.write(fd, json.dumps({"measure_start": origin}).encode())
+        os.close(fd)
+        assert both.wait(10), f"sent {sent}"
     assert [c["id"] for _, c in sent] == [0, 1] and skipped == []
     for (at, _), planned in zip(sent, plan, strict=True):
         assert at - origin == pytest.approx(planned.offset, abs=0.15)
@@ -103,15 +128,22 @@ def test_faults_not_sent_are_reported_as_skipped(tmp_path):
         raise TargetError("target control channel closed")
 
     skipped: list[tuple[int, str]] = []
+    all_three = threading.Event()
+
+    def skip(fault, reason):
+        skipped.append((fault.id, reason))
+        if len(skipped) == 3:
+            all_three.set()
+
     (tmp_path / "measuring.json").write_text(json.dumps({"measure_start": time.time()}))
-    with FaultInjector(plan, gone, tmp_path, lambda f, r: skipped.append((f.id, r))):
-        time.sleep(0.3)
+    with FaultInjector(plan, gone, tmp_path, skip):
+        assert all_three.wait(10), f"skipped {skipped}"
     assert [i for i, _ in skipped] == [0, 1, 2]
-    assert "did not take it: target control channel closed" in skipped[0][1]
+    assert skipped[0][1] == "the target did not take it: target control channel closed"
 
     late: list[int] = []
     never = tmp_path / "never"
     never.mkdir()
     with FaultInjector(plan, lambda c: None, never, lambda f, r: late.append(f.id)):
-        time.sleep(0.1)  # the load ends before locust ever marked its window
+        pass  # the load ends before locust ever marked its window
     assert late == [0, 1, 2]

@@ -72,7 +72,11 @@ def test_the_busiest_worker_is_the_one_that_served_most_in_the_last_second(targe
     conn = http.client.HTTPConnection(target.url.removeprefix("http://"), timeout=10)
     served = {get(target.url, conn) for _ in range(100)}  # one keep-alive connection: one worker
     conn.close()
-    time.sleep(0.4)  # its count reports (every 0.1 s) reach the primary
+    # the primary has the worker's count of those 100 requests (its reports come every 0.1 s)
+    wait_for(
+        target,
+        lambda e: e["event"] == "counts" and str(e["worker"]) in served and e["requests"] >= 100,
+    )
     done = fault(target, 0, "sigkill", "busiest")
     assert done["event"] == "fault" and served == {str(done["worker"])}
     assert done["how"] == "SIGKILL"
