@@ -12,6 +12,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clusterlab.lab.running.runner import RunOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
@@ -182,13 +186,20 @@ def _run(args: argparse.Namespace) -> int:
     if lab.gate_results and (not args.quiet or failed_gates):
         print(gates_terminal(lab.gate_results), file=sys.stderr if failed_gates else sys.stdout)
     if lab.outcome.failed:
-        print(
-            f"clusterlab: {lab.outcome.failed} of {lab.outcome.points} points failed",
-            file=sys.stderr,
-        )
+        print(_failures_text(lab.outcome), file=sys.stderr)
     if lab.outcome.interrupted or lab.outcome.failed or failed_gates:
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _failures_text(outcome: RunOutcome) -> str:
+    """How many points failed and why, each reason once with the points it took (printed even
+    with -q: the reason is what the user needs)."""
+    lines = [f"clusterlab: {outcome.failed} of {outcome.points} points failed:"]
+    for numbers, error in outcome.failures:
+        which = "point " if len(numbers) == 1 else "points "
+        lines.append(f"  {which}{', '.join(map(str, numbers))}: {error}")
+    return "\n".join(lines)
 
 
 def _compare_inputs(args: argparse.Namespace) -> tuple[list[dict], dict, str]:

@@ -67,6 +67,7 @@ class WorkerMessage(StrEnum):
     REPORT = "report"  # primary → worker: send your counts now
     FAULT = "fault"  # primary → worker: arm (or, for exit, act on) a fault
     FAULT_FIRED = "fault_fired"  # worker → primary: an armed fault fired
+    START_FAILED = "start_failed"  # worker → primary (serve): why it could not serve, one line
 
 
 class Counts(TypedDict):

@@ -19,13 +19,13 @@ from ._asyncio import HandoffServer, _is_stdlib_loop
 
 try:
     import uvicorn
-except ImportError:  # pragma: no cover - uvicorn is in the `servers` extra
+except ImportError:  # pragma: no cover - uvicorn is a dependency
     uvicorn = None  # type: ignore[assignment]
 
 
 def _need_uvicorn() -> Any:
     if uvicorn is None:
-        raise ImportError("serve_asgi needs uvicorn: pip install 'clusterlab[servers]'")
+        raise ImportError("serve_asgi needs uvicorn (a clusterlab dependency): pip install uvicorn")
     return uvicorn
 
 

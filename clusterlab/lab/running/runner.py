@@ -51,6 +51,8 @@ class RunOutcome:
     points: int
     failed: int
     interrupted: bool
+    #: Why points failed: (the points' numbers, 1-based, the reason), one entry per reason.
+    failures: tuple[tuple[tuple[int, ...], str], ...] = ()
 
 
 def default_out_dir(scenario: Scenario, root: Path = Path("reports")) -> Path:
@@ -80,12 +82,15 @@ def run_scenario(
     }
     tables.write_meta(meta)
     progress.started(len(points), estimate_seconds(scenario, points), out_dir)
-    failed = done = 0
+    failed: dict[str, list[int]] = {}
+    done = 0
     interrupted = False
     try:
         for group in group_by_target(points, fresh=bool(scenario.faults)):
             run = _GroupRun(scenario, group, len(points), cpus, tables, progress)
-            failed += run.measure()
+            for row in run.measure():
+                if row["status"] != "ok":
+                    failed.setdefault(str(row["error"]), []).append(int(row["point"]) + 1)
             done += len(group)
     except KeyboardInterrupt:
         interrupted = True
@@ -93,7 +98,8 @@ def run_scenario(
         meta.update(finished=time.time(), partial=done < len(points), interrupted=interrupted)
         tables.write()
         tables.write_meta(meta)
-    return RunOutcome(out_dir, len(points), failed, interrupted)
+    failures = tuple((tuple(numbers), error) for error, numbers in failed.items())
+    return RunOutcome(out_dir, len(points), sum(map(len, failed.values())), interrupted, failures)
 
 
 @dataclass
@@ -107,8 +113,8 @@ class _GroupRun:
     tables: RunTables
     progress: Progress
 
-    def measure(self) -> int:
-        """Start the target, observe every point, stop it; return how many points failed."""
+    def measure(self) -> list[dict[str, Any]]:
+        """Start the target, observe every point, stop it; return the points' results rows."""
         first = self.group[0]
         raw = self.tables.directory / "raw" / f"target-{first.index:03d}"
         raw.mkdir()
@@ -142,7 +148,7 @@ class _GroupRun:
                 self.tables.add("events", target_event_rows(self.group, results, events))
                 (raw / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
             self.tables.write()
-        return sum(row["status"] != "ok" for row in results)
+        return results
 
     def _point(self, point: Point, target: TargetHandle, first: Point) -> dict[str, Any]:
         if point is not first:

@@ -35,6 +35,22 @@ class TargetError(RuntimeError):
     """The target did not start, did not listen in time, or broke its protocol."""
 
 
+#: How many of the target's last lines of output a start-up failure quotes.
+LOG_TAIL_LINES = 8
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """``; see PATH``, and the file's last non-blank lines (indented) when it has any: what a
+    target printed before it failed, for the one message the user reads."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    last = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    quoted = "".join(f"\n    {line}" for line in last)
+    return f"; see {path}" + (f"; its last lines:{quoted}" if quoted else "")
+
+
 @dataclass
 class TargetConfig:
     """What to start for one group of points."""
@@ -112,6 +128,7 @@ class ClusterTarget:
                 Event.SUPERVISION,
                 Event.READY,
                 Event.STOPPED,
+                Event.SUPERVISOR_STOPPED,
             ):
                 self._stream.answers.put(event)
         self._stream.answers.put({"event": CLOSED})
@@ -121,20 +138,32 @@ class ClusterTarget:
             return list(self._stream.events)
 
     def wait_ready(self) -> None:
+        """Until every worker listens. Ends at once, with the target's last lines of output,
+        when the primary exits or its workers are all gone before that (a target that cannot
+        boot: a missing module, a port in use, a crashing app)."""
         deadline = time.monotonic() + self.config.target.ready_timeout
         while time.monotonic() < deadline:
             try:
                 answer = self._stream.answers.get(timeout=0.2)
             except queue.Empty:
-                continue
+                if self.process.poll() is None:
+                    continue
+                break
             if answer["event"] == Event.READY:
                 self.url = f"http://127.0.0.1:{answer['port']}"
                 return
-            if answer["event"] in (CLOSED, Event.STOPPED):
+            if answer["event"] in (CLOSED, Event.STOPPED, Event.SUPERVISOR_STOPPED):
                 break
+        else:
+            raise TargetError(
+                f"target did not get {self.config.workers} workers listening within "
+                f"{self.config.target.ready_timeout:g} s{log_tail(self.config.log_path)}"
+            )
+        status = self.process.poll()
+        who = "its workers exited" if status is None else f"it exited with status {status}"
         raise TargetError(
-            f"target did not get {self.config.workers} workers listening within "
-            f"{self.config.target.ready_timeout:g} s; see {self.config.log_path}"
+            f"target did not start: {who} before {self.config.workers} worker(s) listened"
+            f"{log_tail(self.config.log_path)}"
         )
 
     def worker_pids(self) -> dict[str, int]:
@@ -348,8 +377,8 @@ def _wait_for_lines(
             return
         if process.poll() is not None:
             raise TargetError(
-                f"target command exited with status {process.returncode} before it was ready; "
-                f"see {config.log_path}"
+                f"target command exited with status {process.returncode} before it was ready"
+                f"{log_tail(config.log_path)}"
             )
         time.sleep(0.05)
     raise TargetError(
@@ -365,7 +394,7 @@ def _wait_listening(
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise TargetError(
-                f"target command exited with status {process.returncode}; see {config.log_path}"
+                f"target command exited with status {process.returncode}{log_tail(config.log_path)}"
             )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):

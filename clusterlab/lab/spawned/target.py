@@ -65,7 +65,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if cluster.is_worker:
-        _serve_worker(args)
+        if args.control:  # the runner keeps the traceback in the target's log
+            _serve_worker(args)
+            return 0
+        try:
+            _serve_worker(args)
+        except Exception as exc:  # serve: one line, through the primary, instead of a traceback
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            _worker().send({MESSAGE_KEY: WorkerMessage.START_FAILED, "error": reason})
+            return 1
         return 0
     return asyncio.run(LabTarget(args).run())
 
@@ -204,6 +212,7 @@ class LabTarget:
         self.latest: dict[int, Any] = {}
         self.recent: dict[int, deque[tuple[float, float]]] = {}
         self.faulted: dict[int, int] = {}  # worker id → fault id, until it acted or the worker left
+        self.start_failed: str | None = None  # serve: the first worker's reason it could not serve
         self.done = asyncio.Event()
         restart, heartbeat = policies(args.respawn)
         # "keep": past the restart limit the survivors go on serving, so the run measures them.
@@ -249,6 +258,11 @@ class LabTarget:
         task = loop.create_task(side_job)
         await self.done.wait()
         task.cancel()
+        if not self.ready_sent and not self.stopping:  # it never served: a start-up failure
+            if not self.args.control:
+                why = self.start_failed or "every worker exited before listening"
+                print(f"clusterlab serve: cannot start: {why}", file=sys.stderr, flush=True)
+            return 1
         return status["code"]
 
     def _setup(self) -> None:
@@ -288,6 +302,9 @@ class LabTarget:
 
     def _on_message(self, worker: Worker, message: Any, _handle: object = None) -> None:
         what = message.get(MESSAGE_KEY) if isinstance(message, dict) else None
+        if what == WorkerMessage.START_FAILED:
+            self.start_failed = self.start_failed or str(message.get("error"))
+            return
         if what == WorkerMessage.FAULT_FIRED:
             fired = {k: message.get(k) for k in ("t", "id", "kind", "fatal")}
             self.emit(Event.FAULT_FIRED, **self._who(worker), **fired)
@@ -488,6 +505,8 @@ class LabTarget:
 def _argv(args: argparse.Namespace) -> list[str]:
     argv = ["--kind", args.kind, "--workers", str(args.workers), "--policy", args.policy]
     argv += ["--host", args.host, "--port", str(args.port)]
+    if args.control:
+        argv.append("--control")
     if args.app:
         argv += ["--app", args.app, "--app-dir", args.app_dir or "."]
     return argv
