@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from clusterlab.lab.running.runner import RunOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+MAX_SERVE_WORKERS = 256  # the lab's limit on a point's workers, for serve too
 
 
 class _Parser(argparse.ArgumentParser):
@@ -364,11 +365,11 @@ def _serve(args: argparse.Namespace) -> int:
     from clusterlab import available_parallelism
     from clusterlab.lab.spawned import target
 
-    workers = args.workers or available_parallelism()
-    if workers < 1 or not 0 <= args.port <= 65535:
+    workers = available_parallelism() if args.workers is None else args.workers
+    if not 1 <= workers <= MAX_SERVE_WORKERS or not 0 <= args.port <= 65535:
         print(
-            "clusterlab: serve: expected --workers ≥ 1 and --port in 0..65535, "
-            f"got {workers} and {args.port}",
+            f"clusterlab: serve: expected --workers from 1 to {MAX_SERVE_WORKERS} and --port "
+            f"from 0 to 65535, got {workers} and {args.port}",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT

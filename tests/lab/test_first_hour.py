@@ -2,6 +2,7 @@
 `serve` fails loudly, the pytest plugin costs nothing until used, limits hold, and the command
 line follows the usual conventions. One test per item; each failed on the code before it."""
 
+import asyncio
 import errno
 import os
 import re
@@ -11,6 +12,11 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+
+import pytest
+from conftest import cpus_allowed, pid_alive
+
+from clusterlab.lab.config.scenario import ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = """
@@ -81,6 +87,54 @@ def test_a_target_that_dies_at_start_up_ends_the_wait_at_once_and_quiet_output_s
     assert str(tmp_path / "out" / "raw" / "target-000" / "target.log") in done.stderr
 
 
+# --- 2. an app that does not import is bad input --------------------------------------------
+
+
+def test_an_app_that_does_not_import_is_refused_at_validation_with_its_error(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        SCENARIO.format(target='kind = "asgi"\napp = "nosuchmod:app"', workers="[1]")
+    )
+    done = clusterlab("run", scenario, "--out", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
+    assert f"{scenario}: target.app: expected an app that imports" in done.stderr
+    assert "ModuleNotFoundError: No module named 'nosuchmod'" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
+
+
+def test_an_app_is_imported_in_a_child_process_and_a_missing_attribute_is_named(tmp_path):
+    (tmp_path / "myapp.py").write_text(
+        f"import os\nopen({str(tmp_path / 'imported-by')!r}, 'w').write(str(os.getpid()))\n"
+    )
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(SCENARIO.format(target='kind = "wsgi"\napp = "myapp:apps"', workers="[1]"))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(scenario)
+    assert "AttributeError: module 'myapp' has no attribute 'apps'" in str(caught.value)
+    assert int((tmp_path / "imported-by").read_text()) != os.getpid()
+    assert "myapp" not in sys.modules
+    assert not (tmp_path / "__pycache__").exists()
+
+
+def test_an_app_whose_import_hangs_is_refused_after_the_timeout_and_killed(tmp_path, monkeypatch):
+    (tmp_path / "slow.py").write_text(
+        "import os, subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(tmp_path / 'pids')!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "time.sleep(300)\napp = None\n"
+    )
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(SCENARIO.format(target='kind = "asgi"\napp = "slow:app"', workers="[1]"))
+    monkeypatch.setattr("clusterlab.lab.config.scenario.APP_IMPORT_TIMEOUT", 3.0)
+    with pytest.raises(
+        ScenarioError, match=r'expected an app that imports within 3 s, got "slow:app"'
+    ):
+        load_scenario(scenario)
+    for pid in map(int, (tmp_path / "pids").read_text().split()):
+        assert not pid_alive(pid), f"{pid} outlived the import check"
+
+
 # --- 3. serve fails loudly ------------------------------------------------------------------
 
 
@@ -133,3 +187,88 @@ def test_a_pytest_run_with_the_plugin_loaded_imports_nothing_heavy(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+# --- 5. limits hold -------------------------------------------------------------------------
+
+
+def _scenario(workers):
+    data = {
+        "target": {"kind": "builtin"},
+        "sweep": {"workers": workers},
+        "load": {"users": 1, "duration": 1},
+        "workloads": {"a": {"/hello": 1}},
+    }
+    return parse_scenario(data, "s.toml")
+
+
+def test_a_multiple_that_comes_to_more_than_256_workers_is_refused_saying_what_it_came_to():
+    cpus = cpus_allowed()
+    with pytest.raises(ScenarioError) as caught:
+        _scenario([1, "300x"])
+    assert str(caught.value) == (
+        f's.toml: sweep.workers[1]: expected at most 256 workers, got "300x", which is '
+        f"{300 * cpus} here (available_parallelism() = {cpus})"
+    )
+    assert _scenario([f"{256 // cpus}x"]).sweep.workers == (f"{256 // cpus}x",)
+
+
+@pytest.mark.parametrize("written", ["0x", "0.0x", "00x"])
+def test_a_zero_multiple_is_refused(written):
+    with pytest.raises(ScenarioError, match=re.escape(f'got "{written}"')):
+        _scenario([written])
+
+
+@pytest.mark.parametrize("workers", ["0", "257"])
+def test_serve_refuses_a_worker_count_outside_1_to_256(workers):
+    done = clusterlab("serve", "--workers", workers, "--port", "0", timeout=30)
+    assert done.returncode == 2
+    assert (
+        f"expected --workers from 1 to 256 and --port from 0 to 65535, got {workers}" in done.stderr
+    )
+
+
+def _request(path: str, query: str) -> tuple[int, bytes, float]:
+    """One request to the built-in app, in this thread: (status, body, CPU seconds spent)."""
+    from clusterlab.lab.spawned.endpoints import builtin_app
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    started = time.thread_time()
+    asyncio.run(
+        builtin_app({"type": "http", "path": path, "query_string": query.encode()}, receive, send)
+    )
+    return sent[0]["status"], sent[1]["body"], time.thread_time() - started
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/cpu", "ms=abc"),
+        ("/cpu", "ms="),
+        ("/cpu", "ms=nan"),
+        ("/cpu", "ms=-1"),
+        ("/cpu", "ms=1001"),
+        ("/cpu", "ms=1e9"),
+        ("/io", "ms=abc"),
+        ("/io", "ms=60000"),
+        ("/mixed", "cpu=2&io=x"),
+    ],
+)
+def test_cpu_and_io_refuse_a_cost_that_is_not_a_number_up_to_one_second(path, query):
+    status, body, cpu_s = _request(path, query)
+    assert status == 400, body
+    assert b": expected " in body
+    assert cpu_s < 0.2
+
+
+def test_cpu_still_spends_what_it_is_asked_for():
+    status, body, cpu_s = _request("/cpu", "ms=30")
+    assert (status, body) == (200, b"cpu\n")
+    assert cpu_s >= 0.030

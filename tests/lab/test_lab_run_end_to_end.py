@@ -226,10 +226,12 @@ def test_ctrl_c_stops_everything_and_keeps_a_partial_report(tmp_path):
 
 
 def test_a_target_that_cannot_start_fails_its_points_and_exits_one(tmp_path):
+    # a worker that dies at start-up (an app that does not import is refused at validation)
+    (tmp_path / "broken.py").write_text("import no_such_module_here\n")
     scenario = tmp_path / "broken.toml"
     scenario.write_text(
         TINY.format(duration=1).replace(
-            'kind = "builtin"', 'kind = "asgi"\napp = "no_such_module_here:app"\nready_timeout = 20'
+            'kind = "builtin"', 'kind = "script"\nscript = "broken.py"\nready_timeout = 20'
         )
     )
     done = clusterlab("run", scenario, "--out", tmp_path / "out")

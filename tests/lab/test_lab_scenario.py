@@ -64,12 +64,12 @@ CASES = [
     (
         'workers = [1, "2x"]',
         'workers = [1, "2x", -1]',
-        'sweep.workers[2]: expected a positive integer or "2x", got -1',
+        'sweep.workers[2]: expected a positive integer up to 256 or "2x", got -1',
     ),
     (
         'workers = [1, "2x"]',
         'workers = ["two"]',
-        'sweep.workers[0]: expected a positive integer or "2x", got "two"',
+        'sweep.workers[0]: expected a positive integer up to 256 or "2x", got "two"',
     ),
     (
         'workers = [1, "2x"]',

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from clusterlab.lab.config.scenario import Load, Scenario
+from clusterlab.lab.config.scenario import Load, Scenario, resolve_workers
 
 NOT_APPLICABLE = "n/a"
 
@@ -36,13 +36,6 @@ class Point:
         return (
             f"{self.workload} · {self.policy} · {self.workers} workers · repeat {self.repeat + 1}"
         )
-
-
-def resolve_workers(count: int | str, parallelism: int) -> int:
-    """An absolute count, or ``"<f>x"``: f × available_parallelism(), rounded, at least 1."""
-    if isinstance(count, int):
-        return count
-    return max(1, round(float(count[:-1]) * parallelism))
 
 
 def build_plan(scenario: Scenario, parallelism: int) -> list[Point]:

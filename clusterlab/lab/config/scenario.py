@@ -6,8 +6,13 @@ was found; nothing else in the lab runs before a scenario has passed here.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -17,6 +22,7 @@ from typing import Any, Literal
 
 import jsonschema
 
+from clusterlab import available_parallelism
 from clusterlab.lab.config.gates import Gate, parse_gates
 
 PLOTS = ("throughput", "fairness", "latency", "share", "usl", "timeline")
@@ -24,6 +30,11 @@ TargetKind = Literal["builtin", "asgi", "wsgi", "script", "command", "url"]
 FaultKind = Literal["sigkill", "sigterm", "exit", "exception", "hang"]
 RespawnMode = Literal["never", "immediate", "backoff"]
 CLUSTER_KINDS = ("builtin", "asgi", "wsgi", "script")
+#: Seconds an asgi/wsgi app gets to import at validation (in a child process: imports can have
+#: side effects, and one that hangs must not hang the lab).
+APP_IMPORT_TIMEOUT = 30.0
+#: The most workers a point may run: an absolute count (the schema's maximum) or a multiple.
+MAX_WORKERS = 256
 
 
 class ScenarioError(ValueError):
@@ -229,6 +240,7 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         policies=tuple(sweep_data.get("policies", ("rr",))),
         repeats=sweep_data.get("repeats", 1),
     )
+    _check_workers(sweep, where)
     load = Load(**data["load"])
     _check_load(load, where)
     workloads = tuple(
@@ -244,6 +256,7 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         gates = parse_gates(data.get("gates", {}))
     except ValueError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
+    _check_app_imports(target, where)  # last: the only check that runs code
     return Scenario(
         name=data.get("name", default_name),
         path=where,
@@ -318,6 +331,53 @@ def _check_target(target: Target, where: str) -> None:
         )
 
 
+_IMPORT_APP = """
+import importlib, sys
+sys.path.insert(0, sys.argv[1])
+module, _, attr = sys.argv[2].partition(":")
+app = importlib.import_module(module)
+for part in attr.split("."):
+    app = getattr(app, part)
+if not callable(app):
+    raise TypeError(f"{sys.argv[2]} is a {type(app).__name__}, not a callable app")
+"""
+
+
+def _check_app_imports(target: Target, where: str) -> None:
+    """An asgi/wsgi ``app`` imports as the workers will import it (``app_dir`` first on
+    ``sys.path``, this process's working directory and environment), in a child process of its
+    own session (writing no bytecode), killed with whatever it started after
+    APP_IMPORT_TIMEOUT seconds."""
+    if target.kind not in ("asgi", "wsgi") or not target.app:
+        return
+    timeout = APP_IMPORT_TIMEOUT
+    child = subprocess.Popen(
+        [sys.executable, "-B", "-c", _IMPORT_APP, target.app_dir or ".", target.app],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):  # the child's whole session
+            os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise ScenarioError(
+            f"{where}: target.app: expected an app that imports within {timeout:g} s, "
+            f"got {_got(target.app)} still importing"
+        ) from None
+    if child.returncode != 0:
+        lines = [line.strip() for line in err.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"the import exited with status {child.returncode}"
+        raise ScenarioError(
+            f"{where}: target.app: expected an app that imports from {target.app_dir}, "
+            f"got {_got(target.app)}: {why}"
+        )
+
+
 def _check_readiness(target: Target, where: str) -> None:
     """ready_line/ready_count only for commands (a url target prints nothing to the lab);
     pid/pidfile only for url targets (the lab knows the processes it starts)."""
@@ -342,6 +402,28 @@ def _check_readiness(target: Target, where: str) -> None:
                 f"{where}: target.ready_line: expected a regular expression, "
                 f"got {_got(target.ready_line)} ({exc})"
             ) from None
+
+
+def resolve_workers(count: int | str, parallelism: int) -> int:
+    """An absolute count, or ``"<f>x"``: f × available_parallelism(), rounded, at least 1
+    (the schema allows only f > 0)."""
+    if isinstance(count, int):
+        return count
+    return max(1, round(float(count[:-1]) * parallelism))
+
+
+def _check_workers(sweep: Sweep, where: str) -> None:
+    """A multiple of available_parallelism() must come to at most MAX_WORKERS on this
+    machine, as an absolute count must (the schema checks those)."""
+    parallelism = available_parallelism()
+    for i, count in enumerate(sweep.workers):
+        resolved = resolve_workers(count, parallelism)
+        if resolved > MAX_WORKERS:
+            raise ScenarioError(
+                f"{where}: sweep.workers[{i}]: expected at most {MAX_WORKERS} workers, got "
+                f"{_got(count)}, which is {resolved} here (available_parallelism() = "
+                f"{parallelism})"
+            )
 
 
 def _check_load(load: Load, where: str) -> None:
@@ -464,7 +546,7 @@ def _field(path: Iterable[Any]) -> str:
 
 def _got(value: Any) -> str:
     if isinstance(value, dict):
-        return "a table"
+        return "a table" if value else "an empty table"
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 

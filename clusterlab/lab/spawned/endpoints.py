@@ -148,36 +148,64 @@ def _busy(ms: float) -> None:
         pass
 
 
+#: The most milliseconds of CPU or sleep one request may ask for; beyond it: 400.
+MAX_MS = 1000.0
+
+
+class BadQuery(ValueError):
+    """A query parameter the built-in endpoints refuse (answered 400, with this message)."""
+
+
 def _number(query: dict[str, list[str]], key: str, default: float) -> float:
-    try:
-        return min(max(float(query[key][0]), 0.0), 10_000.0)
-    except (KeyError, ValueError):
+    """Milliseconds from ``key`` in the query: ``default`` when it is absent, ``BadQuery`` when
+    it is not a number from 0 to MAX_MS (blank, ``abc``, ``nan``, ``-1``, ``5000``)."""
+    if key not in query:
         return default
+    text = query[key][0]
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadQuery(f"{key}: expected a number of milliseconds, got {text!r}") from None
+    if not 0.0 <= value <= MAX_MS:  # also refuses nan
+        raise BadQuery(f"{key}: expected 0 to {MAX_MS:g} ms, got {text}")
+    return value
+
+
+def _costs(path: str, query: dict[str, list[str]]) -> tuple[float, float]:
+    """(ms of CPU, ms of sleep) a built-in endpoint's request asks for; ``BadQuery`` if refused."""
+    if path == "/cpu":
+        return _number(query, "ms", 1.0), 0.0
+    if path == "/io":
+        return 0.0, _number(query, "ms", 1.0)
+    if path == "/mixed":
+        return _number(query, "cpu", 1.0), _number(query, "io", 5.0)
+    return 0.0, 0.0
 
 
 async def builtin_app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/hello``; ``/cpu?ms=`` N ms of CPU time; ``/io?ms=`` sleep; ``/mixed?cpu=&io=`` both
-    (default 1 ms and 5 ms)."""
+    (default 1 ms and 5 ms). N from 0 to MAX_MS; anything else is answered 400."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
     path = scope["path"]
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     status, body = 200, b"hello world\n"
-    if path == "/cpu":
-        _busy(_number(query, "ms", 1.0))
-        body = b"cpu\n"
-    elif path == "/io":
-        await asyncio.sleep(_number(query, "ms", 1.0) / 1000.0)
-        body = b"io\n"
-    elif path == "/mixed":
-        _busy(_number(query, "cpu", 1.0))
-        await asyncio.sleep(_number(query, "io", 5.0) / 1000.0)
-        body = b"mixed\n"
-    elif path != "/hello":
+    if path not in ("/hello", "/cpu", "/io", "/mixed"):
         status, body = 404, b"not found\n"
+    else:
+        try:
+            cpu_ms, io_ms = _costs(path, query)
+        except BadQuery as exc:
+            status, body = 400, f"{exc}\n".encode()
+        else:
+            if path in ("/cpu", "/mixed"):
+                _busy(cpu_ms)
+            if path in ("/io", "/mixed"):
+                await asyncio.sleep(io_ms / 1000.0)
+            body = b"hello world\n" if path == "/hello" else f"{path[1:]}\n".encode()
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
