@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from clusterlab.lab.running.runner import RunOutcome
@@ -21,17 +21,65 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 MAX_SERVE_WORKERS = 256  # the lab's limit on a point's workers, for serve too
 
 
+DESCRIPTION = (
+    "Node.js's cluster module in Python, and a lab that measures clusters of workers: run a "
+    "scenario, rebuild a report, serve the built-in target, list scenarios, show machine "
+    "facts, compare runs, keep and calibrate baselines."
+)
+EPILOG = (
+    "exit status: 0 success; 1 a run or command failed (compare: a regression); 2 bad input "
+    "(nothing written); 3 inconclusive (compare: a gated metric could not be judged; "
+    "calibrate: untrusted points, nothing saved). COMMAND --help describes each command."
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """An option's default after its help, unless it has none or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default is not None and default is not False and default != []
+        said = "default" in text
+        if action.option_strings and shown and default is not argparse.SUPPRESS and not said:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clusterlab")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        from clusterlab import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clusterlab", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="clusterlab", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND"
+    )
     run = sub.add_parser("run", help="run a scenario and write its report")
     run.add_argument("scenario", help="scenario file, or the name of a bundled scenario")
-    run.add_argument("--out", type=Path, help="report directory (must not exist)")
+    run.add_argument(
+        "--out",
+        type=Path,
+        help="report directory, which must not exist (default: the scenario's report.out, "
+        "else reports/NAME-TIMESTAMP)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary table")
     run.add_argument(
         "--cpu-split",
@@ -42,17 +90,45 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report", help="rebuild plots, summary.json and reports from a run's tables"
     )
-    report.add_argument("directory", type=Path)
-    serve = sub.add_parser("serve", help="serve the built-in target for curl/wrk")
-    serve.add_argument("--workers", type=int, default=None, help="default: available_parallelism()")
-    serve.add_argument("--policy", choices=["rr", "none", "reuseport"], default="rr")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--host", default="127.0.0.1")
-    scenarios = sub.add_parser("scenarios", help="list bundled scenarios, or validate files")
-    scenarios.add_argument("files", nargs="*", type=Path)
+    report.add_argument("directory", type=Path, help="a run's directory (with meta.json)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve the built-in target for curl or wrk (/hello, /cpu?ms=N, /io?ms=N, "
+        "/mixed?cpu=N&io=N; each response names its worker in X-Worker-Id); Ctrl-C stops",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"worker processes, 1 to {MAX_SERVE_WORKERS} (default: available_parallelism())",
+    )
+    serve.add_argument(
+        "--policy", choices=["rr", "none", "reuseport"], default="rr", help="scheduling policy"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port, 0 to 65535 (0: any free)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    scenarios = sub.add_parser(
+        "scenarios",
+        help="list the bundled scenarios, or validate scenario files (invalid ones on stderr, "
+        "exit 2)",
+    )
+    scenarios.add_argument(
+        "files", nargs="*", type=Path, help="scenario files (default: the bundled ones)"
+    )
     sub.add_parser("info", help="machine facts as the lab records them")
     _ci_parsers(sub)
+    _describe_commands(parser)
     return parser
+
+
+def _describe_commands(parser: argparse.ArgumentParser) -> None:
+    """Each command's --help starts with what it does: its line in the list of commands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                command = action.choices[choice.dest]
+                command.description = command.description or choice.help
+                _describe_commands(command)
 
 
 def _ci_parsers(sub: argparse._SubParsersAction) -> None:
@@ -89,12 +165,14 @@ def _ci_parsers(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--json", type=Path, help="write JSON here")
     compare.add_argument("-q", "--quiet", action="store_true", help="only the headline")
     baseline = sub.add_parser("baseline", help="save or show a named baseline")
-    bsub = baseline.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    bsub = baseline.add_subparsers(
+        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
+    )
     save = bsub.add_parser("save", help="keep a run as baseline NAME")
-    save.add_argument("name")
-    save.add_argument("directory", type=Path)
+    save.add_argument("name", help="the baseline's name (letters, digits, '_', '.', '-')")
+    save.add_argument("directory", type=Path, help="the run's directory")
     show = bsub.add_parser("show", help="describe baseline NAME")
-    show.add_argument("name")
+    show.add_argument("name", help="the baseline's name")
     _calibrate_parser(sub)
 
 
@@ -108,7 +186,9 @@ def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--name", required=True, help="baseline name to save")
     calibrate.add_argument("--pairs", type=int, default=2, help="A/A pairs to run (default 2)")
     calibrate.add_argument("--k", type=float, default=2.0, help="threshold = max(floor, k × noise)")
-    calibrate.add_argument("--floor", type=float, default=5.0, metavar="PCT", help="default 5")
+    calibrate.add_argument(
+        "--floor", type=float, default=5.0, metavar="PCT", help="the smallest threshold, in %%"
+    )
     calibrate.add_argument("--out", type=Path, help="folder for the runs (must not exist)")
     calibrate.add_argument(
         "--from",
@@ -118,7 +198,13 @@ def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="calibrate from recorded runs A A' [A A' ...] instead of running the scenario",
     )
-    calibrate.add_argument("--max-other-cpu", type=float, default=25.0, metavar="PCT")
+    calibrate.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=25.0,
+        metavar="PCT",
+        help="a point with more outside CPU (%% of a core) is untrusted",
+    )
     calibrate.add_argument("-q", "--quiet", action="store_true", help="no progress")
 
 
@@ -396,7 +482,7 @@ def _scenarios(args: argparse.Namespace) -> int:
         try:
             scenario = load_scenario(path)
         except ScenarioError as exc:
-            print(f"invalid  {exc}")
+            print(f"invalid  {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT
             continue
         print(f"ok       {scenario.name:<10} {path}  {scenario.description}")

@@ -2,6 +2,7 @@
 `serve` fails loudly, the pytest plugin costs nothing until used, limits hold, and the command
 line follows the usual conventions. One test per item; each failed on the code before it."""
 
+import argparse
 import asyncio
 import errno
 import os
@@ -11,11 +12,13 @@ import subprocess
 import sys
 import time
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 from conftest import cpus_allowed, pid_alive
 
+from clusterlab import cli
 from clusterlab.lab.config.scenario import ScenarioError, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -272,3 +275,68 @@ def test_cpu_still_spends_what_it_is_asked_for():
     status, body, cpu_s = _request("/cpu", "ms=30")
     assert (status, body) == (200, b"cpu\n")
     assert cpu_s >= 0.030
+
+
+# --- 6. command-line conventions ------------------------------------------------------------
+
+
+def test_python_m_clusterlab_prints_the_installed_version():
+    done = subprocess.run(
+        [sys.executable, "-m", "clusterlab", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0
+    assert done.stdout == f"clusterlab {metadata.version('clusterlab')}\n"
+
+
+def _commands(parser, prefix=()):
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _commands(child, (*prefix, name))
+
+
+def test_every_command_and_argument_has_help_without_markup_and_options_show_defaults():
+    commands = list(_commands(cli._parser()))
+    assert len(commands) >= 11
+    for names, parser in commands:
+        text = parser.format_help()
+        assert "``" not in text, names
+        assert parser.description, names
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):  # its commands, checked above
+                continue
+            assert action.help, (names, action.dest)
+            shown = formatter._expand_help(action)
+            has_default = action.default not in (None, False, []) and action.option_strings
+            if has_default:
+                assert "default" in shown, (names, action.dest, shown)
+
+
+def test_scenarios_reports_an_invalid_file_on_stderr(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("x = 1")
+    done = clusterlab("scenarios", bad)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"invalid  {bad}: ")
+
+
+def test_an_empty_workload_is_called_empty():
+    data = {
+        "target": {"kind": "builtin"},
+        "sweep": {"workers": [1]},
+        "load": {"users": 1, "duration": 1},
+        "workloads": {"a": {}},
+    }
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(data, "s.toml")
+    assert str(caught.value) == (
+        "s.toml: workloads.a: expected a table of path = weight, got an empty table"
+    )

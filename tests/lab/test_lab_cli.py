@@ -62,7 +62,7 @@ def test_scenarios_lists_the_bundled_ones_and_rejects_a_bad_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("x = 1")
     done = clusterlab("scenarios", bad)
-    assert done.returncode == 2 and "invalid" in done.stdout
+    assert done.returncode == 2 and "invalid" in done.stderr
 
 
 def test_info_prints_machine_facts():
