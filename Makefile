@@ -31,7 +31,7 @@ lint: install
 lab: install
 	$(VENV)/bin/clusterlab run scenarios/quick.toml
 
-# Every row of targets.md's performance table beside its peer (bench/suite.py), under 10 minutes on
+# Every row of docs/targets.md's performance table beside its peer (bench/suite.py), under 10 minutes on
 # 2 cores; BENCH_ARGS=--quick for ~3 minutes, BENCH_ARGS='--only scaling,primary' for some rows.
 bench: install
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }

@@ -1,4 +1,4 @@
-"""Every row of targets.md's performance table, clusterlab beside its peer, in one run.
+"""Every row of docs/targets.md's performance table, clusterlab beside its peer, in one run.
 
     .venv/bin/python -m bench.suite [--quick] [--only ROWS] [--out bench/results] [--wait-quiet S]
     .venv/bin/python -m bench.suite --quick --only scaling,lab-overhead
