@@ -236,6 +236,7 @@ def _run(args: argparse.Namespace) -> int:
     from clusterlab.lab.running.cpus import CpuSplitError, plan_cpus, usable_cpus
     from clusterlab.lab.running.progress import ConsoleProgress
     from clusterlab.lab.running.runner import default_out_dir
+    from clusterlab.lab.running.wrk import choose_engine
 
     try:
         scenario = load_scenario(resolve_scenario(args.scenario))
@@ -258,6 +259,9 @@ def _run(args: argparse.Namespace) -> int:
     except CpuSplitError as exc:
         print(f"clusterlab: {scenario.path}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    _, why = choose_engine(scenario)
+    if why and not args.quiet:
+        print(why, file=sys.stderr)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = ConsoleProgress(
         quiet=args.quiet, generator_bound_cpu=scenario.load.generator_bound_cpu
@@ -344,6 +348,7 @@ def _calibration_runs(args: argparse.Namespace) -> tuple[list[Path], bool]:
     from clusterlab.lab.config.scenario import load_scenario, resolve_scenario
     from clusterlab.lab.running.progress import ConsoleProgress
     from clusterlab.lab.running.runner import default_out_dir
+    from clusterlab.lab.running.wrk import choose_engine
 
     if args.runs:
         if args.scenario:
@@ -360,6 +365,9 @@ def _calibration_runs(args: argparse.Namespace) -> tuple[list[Path], bool]:
     )
     if out.exists():
         raise ValueError(f"--out: expected a directory that does not exist yet, got {out}")
+    _, why = choose_engine(scenario)
+    if why and not args.quiet:
+        print(why, file=sys.stderr)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = ConsoleProgress(
         sys.stderr, quiet=args.quiet, generator_bound_cpu=scenario.load.generator_bound_cpu

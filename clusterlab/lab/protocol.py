@@ -99,6 +99,9 @@ class Supervision(TypedDict):
     stats: dict[str, Any] | None
 
 
+#: The latency histograms locust processes write: 1 µs to an hour, 3 significant digits.
+HISTOGRAM_RANGE_US = (1, 3600 * 1_000_000, 3)
+
 #: The runner → locust: a point's load configuration, as JSON in this environment variable.
 LOAD_CONFIG_ENV = "CLUSTERLAB_LAB_LOAD"
 
@@ -110,6 +113,7 @@ class LoadFile(StrEnum):
     PHASES = "phases.json"  # start, measure_start and stop times
     TALLY = "tally-{pid}.json"  # per locust process: responses by worker header
     OUTCOMES = "outcomes-{pid}.json"  # per locust process: outcomes in 100 ms bins
+    HISTOGRAM = "latency-{pid}.hdr"  # per locust process: the window's HDR latency histogram
 
     def of(self, pid: int) -> str:
         """This per-process file's name for process ``pid``."""

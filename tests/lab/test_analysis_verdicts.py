@@ -9,6 +9,7 @@ import pytest
 from clusterlab.lab.analysis.verdicts import (
     LOAD_SMALL_PCT,
     MACHINE_FULL_PCT,
+    OUTSIDE_PCT,
     TARGET_SATURATED_PCT,
     Usage,
     Verdict,
@@ -70,6 +71,15 @@ def test_shared_cpus_full_while_the_load_used_little_is_target_bound():
         usage(target=170, machine=MACHINE_FULL_PCT, load_total=small, load_max=small), LIMIT
     )
     assert verdict is Verdict.TARGET and "while the load used 15% of them" in reason
+
+
+def test_shared_cpus_full_because_of_processes_outside_the_run_are_machine_bound():
+    busy = usage(target=62, machine=99, load_total=27, load_max=27, outside=OUTSIDE_PCT + 1)
+    verdict, reason = judge(busy, LIMIT)
+    assert verdict is Verdict.MACHINE and "outside the run 26% of a core" in reason
+    assert judge(usage(target=62, machine=99, load_total=27, load_max=27), LIMIT)[0] is (
+        Verdict.TARGET
+    )
 
 
 def test_shared_cpus_full_with_a_load_taking_more_than_a_small_part_is_machine_bound():

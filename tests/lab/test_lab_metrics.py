@@ -73,12 +73,15 @@ def test_aggregate_takes_median_min_max_over_repeats_and_the_repeats_verdicts():
             "jain_connections": [1.0] * 3,
             "generator_bound": [False, True, False],
             "verdict": ["target", "generator", "target"],
+            "low_confidence_p99": [False, False, True],
         }
     )
     row = aggregate(results).iloc[0]
     assert (row["rps"], row["rps_min"], row["rps_max"]) == (200.0, 100.0, 300.0)
     assert row["p99_ms"] == 7.0 and row["repeats"] == 3 and bool(row["generator_bound"])
     assert row["verdict"] == "mixed" and not row["target_bound"]
+    assert (row["p99_min"], row["p99_max"], row["jain_requests_min"]) == (5.0, 9.0, 1.0)
+    assert row["low_confidence_p99"]
     agreed = aggregate(results.assign(verdict="target", generator_bound=False)).iloc[0]
     assert agreed["verdict"] == "target" and agreed["target_bound"]
 

@@ -30,6 +30,7 @@ hello = {{ "/hello" = 1 }}
 users = 8
 warmup = 1
 duration = {duration}
+engine = "locust"
 """
 OUTPUTS = [
     "results.csv",

@@ -20,6 +20,10 @@ from clusterlab.lab.analysis.summary import summary_dict
 from clusterlab.lab.analysis.tables import Results
 from clusterlab.lab.analysis.verdicts import Verdict, point_verdict
 
+#: A percentile with fewer samples beyond it than this is marked low-confidence.
+MIN_TAIL_SAMPLES = 10
+LOW_CONFIDENCE = {"p99": 0.99, "p999": 0.999}
+
 
 @dataclass(frozen=True)
 class Analysis:
@@ -94,6 +98,9 @@ def derive_point_columns(run: Results) -> pd.DataFrame:
     points["verdict"] = [str(v) if v is not None else "" for v, _ in verdicts]
     points["verdict_reason"] = [reason for _, reason in verdicts]
     points["generator_bound"] = points["verdict"] == Verdict.GENERATOR
+    samples = points["latency_samples"].fillna(points["requests"])
+    for name, quantile in LOW_CONFIDENCE.items():
+        points[f"low_confidence_{name}"] = samples * (1 - quantile) < MIN_TAIL_SAMPLES
     points["bound_reason"] = points["verdict_reason"].where(points["generator_bound"], "")
     fairness = {
         (point, repeat): fairness_columns(group.to_dict("records"))

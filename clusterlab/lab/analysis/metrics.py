@@ -72,16 +72,20 @@ AGGREGATED = ["rps", "p50_ms", "p99_ms", "failure_ratio", "jain_requests", "jain
 
 
 def aggregate(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (workload, policy, workers): median, min and max over repeats, whether any
-    repeat was generator-bound, whether all were target-bound, and the group's verdict. Only
-    points that completed are used."""
+    """One row per (workload, policy, workers): medians over repeats, min and max of req/s
+    (``rps_min``…), p50 and p99 (``p50_min``…) and Jain's index (``jain_requests_min``…),
+    whether any repeat's p99 rested on too few samples, whether any repeat was generator-bound,
+    whether all were target-bound, and the group's verdict. Only finished points are used."""
     done = results[results["status"] == "ok"]
     if done.empty:
         return pd.DataFrame()
     keys = ["workload", "policy", "workers"]
     grouped = done.groupby(keys, sort=True)
     table = grouped[AGGREGATED].median()
-    table = table.join(grouped["rps"].agg(["min", "max"]).add_prefix("rps_"))
+    for column in ("rps", "p50_ms", "p99_ms", "jain_requests"):
+        spread = grouped[column].agg(["min", "max"])
+        table = table.join(spread.add_prefix(column.removesuffix("_ms") + "_"))
+    table["low_confidence_p99"] = grouped["low_confidence_p99"].any()
     table["repeats"] = grouped.size()
     table["generator_bound"] = grouped["generator_bound"].any()
     table["target_bound"] = grouped["verdict"].agg(lambda v: bool((v == "target").all()))

@@ -115,6 +115,15 @@ def point_record(row: dict[str, Any]) -> dict[str, Any]:
         "generator_bound": bool(row.get("generator_bound")),
         "bound_reason": row.get("bound_reason") or None,
         "rr": _handoffs(row),
+        "latency": {
+            "engine": row.get("engine") or "locust",
+            "samples": row.get("latency_samples"),
+            "p50_ci_ms": [row.get("p50_lo_ms"), row.get("p50_hi_ms")],
+            "p99_ci_ms": [row.get("p99_lo_ms"), row.get("p99_hi_ms")],
+            "low_confidence": [
+                name for name in ("p99", "p999") if row.get(f"low_confidence_{name}")
+            ],
+        },
     }
 
 

@@ -5,7 +5,8 @@ every figure the lab prints carries:
   (``TARGET_SATURATED_PCT`` of min(its CPUs, its workers) cores), or its busiest worker used
   nearly a whole core (a worker serves on one core: the policy piled work on it), or — where
   load and target share the CPUs — the CPUs were full (``MACHINE_FULL_PCT``) while the load
-  used only a small part of them (``LOAD_SMALL_PCT``). Only these points measure the target.
+  used only a small part of them (``LOAD_SMALL_PCT``) and nothing outside the run used more
+  than ``OUTSIDE_PCT`` of a core. Only these points measure the target.
 * ``generator``: a load process was near its core (``load.generator_bound_cpu``; each load
   process runs on one core): the number is the load generator's limit.
 * ``machine``: the CPUs were full with neither of those: load, target (and anything else) took
@@ -27,6 +28,9 @@ TARGET_SATURATED_PCT = 90.0
 MACHINE_FULL_PCT = 85.0
 #: Where load and target share CPUs: a load using at most this share of all CPUs is "small".
 LOAD_SMALL_PCT = 15.0
+#: Processes outside the run using more than this (% of one core) make full CPUs their doing
+#: as much as the target's (the same level the report calls noisy).
+OUTSIDE_PCT = 25.0
 
 
 class Verdict(StrEnum):
@@ -50,6 +54,7 @@ class Usage:
     machine: float
     cpus: int
     shared: bool
+    outside: float = 0.0
 
 
 def judge(usage: Usage, generator_limit: float) -> tuple[Verdict, str]:
@@ -72,7 +77,8 @@ def judge(usage: Usage, generator_limit: float) -> tuple[Verdict, str]:
         return Verdict.GENERATOR, (
             f"a load process used {u.load_max:.0f}% of a core (limit {generator_limit:g}%)"
         )
-    if u.shared and u.machine >= MACHINE_FULL_PCT and _zero(load_share) <= LOAD_SMALL_PCT:
+    quiet = _zero(u.outside) <= OUTSIDE_PCT
+    if u.shared and u.machine >= MACHINE_FULL_PCT and _zero(load_share) <= LOAD_SMALL_PCT and quiet:
         return Verdict.TARGET, (
             f"CPUs {u.machine:.0f}% busy while the load used {_zero(load_share):.0f}% of them"
         )
@@ -80,8 +86,8 @@ def judge(usage: Usage, generator_limit: float) -> tuple[Verdict, str]:
         return Verdict.MACHINE, (
             f"CPUs {u.machine:.0f}% busy but neither side at its limit (target "
             f"{_pct(target_share)} of its {cores:g} cores, busiest load process "
-            f"{_pct(u.load_max)} of a core, load {_pct(load_share)} of the CPUs): they took CPU "
-            "from each other"
+            f"{_pct(u.load_max)} of a core, load {_pct(load_share)} of the CPUs, outside the "
+            f"run {_pct(u.outside)} of a core): they took CPU from each other"
         )
     return Verdict.UNSATURATED, (
         f"nothing ran out of CPU (target {_pct(target_share)} of its {cores:g} cores, busiest "
@@ -107,6 +113,7 @@ def point_usage(row: Mapping[str, Any], default_cpus: int) -> Usage:
         machine=_number(row.get("machine_cpu_pct")),
         cpus=cpus,
         shared=True if _missing(shared) else bool(shared),
+        outside=_number(row.get("other_cpu_pct")),
     )
 
 

@@ -91,6 +91,10 @@ class Load:
     connection: Literal["keep-alive", "new"] = "keep-alive"
     processes: int | Literal["auto"] = 1
     generator_bound_cpu: float = 85.0
+    #: "locust" (scripted users, the open model, faults), "wrk" (the native engine, for
+    #: throughput points) or "auto" (wrk when installed and the scenario needs nothing only
+    #: locust does).
+    engine: Literal["auto", "locust", "wrk"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,7 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
     except ValueError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     _check_app_imports(target, where)  # last: the only check that runs code
-    return Scenario(
+    scenario = Scenario(
         name=data.get("name", default_name),
         path=where,
         target=target,
@@ -272,6 +276,8 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         gates_table=dict(data.get("gates", {})),
         cpus=Cpus(**data.get("cpus", {})),
     )
+    _check_engine(scenario)
+    return scenario
 
 
 def _check_schema(data: dict[str, Any], where: str) -> None:
@@ -402,6 +408,31 @@ def _check_readiness(target: Target, where: str) -> None:
                 f"{where}: target.ready_line: expected a regular expression, "
                 f"got {_got(target.ready_line)} ({exc})"
             ) from None
+
+
+def wrk_refusal(scenario: Scenario) -> str | None:
+    """Why wrk cannot measure this scenario faithfully (naming the field), or None."""
+    load = scenario.load
+    if scenario.faults:
+        return (
+            "faults: wrk reports connection, read and timeout errors only as totals, so a "
+            "crash's failures cannot be placed in time"
+        )
+    if load.model == "open":
+        return "load.model = 'open': wrk has no paced arrivals (use locust)"
+    if load.wait > 0:
+        return "load.wait: wrk has no think time between requests (use locust)"
+    if load.processes not in (1, "auto"):
+        return "load.processes: wrk runs one process (its threads follow the load's CPUs)"
+    if not float(load.duration).is_integer():
+        return f"load.duration: wrk measures whole seconds, got {load.duration:g}"
+    return None
+
+
+def _check_engine(scenario: Scenario) -> None:
+    refusal = wrk_refusal(scenario)
+    if scenario.load.engine == "wrk" and refusal is not None:
+        raise ScenarioError(f"{scenario.path}: load.engine = 'wrk' cannot measure this: {refusal}")
 
 
 def resolve_workers(count: int | str, parallelism: int) -> int:

@@ -35,7 +35,6 @@ VERDICT_MARKERS: dict[str, dict[str, Any]] = {
     "unsaturated": dict(marker="^", mfc="white"),
     "mixed": dict(marker="D", mfc="white"),
 }
-VERDICT_NOTE = "filled: target-bound; hollow ○ generator, □ machine, △ unsaturated, ◇ mixed"
 
 
 def _panels(workloads: list[str], height: float = 3.6) -> tuple[Figure, list[plt.Axes]]:
@@ -75,6 +74,12 @@ def _draw_series(ax: plt.Axes, policy: str, table: pd.DataFrame) -> None:
     x = table["workers"].to_numpy(dtype=float)
     ax.plot(x, table["median"], "-", color=color, label=policy)
     ax.fill_between(x, table["min"], table["max"], color=color, alpha=0.15, linewidth=0)
+    median = table["median"].to_numpy(dtype=float)
+    spread = [
+        median - table["min"].to_numpy(dtype=float),
+        table["max"].to_numpy(dtype=float) - median,
+    ]
+    ax.errorbar(x, median, yerr=spread, fmt="none", ecolor=color, capsize=3, linewidth=1)
     _verdict_markers(ax, x, table["median"].to_numpy(dtype=float), table["verdict"], color)
 
 
@@ -124,7 +129,7 @@ def throughput(results: pd.DataFrame, parallelism: int, path: Path) -> Path | No
         ax.set(title=workload, xlabel="workers", ylabel="successful requests/s")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Throughput vs workers ({VERDICT_NOTE})", fontsize=10)
+    fig.suptitle("Throughput vs workers (marker: the verdict, legend below)", fontsize=10)
     _verdict_legend(fig)
     return _save(fig, path)
 
@@ -172,7 +177,7 @@ def latency(results: pd.DataFrame, path: Path) -> Path | None:
         ax.set(title=workload, xlabel="workers", ylabel="p99 latency (ms)")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
-    fig.suptitle(f"p99 latency vs workers ({VERDICT_NOTE})", fontsize=10)
+    fig.suptitle("p99 latency vs workers (marker: the verdict, legend below)", fontsize=10)
     _verdict_legend(fig)
     return _save(fig, path)
 

@@ -19,23 +19,32 @@ def verdict_label(verdict: str) -> str:
     return {"mixed": "mixed (see points)", "": "–"}.get(verdict, verdict)
 
 
+def _spread(r: dict[str, Any], column: str, prefix: str, digits: int) -> str:
+    """The median, and the min–max over repeats when there was more than one."""
+    text = fmt(r[column], digits)
+    if r["repeats"] > 1:
+        text += f" [{fmt(r[f'{prefix}_min'], digits)}–{fmt(r[f'{prefix}_max'], digits)}]"
+    return text
+
+
 def summary_table(aggregates: pd.DataFrame) -> pd.DataFrame:
-    """The closing table: one row per workload × policy × workers."""
+    """The closing table: one row per workload × policy × workers, each figure with its spread
+    over repeats; * marks a p99 resting on fewer than 10 samples beyond it."""
     if aggregates.empty:
         return pd.DataFrame()
     rows = []
     for r in aggregates.to_dict("records"):
-        spread = f" [{fmt(r['rps_min'], 0)}–{fmt(r['rps_max'], 0)}]" if r["repeats"] > 1 else ""
+        low = "*" if r.get("low_confidence_p99") else ""
         rows.append(
             {
                 "workload": r["workload"],
                 "policy": r["policy"],
                 "workers": r["workers"],
-                "req/s": fmt(r["rps"], 0) + spread,
-                "p50 ms": fmt(r["p50_ms"]),
-                "p99 ms": fmt(r["p99_ms"]),
+                "req/s": _spread(r, "rps", "rps", 0),
+                "p50 ms": _spread(r, "p50_ms", "p50", 2),
+                "p99 ms": _spread(r, "p99_ms", "p99", 2) + low,
                 "fail %": fmt(100 * r["failure_ratio"], 2),
-                "Jain req": fmt(r["jain_requests"], 3),
+                "Jain req": _spread(r, "jain_requests", "jain_requests", 3),
                 "Jain conn": fmt(r["jain_connections"], 3),
                 "verdict": verdict_label(r["verdict"]),
             }
@@ -143,6 +152,15 @@ def fault_table(per_fault: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _with_interval(r: dict[str, Any], name: str) -> str:
+    """A percentile with its distribution-free interval, * when it rests on too few samples."""
+    text = fmt(r.get(f"{name}_ms"), 2)
+    lo, hi = r.get(f"{name}_lo_ms"), r.get(f"{name}_hi_ms")
+    if isinstance(lo, float) and math.isfinite(lo) and isinstance(hi, float) and math.isfinite(hi):
+        text += f" [{fmt(lo, 2)}–{fmt(hi, 2)}]"
+    return text + ("*" if r.get(f"low_confidence_{name}") else "")
+
+
 def point_table(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in results.to_dict("records"):
@@ -155,7 +173,8 @@ def point_table(results: pd.DataFrame) -> pd.DataFrame:
                 "workers": r["workers"],
                 "status": r["status"],
                 "req/s": fmt(r.get("rps"), 0),
-                "p99 ms": fmt(r.get("p99_ms")),
+                "p99 ms [95 % CI]": _with_interval(r, "p99"),
+                "samples": fmt(r.get("latency_samples") or r.get("requests"), 0),
                 "Jain req": fmt(r.get("jain_requests"), 3),
                 "max/mean req": fmt(r.get("max_mean_requests"), 2),
                 "Jain conn": fmt(r.get("jain_connections"), 3),

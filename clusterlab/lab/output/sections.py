@@ -63,8 +63,9 @@ VERDICT_HELP = (
     "were full with neither side at its limit. Unsaturated: nothing ran out of CPU."
 )
 LIFT_LIMITS = (
-    'separate CPUs for load and target (`[cpus] split = "on"` or `--cpu-split on`), more '
-    "load processes (load.processes), or load from another machine lift the load's limits."
+    'the native load engine (`load.engine = "wrk"`: far less CPU per request), separate CPUs '
+    'for load and target (`[cpus] split = "on"` or `--cpu-split on`, on a machine with CPUs '
+    "to spare) or more locust processes (load.processes) lift the load's limits."
 )
 
 
@@ -118,7 +119,7 @@ def _header(analysis: Analysis) -> list[Block]:
             f"Machine: {machine['cpu_model']}; available_parallelism() = "
             f"{machine['available_parallelism']} (affinity {machine['affinity']}), "
             f"{machine['memory_gb']} GB; Python {machine['python']}; git {machine['git_revision']}. "
-            f"Target: {scenario['target']['kind']}. Load: locust, {load['users']} users, "
+            f"Target: {scenario['target']['kind']}. Load: {_engine(meta)}, {load['users']} users, "
             f"{load['model']} model, {load['connection']} connections, {load['warmup']:g} s warm-up "
             f"then {load['duration']:g} s measured, locust processes per point "
             f"{processes or load['processes']}. {_placement(meta.get('cpus'))}",
@@ -134,6 +135,12 @@ def _header(analysis: Analysis) -> list[Block]:
             )
         )
     return blocks
+
+
+def _engine(meta: dict[str, Any]) -> str:
+    """The load engine, and why auto chose locust when it did."""
+    chosen = meta.get("load") or {"engine": "locust", "why": ""}
+    return chosen["engine"] + (f" ({chosen['why'].split(', ', 1)[-1]})" if chosen["why"] else "")
 
 
 def _placement(cpus: dict[str, Any] | None) -> str:
@@ -156,8 +163,29 @@ def _placement(cpus: dict[str, Any] | None) -> str:
 
 def _summary(analysis: Analysis) -> list[Block]:
     table = tables.summary_table(analysis.aggregates)
-    body = Block("table", table=table) if not table.empty else Block("p", "No point finished.")
-    return [Block("h2", "Summary"), body]
+    if table.empty:
+        return [Block("h2", "Summary"), Block("p", "No point finished.")]
+    return [Block("h2", "Summary"), Block("table", table=table), *_summary_notes(analysis)]
+
+
+def _summary_notes(analysis: Analysis) -> list[Block]:
+    """What the summary's figures can and cannot say: spread, sample counts, the model."""
+    aggregates, load = analysis.aggregates, analysis.scenario["load"]
+    notes = ["Figures are medians over repeats, [min–max] beside them."]
+    if aggregates["repeats"].max() < 2:
+        notes = ["One repeat per point: differences between rows are not tested."]
+    if aggregates["low_confidence_p99"].any():
+        notes.append(
+            "* p99 rests on fewer than 10 samples beyond it: a guess, not a measurement "
+            "(measure longer)."
+        )
+    if load.get("model", "closed") == "closed":
+        notes.append(
+            "Closed model: each client waits for its answer before sending again, so latency "
+            "includes queueing behind the clients' own requests, and a stall slows the senders "
+            "instead of showing in the tail."
+        )
+    return [Block("p", " ".join(notes))]
 
 
 def _verdicts(analysis: Analysis) -> list[Block]:
@@ -178,7 +206,7 @@ def _verdicts(analysis: Analysis) -> list[Block]:
         blocks.append(
             Block(
                 "p",
-                f"{items}. These rates are not the target's capacity; see {LIFT_LIMITS}",
+                f"{items}. These rates are not the target's capacity; {LIFT_LIMITS}",
                 lead="Not target-bound:",
             )
         )

@@ -19,28 +19,37 @@ from pathlib import Path
 from typing import IO
 
 import pandas as pd
+from hdrh.histogram import HdrHistogram
 
 from clusterlab.lab.config.scenario import Load, Workload
-from clusterlab.lab.protocol import LOAD_CONFIG_ENV, LoadFile
+from clusterlab.lab.protocol import HISTOGRAM_RANGE_US, LOAD_CONFIG_ENV, LoadFile
+from clusterlab.lab.running import wrk
 from clusterlab.lab.running.cpus import pinned
 from clusterlab.lab.running.processes import LOOPBACK, free_port, stop_process
 
+LATENCY_COLUMNS = ["percentile", "ms"]
+
 
 class LoadError(RuntimeError):
-    """Locust failed, timed out, or left no usable results."""
+    """The load generator failed, timed out, or left no usable results."""
 
 
 @dataclass
 class LoadRun:
-    """The locust processes of one point (the first one writes the CSVs)."""
+    """The load processes of one point (the first one writes the results)."""
 
     out_dir: Path
     processes: list[subprocess.Popen[bytes]]
     deadline: float
     _logs: list[IO[bytes]] = field(default_factory=list)
+    engine: str = "locust"
 
     def pids(self) -> dict[tuple[str, str], int]:
         return {("generator", str(i)): p.pid for i, p in enumerate(self.processes)}
+
+    @property
+    def log(self) -> Path:
+        return self.out_dir / f"{self.engine}-0.log"
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,9 @@ class LoadOutcome:
     #: ``start`` and ``end`` (Unix time), ``outcome`` ("ok" or a failure cause), ``count``;
     #: summed over locust processes, warm-up included.
     outcomes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: The latency distribution of the window: ``percentile`` (0–100) → ``ms``, ascending, at
+    #: microsecond resolution; ``stats["samples"]`` requests behind it.
+    latency: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LATENCY_COLUMNS))
 
     @property
     def window_s(self) -> float:
@@ -76,16 +88,20 @@ def start_load(
     header: str | None,
     count_every_failure: bool = False,
     cpus: tuple[int, ...] | None = None,
+    engine: str = "locust",
 ) -> LoadRun:
-    """Start locust against ``url`` (loopback only) for warm-up + duration seconds.
+    """Start the load against ``url`` (loopback only) for warm-up + duration seconds: locust,
+    or (``engine`` "wrk") wrk's warm-up run, then its measured run.
 
     ``count_every_failure`` (runs with faults): the HTTP client does not silently re-send a GET
     whose connection closed before the answer, so a crash's in-flight requests count as failed.
     ``cpus``: the CPUs the load is pinned to (None: not pinned).
     """
-    if not url.startswith(("http://127.0.0.1", "http://localhost")):
+    if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise LoadError(f"refusing to load {url}: the lab only loads loopback addresses")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if engine == "wrk":
+        return _start_wrk(load, workload, url, out_dir, header, cpus)
     # The locustfile ends the run itself (exact window); -t only bounds a run that hangs.
     grace = 1.5 if processes == 1 else 4.0
     run_time = math.ceil(load.warmup + load.duration + grace) + 15
@@ -142,15 +158,46 @@ def _locust_commands(
     return [main] + [worker] * processes
 
 
+def _start_wrk(
+    load: Load,
+    workload: Workload,
+    url: str,
+    out_dir: Path,
+    header: str | None,
+    cpus: tuple[int, ...] | None,
+) -> LoadRun:
+    threads = len(cpus) if cpus else 1
+    try:
+        wrk.warm_up(load, workload, url, out_dir, threads, cpus)
+    except wrk.WrkError as exc:
+        raise LoadError(str(exc)) from None
+    env = wrk.wrk_env(workload, load, header, out_dir / wrk.RESULT_FILE)
+    run = LoadRun(out_dir, [], time.monotonic() + load.duration + 30.0, engine="wrk")
+    log = open(run.log, "ab")  # noqa: SIM115 - closed in stop_load
+    run._logs.append(log)
+    command = pinned(wrk.wrk_command(load, url, load.duration, threads), cpus)
+    run.processes.append(
+        subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=env,
+        )
+    )
+    return run
+
+
 def wait_load(run: LoadRun) -> None:
-    """Wait for locust to finish; LoadError if it fails or overruns."""
+    """Wait for the load to finish; LoadError if it fails or overruns."""
     main = run.processes[0]
     try:
         code = main.wait(timeout=max(0.0, run.deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        raise LoadError(f"locust did not finish in time; see {run.out_dir}/locust-0.log") from None
+        raise LoadError(f"{run.engine} did not finish in time; see {run.log}") from None
     if code != 0:
-        raise LoadError(f"locust exited with status {code}; see {run.out_dir}/locust-0.log")
+        raise LoadError(f"{run.engine} exited with status {code}; see {run.log}")
 
 
 def stop_load(run: LoadRun) -> None:
@@ -161,7 +208,39 @@ def stop_load(run: LoadRun) -> None:
         log.close()
 
 
-def read_load(out_dir: Path) -> LoadOutcome:
+def read_load(out_dir: Path, engine: str = "locust") -> LoadOutcome:
+    """What the engine measured into ``out_dir``: locust's CSVs and the lab's own marks
+    (measured window, tally, bins, histograms), or wrk's result file."""
+    if engine == "wrk":
+        return _read_wrk(out_dir)
+    return _read_locust(out_dir)
+
+
+def _read_wrk(out_dir: Path) -> LoadOutcome:
+    try:
+        data = wrk.read_wrk(out_dir)
+    except wrk.WrkError as exc:
+        raise LoadError(str(exc)) from None
+    stats, start, end, failures = wrk.stats(data)
+    points = data["points"]
+    assert isinstance(points, list)
+    tally = data["tally"]
+    assert isinstance(tally, dict)
+    bins = data["bins"]
+    assert isinstance(bins, list)
+    return LoadOutcome(
+        stats={**stats, "samples": float(int(data["fields"]["requests"][0]))},  # type: ignore[index]
+        measure_start=start,
+        measure_end=end,
+        failures=failures,
+        history=pd.DataFrame(),
+        tally=tally,
+        outcomes=wrk.outcome_frames(bins),
+        latency=pd.DataFrame(points, columns=LATENCY_COLUMNS),
+    )
+
+
+def _read_locust(out_dir: Path) -> LoadOutcome:
     """Parse locust's CSVs and the lab's own marks (measured window, tally) from ``out_dir``."""
     try:
         stats = pd.read_csv(out_dir / "locust_stats.csv")
@@ -179,15 +258,56 @@ def read_load(out_dir: Path) -> LoadOutcome:
     for path in out_dir.glob(LoadFile.TALLY.pattern):
         for worker, count in json.loads(path.read_text()).items():
             tally[worker] = tally.get(worker, 0) + int(count)
+    histogram = _histogram(out_dir)
     return LoadOutcome(
         outcomes=_outcomes(out_dir),
-        stats={k: float(total[c]) for k, c in _STATS.items()},
+        stats={**{k: float(total[c]) for k, c in _STATS.items()}, **_latency_stats(histogram)},
+        latency=latency_points(histogram),
         measure_start=float(phases["measure_start"]),
         measure_end=float(phases.get("stop", time.time())),
         failures=failures,
         history=history,
         tally=tally,
     )
+
+
+def _histogram(out_dir: Path) -> HdrHistogram:
+    """Every locust process's histogram of the window, merged."""
+    merged = HdrHistogram(*HISTOGRAM_RANGE_US)
+    for path in sorted(out_dir.glob(LoadFile.HISTOGRAM.pattern)):
+        merged.decode_and_add(path.read_bytes())
+    return merged
+
+
+#: The percentiles a latency distribution is kept at (0.1 apart, finer in the tail).
+GRID = [i / 10 for i in range(1000)] + [99.9 + i / 100 for i in range(1, 10)] + [99.999, 100.0]
+
+
+def latency_points(histogram: HdrHistogram) -> pd.DataFrame:
+    """The histogram at the GRID's percentiles, in ms (empty without samples)."""
+    if histogram.get_total_count() == 0:
+        return pd.DataFrame(columns=LATENCY_COLUMNS)
+    rows = [(p, histogram.get_value_at_percentile(p) / 1000.0) for p in GRID[:-1]]
+    rows.append((100.0, histogram.get_max_value() / 1000.0))
+    return pd.DataFrame(rows, columns=LATENCY_COLUMNS)
+
+
+def _latency_stats(histogram: HdrHistogram) -> dict[str, float]:
+    """Percentiles at microsecond resolution from the histogram, replacing locust's (rounded to
+    whole milliseconds); nothing when no histogram was written (an older locustfile)."""
+    n = histogram.get_total_count()
+    if n == 0:
+        return {}
+    at = histogram.get_value_at_percentile
+    return {
+        "samples": float(n),
+        "avg_ms": histogram.get_mean_value() / 1000.0,
+        "p50_ms": at(50.0) / 1000.0,
+        "p90_ms": at(90.0) / 1000.0,
+        "p99_ms": at(99.0) / 1000.0,
+        "p999_ms": at(99.9) / 1000.0,
+        "max_ms": histogram.get_max_value() / 1000.0,
+    }
 
 
 def _outcomes(out_dir: Path) -> pd.DataFrame:

@@ -54,6 +54,7 @@ class Observation:
 
     point: Point
     processes: int
+    engine: str
     started: float
     load_started: float
     load_pids: list[tuple[int, str]]
@@ -75,23 +76,47 @@ def observe_point(
     processes: int,
     out: Path,
     cpus: CpuPlan,
+    engine: str = "locust",
 ) -> Observation:
     """Load the running target with the point's workload, sampling and injecting faults."""
     workload = next(w for w in scenario.workloads if w.name == point.workload)
     started = time.time()
     before, supervised_before = target.snapshot(), target.supervision()
-    run = start_load(
-        scenario.load,
-        workload,
-        target.url,
-        processes,
-        out,
-        scenario.target.worker_header,
-        count_every_failure=bool(scenario.faults),
-        cpus=None if cpus.shared else cpus.load,
-    )
+    try:
+        run = start_load(
+            scenario.load,
+            workload,
+            target.url,
+            processes,
+            out,
+            scenario.target.worker_header,
+            count_every_failure=bool(scenario.faults),
+            cpus=None if cpus.shared else cpus.load,
+            engine=engine,
+        )
+    except LoadError as exc:  # the load never started (wrk's warm-up failed, say)
+        return Observation(
+            point=point,
+            processes=processes,
+            engine=engine,
+            started=started,
+            load_started=started,
+            load_pids=[],
+            before=before,
+            after={},
+            reports=[],
+            rr_before=None,
+            rr_after=None,
+            samples=pd.DataFrame(),
+            error=str(exc),
+        )
     load_started = time.time()
-    roles = ["locust"] if processes == 1 else ["locust master"] + ["locust worker"] * processes
+    if engine == "wrk":
+        processes, roles = 1, ["wrk"]
+    elif processes == 1:
+        roles = ["locust"]
+    else:
+        roles = ["locust master"] + ["locust worker"] * processes
     skipped: list[SkippedFault] = []
     plan = schedule(scenario.faults, scenario.load.duration, point.repeat)
     injector = FaultInjector(
@@ -104,7 +129,8 @@ def observe_point(
     try:
         with Sampler(lambda: {**_sources(target), **run.pids()}) as sampler, injector:
             wait_load(run)
-        outcome = read_load(out)
+        outcome = read_load(run.out_dir, run.engine)
+        outcome.latency.to_csv(out / "latency.csv", index=False)
     except LoadError as exc:
         error = str(exc)
     finally:
@@ -113,6 +139,7 @@ def observe_point(
     return Observation(
         point=point,
         processes=processes,
+        engine=engine,
         started=started,
         load_started=load_started,
         load_pids=[(p.pid, role) for p, role in zip(run.processes, roles, strict=True)],

@@ -20,6 +20,7 @@ from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.protocol import ANSWERS, Event
 from clusterlab.lab.running.cpus import CpuPlan
 from clusterlab.lab.running.faults import PlannedFault
+from clusterlab.lab.running.latency import latency_columns
 from clusterlab.lab.running.load import LoadOutcome
 from clusterlab.lab.running.observe import Observation
 from clusterlab.lab.running.sampler import role_cpu_pct, window_usage
@@ -119,6 +120,7 @@ def result_row(
         "fail_rps": stats["failures"] / window,
         "failure_ratio": stats["failures"] / stats["requests"] if stats["requests"] else math.nan,
         **{k: stats[k] for k in ("avg_ms", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")},
+        **latency_columns(outcome.latency, stats.get("samples", math.nan)),
         "worker_requests": sum(w["requests"] for w in workers) if workers else math.nan,
         "worker_connections": sum(w["connections"] for w in workers) if workers else math.nan,
         "counts_source": counts_source,
@@ -315,6 +317,7 @@ def point_rows(scenario: Scenario, seen: Observation, cpus: CpuPlan) -> PointRow
         "measure_start": outcome.measure_start,
         "users": scenario.load.users,
         "processes": seen.processes,
+        "engine": seen.engine,
         **placement,
         **handoffs(seen.rr_before, seen.rr_after),
     }

@@ -35,6 +35,7 @@ from clusterlab.lab.running.rows import (
     target_event_rows,
 )
 from clusterlab.lab.running.targets import TargetConfig, TargetError, TargetHandle, start_target
+from clusterlab.lab.running.wrk import choose_engine
 
 SCHEMA_VERSION = 1
 
@@ -74,6 +75,7 @@ def run_scenario(
         "scenario": scenario.to_dict(),
         "machine": machine_facts(),
         "cpus": cpus.to_dict(),
+        "load": dict(zip(("engine", "why"), choose_engine(scenario), strict=True)),
         "planned_points": len(points),
         "started": time.time(),
         "finished": None,
@@ -159,7 +161,8 @@ class _GroupRun:
             self.scenario.load, point.workers, cpus.target_parallelism, load_cpus
         )
         out = self.tables.directory / "raw" / f"point-{point.index:03d}"
-        seen = observe_point(self.scenario, point, target, processes, out, cpus)
+        engine, _ = choose_engine(self.scenario)
+        seen = observe_point(self.scenario, point, target, processes, out, cpus, engine)
         rows = point_rows(self.scenario, seen, cpus)
         for table, found in (
             ("results", [rows.result]),

@@ -1,5 +1,7 @@
-"""The locustfile the lab hands to locust: a request mix, a warm-up cut, a worker-id tally, and
-every request's outcome in 100 ms bins (successes, and failures by cause) for the timeline.
+"""The locustfile the lab hands to locust: a request mix, a warm-up cut, a worker-id tally,
+every request's outcome in 100 ms bins (successes, and failures by cause) for the timeline, and
+an HDR histogram of the window's latencies at microsecond resolution (locust's own percentiles
+are rounded to whole milliseconds).
 
 Runs only inside locust's own processes (never imported by the runner); configured through the
 ``CLUSTERLAB_LAB_LOAD`` environment variable (JSON) written by ``clusterlab.lab.running.load``.
@@ -19,11 +21,12 @@ import gevent
 import geventhttpclient.client
 from geventhttpclient._parser import HTTPParseError
 from geventhttpclient.response import HTTPConnectionClosed
+from hdrh.histogram import HdrHistogram
 from locust import FastHttpUser, between, constant, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from clusterlab.lab.protocol import LOAD_CONFIG_ENV, LoadFile
+from clusterlab.lab.protocol import HISTOGRAM_RANGE_US, LOAD_CONFIG_ENV, LoadFile
 
 _CONFIG: dict[str, Any] = json.loads(os.environ.get(LOAD_CONFIG_ENV, "{}"))
 _OUT = Path(_CONFIG.get("out", "."))
@@ -43,6 +46,7 @@ if _CONFIG.get("count_every_failure") and hasattr(
     # the answer (a crashed worker's in-flight requests): with faults, count each as it failed.
     geventhttpclient.client._may_retry_after_send_error = lambda method: False
 
+_histogram = HdrHistogram(*HISTOGRAM_RANGE_US)
 _tally: Counter[str] = Counter()
 _phases: dict[str, float] = {}
 _outcomes: Counter[tuple[int, str]] = Counter()
@@ -63,6 +67,7 @@ def _end_warmup(environment: Environment) -> None:
     if environment.runner is not None:
         environment.runner.stats.reset_all()
     _tally.clear()
+    _histogram.reset()
     _phases["measure_start"] = time.time()
     if not _is_worker(environment):
         # tells the runner's fault injector where the measured window starts
@@ -93,13 +98,18 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
             _write_json(LoadFile.TALLY.of(os.getpid()), dict(_tally))
         rows = [[b, outcome, n] for (b, outcome), n in sorted(_outcomes.items())]
         _write_json(LoadFile.OUTCOMES.of(os.getpid()), {"bin_s": BIN_S, "counts": rows})
+        (_OUT / LoadFile.HISTOGRAM.of(os.getpid())).write_bytes(_histogram.encode())
     if not _is_worker(environment):
         _write_json(LoadFile.PHASES, _phases)
 
 
 @events.request.add_listener
-def _on_request(response: Any = None, exception: Any = None, **_: Any) -> None:
+def _on_request(
+    response_time: float = 0.0, response: Any = None, exception: Any = None, **_: Any
+) -> None:
     _outcomes[(int(time.time() / BIN_S), "ok" if exception is None else cause(exception))] += 1
+    if "stop" not in _phases:
+        _histogram.record_value(max(1, round(response_time * 1000.0)))
     if _HEADER and exception is None and response is not None:
         _tally[response.headers.get(_HEADER) or "unknown"] += 1
 

@@ -1,0 +1,153 @@
+"""The load engines: wrk (native) and locust. wrk end to end against a real cluster, its Lua
+tally against the workers' own counters, the scenarios it refuses, auto's choice; locust's
+per-process HDR histograms merged; the order-statistics interval's coverage."""
+
+import random
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from hdrh.histogram import HdrHistogram
+
+from clusterlab.lab import analyze, load_results
+from clusterlab.lab.config.scenario import ScenarioError, parse_scenario
+from clusterlab.lab.protocol import HISTOGRAM_RANGE_US, LoadFile
+from clusterlab.lab.running.latency import interval
+from clusterlab.lab.running.load import GRID, _histogram, latency_points
+from clusterlab.lab.running.wrk import choose_engine
+
+BASE = {
+    "target": {"kind": "builtin"},
+    "sweep": {"workers": [2]},
+    "workloads": {"hello": {"/hello": 1}},
+    "load": {"users": 8, "duration": 2},
+}
+needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+
+
+def scenario(**load):
+    return parse_scenario({**BASE, "load": {**BASE["load"], **load}}, "s.toml")
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"faults": [{"kind": "sigkill", "every": 1}]}, "faults:"),
+        ({"load": {**BASE["load"], "model": "open", "rate": 100}}, "load.model = 'open'"),
+        ({"load": {**BASE["load"], "wait": 0.1}}, "load.wait:"),
+        ({"load": {**BASE["load"], "processes": 2}}, "load.processes:"),
+    ],
+)
+def test_wrk_refuses_what_it_cannot_measure_naming_the_field(changes, field):
+    data = {**BASE, **changes}
+    data["load"] = {**data["load"], "engine": "wrk"}
+    with pytest.raises(ScenarioError, match=f"load.engine = 'wrk' cannot measure this: {field}"):
+        parse_scenario(data, "s.toml")
+
+
+def test_auto_takes_locust_with_one_line_saying_why_when_wrk_cannot_measure():
+    data = {**BASE, "faults": [{"kind": "sigkill", "every": 1}]}
+    engine, why = choose_engine(parse_scenario(data, "s.toml"))
+    assert engine == "locust" and why.startswith("load engine: locust, because faults:")
+    assert choose_engine(scenario(engine="locust")) == ("locust", "")
+
+
+@needs_wrk
+def test_auto_takes_wrk_when_it_is_installed_and_can_measure():
+    assert choose_engine(scenario()) == ("wrk", "")
+
+
+@needs_wrk
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_wrk_engine_measures_a_cluster_end_to_end(tmp_path):
+    path = tmp_path / "wrk.toml"
+    path.write_text(
+        """
+[target]
+kind = "builtin"
+[sweep]
+workers = [2]
+policies = ["rr", "none"]
+[workloads]
+mix = { "/hello" = 3, "/cpu?ms=0.2" = 1 }
+[load]
+users = 8
+warmup = 0.5
+duration = 2
+engine = "wrk"
+connection = "new"
+"""
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "clusterlab.cli", "run", str(path), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    run = load_results(out)
+    points = analyze(run).points
+    assert list(points["engine"]) == ["wrk", "wrk"] and (points["status"] == "ok").all()
+    for row in points.to_dict("records"):
+        mine = run.workers[run.workers["point"] == row["point"]]
+        # the Lua tally of the worker header is exact: every answered request, one worker each
+        assert mine["requests_seen_by_locust"].sum() == row["requests"] - row["failures"]
+        # the workers' own counters (interpolated at the window's start) agree within 2 %
+        assert abs(row["worker_requests"] - row["requests"]) <= 0.02 * row["requests"] + 8
+        # a new connection per request: connections counted by the workers ≈ requests
+        assert mine["connections"].sum() >= 0.95 * row["requests"]
+        assert row["window_s"] == pytest.approx(2.0, abs=0.3)
+        assert row["latency_samples"] == row["requests"]
+        assert row["p50_lo_ms"] <= row["p50_ms"] <= row["p50_hi_ms"] < row["p99_ms"]
+        assert row["verdict"] in {"target", "generator", "machine", "unsaturated"}
+    bins = run.timeseries[run.timeseries["series"] == "ok_100ms"]
+    assert bins.groupby("point")["value"].sum().tolist() == pytest.approx(
+        list(points["requests"] - points["failures"]), rel=0.02
+    )
+    assert "Load: wrk" in (out / "report.md").read_text()
+
+
+def test_histograms_of_two_locust_processes_merge_to_the_pooled_percentiles(tmp_path):
+    rng = np.random.default_rng(1)
+    first = rng.lognormal(7.0, 0.6, 20_000)  # µs: ~1.1 ms median, a long tail
+    second = rng.exponential(3_000.0, 5_000) + 200
+    for pid, values in ((11, first), (22, second)):
+        histogram = HdrHistogram(*HISTOGRAM_RANGE_US)
+        for v in values:
+            histogram.record_value(max(1, round(v)))
+        (tmp_path / LoadFile.HISTOGRAM.of(pid)).write_bytes(histogram.encode())
+    merged = _histogram(tmp_path)
+    pooled = np.concatenate([first, second])
+    assert merged.get_total_count() == len(pooled)
+    for p in (50, 90, 99, 99.9):
+        # HdrHistogram keeps 3 significant digits: equal within its precision
+        assert merged.get_value_at_percentile(p) == pytest.approx(
+            np.percentile(pooled, p), rel=2e-3, abs=2
+        )
+    points = latency_points(merged)
+    assert list(points["percentile"]) == GRID and points["ms"].is_monotonic_increasing
+
+
+def test_the_p99_interval_covers_the_true_quantile_at_least_95_percent_of_the_time():
+    # exponential latencies with mean 1 ms: the true p99 is ln(100) ms
+    rng = random.Random(7)
+    truth = float(np.log(100.0))
+    hits, trials = 0, 400
+    for _ in range(trials):
+        sample = sorted(rng.expovariate(1.0) for _ in range(2000))
+        points = pd.DataFrame({"percentile": np.arange(1, 2001) / 2000 * 100, "ms": sample})
+        lo, hi = interval(points, 2000, 0.99)
+        hits += lo <= truth <= hi
+    assert hits / trials >= 0.93  # 95 % nominal; 400 trials: a 2-sigma allowance
+
+
+def test_too_few_samples_leave_the_p99_interval_open():
+    points = pd.DataFrame({"percentile": [0.0, 50.0, 100.0], "ms": [1.0, 2.0, 3.0]})
+    lo, hi = interval(points, 50, 0.99)
+    assert hi != hi  # NaN: with 50 samples no order statistic bounds p99 from above
+    assert lo == lo
