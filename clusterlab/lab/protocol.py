@@ -114,6 +114,7 @@ class LoadFile(StrEnum):
     TALLY = "tally-{pid}.json"  # per locust process: responses by worker header
     OUTCOMES = "outcomes-{pid}.json"  # per locust process: outcomes in 100 ms bins
     HISTOGRAM = "latency-{pid}.hdr"  # per locust process: the window's HDR latency histogram
+    OPEN = "open-{pid}.json"  # open model, per process: late arrivals, latency from the send
 
     def of(self, pid: int) -> str:
         """This per-process file's name for process ``pid``."""

@@ -151,3 +151,42 @@ def test_too_few_samples_leave_the_p99_interval_open():
     lo, hi = interval(points, 50, 0.99)
     assert hi != hi  # NaN: with 50 samples no order statistic bounds p99 from above
     assert lo == lo
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_open_model_counts_late_arrivals_and_keeps_latency_from_the_actual_send(tmp_path):
+    # 2 users paced at 100 requests/s each against a 30 ms endpoint: every arrival after the
+    # first waits for its user, so latency from the intended send grows while the server's
+    # own time (from the actual send) stays near 30 ms
+    path = tmp_path / "open.toml"
+    path.write_text(
+        """
+[target]
+kind = "builtin"
+[sweep]
+workers = [2]
+[workloads]
+io = { "/io?ms=30" = 1 }
+[load]
+users = 2
+warmup = 0.5
+duration = 2
+model = "open"
+rate = 200
+"""
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "clusterlab.cli", "run", str(path), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    row = load_results(out).results.iloc[0]
+    assert row["engine"] == "locust"  # auto: wrk has no paced arrivals
+    assert row["arrivals"] >= row["requests"] - 2 and row["late_arrivals"] >= 0.9 * row["arrivals"]
+    assert 29 <= row["p50_sent_ms"] <= row["p99_sent_ms"] < 60
+    assert row["p99_ms"] > 2 * row["p99_sent_ms"]
+    assert "arrivals were sent late" in (out / "report.md").read_text()

@@ -168,6 +168,22 @@ def _summary(analysis: Analysis) -> list[Block]:
     return [Block("h2", "Summary"), Block("table", table=table), *_summary_notes(analysis)]
 
 
+def _open_model_note(analysis: Analysis) -> str:
+    measured = analysis.measured
+    late, arrivals = measured["late_arrivals"].sum(), measured["arrivals"].sum()
+    sent = "; ".join(
+        f"{r['workload']} · {r['policy']} · {r['workers']}: p99 {r['p99_ms']:.2f} ms from the "
+        f"intended send, {r['p99_sent_ms']:.2f} ms from the actual send"
+        for r in measured.to_dict("records")
+        if r.get("p99_sent_ms") == r.get("p99_sent_ms")
+    )
+    return (
+        "Open model: latency counts from each request's intended send time, so a stall shows "
+        f"in the tail (coordinated omission corrected); {late:.0f} of {arrivals:.0f} arrivals "
+        f"were sent late, their user still waiting for an earlier answer. {sent}."
+    )
+
+
 def _summary_notes(analysis: Analysis) -> list[Block]:
     """What the summary's figures can and cannot say: spread, sample counts, the model."""
     aggregates, load = analysis.aggregates, analysis.scenario["load"]
@@ -179,6 +195,8 @@ def _summary_notes(analysis: Analysis) -> list[Block]:
             "* p99 rests on fewer than 10 samples beyond it: a guess, not a measurement "
             "(measure longer)."
         )
+    if load.get("model") == "open":
+        notes.append(_open_model_note(analysis))
     if load.get("model", "closed") == "closed":
         notes.append(
             "Closed model: each client waits for its answer before sending again, so latency "

@@ -259,9 +259,10 @@ def _read_locust(out_dir: Path) -> LoadOutcome:
         for worker, count in json.loads(path.read_text()).items():
             tally[worker] = tally.get(worker, 0) + int(count)
     histogram = _histogram(out_dir)
+    locust_stats = {k: float(total[c]) for k, c in _STATS.items()}
     return LoadOutcome(
         outcomes=_outcomes(out_dir),
-        stats={**{k: float(total[c]) for k, c in _STATS.items()}, **_latency_stats(histogram)},
+        stats={**locust_stats, **_latency_stats(histogram), **_open_model(out_dir)},
         latency=latency_points(histogram),
         measure_start=float(phases["measure_start"]),
         measure_end=float(phases.get("stop", time.time())),
@@ -290,6 +291,27 @@ def latency_points(histogram: HdrHistogram) -> pd.DataFrame:
     rows = [(p, histogram.get_value_at_percentile(p) / 1000.0) for p in GRID[:-1]]
     rows.append((100.0, histogram.get_max_value() / 1000.0))
     return pd.DataFrame(rows, columns=LATENCY_COLUMNS)
+
+
+def _open_model(out_dir: Path) -> dict[str, float]:
+    """Open model: arrivals in the window, those sent late (their user still waiting), and
+    p50/p99 of latency from the actual send (the corrected latency counts from the intended
+    send); nothing for the closed model."""
+    sent = HdrHistogram(*HISTOGRAM_RANGE_US)
+    counts = {"arrivals": 0.0, "late_arrivals": 0.0}
+    files = sorted(out_dir.glob(LoadFile.OPEN.pattern))
+    for path in files:
+        data = json.loads(path.read_text())
+        counts["arrivals"] += data.get("arrivals", 0)
+        counts["late_arrivals"] += data.get("late", 0)
+        sent.decode_and_add(data["sent_histogram"].encode("ascii"))
+    if not files:
+        return {}
+    return {
+        **counts,
+        "p50_sent_ms": sent.get_value_at_percentile(50.0) / 1000.0,
+        "p99_sent_ms": sent.get_value_at_percentile(99.0) / 1000.0,
+    }
 
 
 def _latency_stats(histogram: HdrHistogram) -> dict[str, float]:

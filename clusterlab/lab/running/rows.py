@@ -26,6 +26,7 @@ from clusterlab.lab.running.observe import Observation
 from clusterlab.lab.running.sampler import role_cpu_pct, window_usage
 
 Counts = Mapping[str, Mapping[str, Any]]
+OPEN_MODEL_COLUMNS = ("arrivals", "late_arrivals", "p50_sent_ms", "p99_sent_ms")
 
 
 def count_at(samples: list[tuple[float, float]], at: float) -> float:
@@ -121,6 +122,7 @@ def result_row(
         "failure_ratio": stats["failures"] / stats["requests"] if stats["requests"] else math.nan,
         **{k: stats[k] for k in ("avg_ms", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")},
         **latency_columns(outcome.latency, stats.get("samples", math.nan)),
+        **{k: stats.get(k, math.nan) for k in OPEN_MODEL_COLUMNS},
         "worker_requests": sum(w["requests"] for w in workers) if workers else math.nan,
         "worker_connections": sum(w["connections"] for w in workers) if workers else math.nan,
         "counts_source": counts_source,

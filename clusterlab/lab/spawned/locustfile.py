@@ -47,6 +47,10 @@ if _CONFIG.get("count_every_failure") and hasattr(
     geventhttpclient.client._may_retry_after_send_error = lambda method: False
 
 _histogram = HdrHistogram(*HISTOGRAM_RANGE_US)
+#: Open model: latency from the actual send (beside the corrected one, from the intended send),
+#: and arrivals sent late because their user was still waiting for an earlier answer.
+_sent_histogram = HdrHistogram(*HISTOGRAM_RANGE_US)
+_arrivals: Counter[str] = Counter()
 _tally: Counter[str] = Counter()
 _phases: dict[str, float] = {}
 _outcomes: Counter[tuple[int, str]] = Counter()
@@ -68,6 +72,8 @@ def _end_warmup(environment: Environment) -> None:
         environment.runner.stats.reset_all()
     _tally.clear()
     _histogram.reset()
+    _sent_histogram.reset()
+    _arrivals.clear()
     _phases["measure_start"] = time.time()
     if not _is_worker(environment):
         # tells the runner's fault injector where the measured window starts
@@ -99,6 +105,9 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
         rows = [[b, outcome, n] for (b, outcome), n in sorted(_outcomes.items())]
         _write_json(LoadFile.OUTCOMES.of(os.getpid()), {"bin_s": BIN_S, "counts": rows})
         (_OUT / LoadFile.HISTOGRAM.of(os.getpid())).write_bytes(_histogram.encode())
+        if _RATE_PER_USER:
+            sent = _sent_histogram.encode().decode("ascii")
+            _write_json(LoadFile.OPEN.of(os.getpid()), {**_arrivals, "sent_histogram": sent})
     if not _is_worker(environment):
         _write_json(LoadFile.PHASES, _phases)
 
@@ -163,5 +172,12 @@ class LabUser(FastHttpUser):
         delay = intended - time.perf_counter()
         if delay > 0:
             gevent.sleep(delay)
+        measuring = "measure_start" in _phases and "stop" not in _phases
+        _arrivals["arrivals"] += measuring
+        _arrivals["late"] += measuring and delay < 0
+        sent = time.perf_counter()
         with self.client.get(path, headers=self._headers, catch_response=True) as response:
-            response.request_meta["response_time"] = (time.perf_counter() - intended) * 1000.0
+            done = time.perf_counter()
+            response.request_meta["response_time"] = (done - intended) * 1000.0
+        if measuring:
+            _sent_histogram.record_value(max(1, round((done - sent) * 1e6)))
