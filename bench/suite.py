@@ -65,6 +65,7 @@ ROWS = (
     "scaling",
     "primary",
     "lab-overhead",
+    "engines",
 )
 ALIASES = {"handoff": ("rr", "none", "reuseport"), "all": ROWS}
 POLICY_NAMES = {"rr": "SCHED_RR", "none": "SCHED_NONE", "reuseport": "SCHED_REUSEPORT"}
@@ -110,7 +111,25 @@ TARGETS = {
     "ipc-oneway": Target(">=", 1.0),
     "respawn": Target("<=", 0.5),
     "lab-overhead": Target("<=", 1.15),
+    "engines": Target(">=", 4.0),
 }
+#: The lab's two load engines on one target: /hello (the load is the limit for locust) for req/s
+#: per core of load CPU, and /cpu?ms=2 on 2 workers (the target is the limit for both) for rates
+#: that should agree.
+ENGINE_SCENARIO = """
+[target]
+kind = "builtin"
+[sweep]
+workers = [2]
+[workloads]
+{name} = {{ "{path}" = 1 }}
+[load]
+users = 16
+warmup = 1
+duration = {duration}
+engine = "{engine}"
+"""
+ENGINE_AGREEMENT = 0.05
 
 
 @dataclass
@@ -740,6 +759,47 @@ class Suite:
         out["rss"] = rss_trend([(x["t"], x["primary_rss_mib"]) for x in sampler.samples])
         return out
 
+    # -- the lab's load engines --
+
+    def engines(self) -> None:
+        """wrk's and locust's req/s per core of load CPU on /hello; their rates on /cpu?ms=2."""
+        s = self.settings
+        runs: dict[str, list[dict[str, float]]] = {}
+        self.raw["engines"] = runs
+        for r in range(s.rounds):
+            for name, path in (("hello", "/hello"), ("cpu", "/cpu?ms=2")):
+                for engine in ("wrk", "locust") if r % 2 == 0 else ("locust", "wrk"):
+                    print(f"engines: {name} with {engine} ({r + 1}/{s.rounds})", flush=True)
+                    if s.wait_quiet_s:
+                        report.wait_quiet([], s.quiet_pct, s.wait_quiet_s)
+                    found = _engine_run(name, path, engine, max(1, round(s.duration_s)))
+                    runs.setdefault(f"{name}-{engine}", []).append(found)
+        per_core = {
+            e: stats([x["rps"] / (x["load_cpu_pct"] / 100) for x in runs[f"hello-{e}"]])
+            for e in ("wrk", "locust")
+        }
+        cpu = {e: stats([x["rps"] for x in runs[f"cpu-{e}"]]) for e in ("wrk", "locust")}
+        agreement = ratio(_med(cpu["wrk"]), _med(cpu["locust"]))
+        self.rows += [
+            Row(
+                "lab load engines, /hello: req/s per core of load-process CPU",
+                fmt_stats(per_core["wrk"], "req/s·core") + " (wrk)",
+                "locust, same run",
+                fmt_stats(per_core["locust"], "req/s·core"),
+                ratio(_med(per_core["wrk"]), _med(per_core["locust"])),
+                TARGETS["engines"],
+            ),
+            Row(
+                "lab load engines, /cpu?ms=2, 2 workers (target-bound): req/s",
+                fmt_stats(cpu["wrk"], "req/s") + " (wrk)",
+                "locust, same run",
+                fmt_stats(cpu["locust"], "req/s"),
+                agreement,
+                f"within {100 * ENGINE_AGREEMENT:.0f} %",
+                met=None if agreement is None else abs(agreement - 1) <= ENGINE_AGREEMENT,
+            ),
+        ]
+
     # -- the lab --
 
     def lab_overhead(self) -> None:
@@ -772,6 +832,24 @@ class Suite:
                 note=f"vs measured windows only {_med(stats([r['wall_s'] / r['window_s'] for r in runs])):.2f}×",
             )
         )
+
+
+def engine_figures(summary: dict[str, Any]) -> dict[str, float]:
+    """One engine point's req/s and the load's CPU (% of one core) from its summary.json."""
+    point = next(p for p in summary["points"] if p.get("status") == "ok")
+    load_cpu = float(point["cpu_pct"]["generator"] or math.nan)
+    return {"rps": float(point["rps"]), "load_cpu_pct": load_cpu, "verdict": point.get("verdict")}
+
+
+def _engine_run(name: str, path: str, engine: str, duration: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        scenario = Path(tmp) / f"{name}-{engine}.toml"
+        text = ENGINE_SCENARIO.format(name=name, path=path, duration=duration, engine=engine)
+        scenario.write_text(text)
+        out = Path(tmp) / "run"
+        argv = [*_clusterlab_argv(), "run", str(scenario), "--out", str(out), "-q"]
+        peers.run_in_session(argv, 120, grace=3.0, stderr=subprocess.STDOUT)
+        return engine_figures(json.loads((out / "summary.json").read_text()))
 
 
 def _med(st: dict[str, Any] | None) -> float | None:
@@ -999,7 +1077,7 @@ def _steps(suite: Suite, selected: Sequence[str]) -> list[tuple[str, Callable[[]
     steps: list[tuple[str, Callable[[], None]]] = []
     if policies := [p for p in ("rr", "none", "reuseport") if p in selected]:
         steps.append(("handoff", lambda: suite.handoff(policies)))
-    for name in ("keepalive", "scaling", "ipc", "respawn", "primary", "lab-overhead"):
+    for name in ("keepalive", "scaling", "ipc", "respawn", "primary", "lab-overhead", "engines"):
         if name in selected:
             steps.append((name, getattr(suite, name.replace("-", "_"))))
     return steps
