@@ -8,7 +8,10 @@ started alone. Printed per point: lab req/s / wrk req/s, the lab's verdict, the 
 (% of the cores it may use). Fails (exit 1) when a point below 0.8 × wrk is marked target-bound,
 or a point at ≥ 0.9 × wrk whose target used ≥ 90 % of its CPU is not.
 
-Usage: python -m bench.trust [--duration S] [--only node|builtin]   (about 5 minutes on 2 cores)
+Each lab point runs with both load engines (wrk, the default where it can measure, and locust).
+
+Usage: python -m bench.trust [--duration S] [--only node|builtin] [--engines wrk,locust]
+(about 8 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ TARGETS: dict[str, dict[str, Any]] = {
 class Row:
     target: str
     connection: str
+    engine: str
     policy: str
     workers: int
     lab_rps: float
@@ -78,11 +82,13 @@ class Row:
         return ""
 
 
-def lab_points(name: str, connection: str, duration: float, out: Path) -> list[dict[str, Any]]:
-    """Run the lab over rr/none × 2/4 workers on one target; the analysed points."""
+def lab_points(
+    name: str, connection: str, engine: str, duration: int, out: Path
+) -> list[dict[str, Any]]:
+    """Run the lab over rr/none × 2/4 workers on one target with one engine; its points."""
     spec = TARGETS[name]
     data = {
-        "name": f"trust-{name}-{connection}",
+        "name": f"trust-{name}-{connection}-{engine}",
         "target": spec["target"],
         "sweep": {"workers": [2, 4], "policies": ["rr", "none"]},
         "workloads": {"hello": {spec["path"]: 1}},
@@ -91,6 +97,7 @@ def lab_points(name: str, connection: str, duration: float, out: Path) -> list[d
             "warmup": 1,
             "duration": duration,
             "connection": connection,
+            "engine": engine,
         },
     }
     scenario = parse_scenario(data, str(out / "scenario.toml"), default_name=data["name"])
@@ -98,7 +105,7 @@ def lab_points(name: str, connection: str, duration: float, out: Path) -> list[d
     return [dict(p) for p in lab.analysis.measured.to_dict("records")]
 
 
-def wrk_rps(name: str, policy: str, workers: int, close: bool, duration: float) -> float:
+def wrk_rps(name: str, policy: str, workers: int, close: bool, duration: int) -> float:
     """wrk's req/s against the same server, started alone."""
     port = free_port()
     if name == "node":
@@ -112,41 +119,36 @@ def wrk_rps(name: str, policy: str, workers: int, close: bool, duration: float) 
         return run_wrk(spec.url, 1, CONNECTIONS, duration, close=close).requests_per_s
 
 
-def measure(names: list[str], duration: float, out: Path) -> list[Row]:
+def measure(names: list[str], engines: list[str], duration: int, out: Path) -> list[Row]:
+    """Every point with every engine, each beside wrk alone on the same server."""
     rows = []
     for name in names:
         for connection in ("keep-alive", "new"):
-            for point in lab_points(name, connection, duration, out):
-                usage = point_usage(point, default_cpus=os.cpu_count() or 1)
-                share = 100 * usage.target / usage.target_capacity
-                policy, workers = str(point["policy"]), int(point["workers"])
-                wrk = wrk_rps(name, policy, workers, connection == "new", duration)
-                rows.append(
-                    Row(
-                        name,
-                        connection,
-                        policy,
-                        workers,
-                        point["rps"],
-                        wrk,
-                        point["verdict"],
-                        share,
-                    )
-                )
+            for engine in engines:
+                for point in lab_points(name, connection, engine, duration, out):
+                    usage = point_usage(point, default_cpus=os.cpu_count() or 1)
+                    share = 100 * usage.target / usage.target_capacity
+                    policy, workers = str(point["policy"]), int(point["workers"])
+                    wrk = wrk_rps(name, policy, workers, connection == "new", duration)
+                    found = (point["rps"], wrk, point["verdict"], share)
+                    rows.append(Row(name, connection, engine, policy, workers, *found))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=int, default=3, help="whole seconds per measurement")
+    parser.add_argument("--engines", default="wrk,locust", help="the lab's engines to try")
     parser.add_argument("--only", choices=sorted(TARGETS), help="one target")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="clusterlab-trust-") as tmp:
-        rows = measure([args.only] if args.only else list(TARGETS), args.duration, Path(tmp))
-    header = ["target", "conn", "policy", "workers", "lab req/s", "wrk req/s", "lab/wrk"]
+        names = [args.only] if args.only else list(TARGETS)
+        rows = measure(names, args.engines.split(","), args.duration, Path(tmp))
+    header = ["target", "conn", "engine", "policy", "workers", "lab req/s", "wrk req/s", "lab/wrk"]
     header += ["verdict", "target CPU % of its cores", "problem"]
     cells = [
-        [r.target, r.connection, r.policy, r.workers, f"{r.lab_rps:,.0f}", f"{r.wrk_rps:,.0f}"]
+        [r.target, r.connection, r.engine, r.policy, r.workers, f"{r.lab_rps:,.0f}"]
+        + [f"{r.wrk_rps:,.0f}"]
         + [f"{r.ratio:.2f}", r.verdict, f"{r.target_cpu_share:.0f}", r.problem() or "ok"]
         for r in rows
     ]
