@@ -303,8 +303,12 @@ def targets(results: list[Result], runs: int) -> list[tuple[str, bool, str]]:
 def table(results: list[Result]) -> str:
     from tabulate import tabulate
 
-    rows = [[r.case, r.run, r.outcome, r.status, r.rps, r.threshold, r.why[:110]] for r in results]
-    headers = ["case", "run", "outcome", "exit", "rps ratio [95% interval]", "threshold", "why"]
+    rows = [
+        [r.case, r.run, r.tries, r.outcome, r.status, r.rps, r.threshold, r.why[:140]]
+        for r in results
+    ]
+    headers = ["case", "run", "tries", "outcome", "exit", "rps ratio [95 % interval]"]
+    headers += ["threshold", "why (when not unchanged)"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 

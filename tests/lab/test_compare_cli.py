@@ -38,7 +38,7 @@ def test_the_same_numbers_compare_clean(runs, capsys):
     assert main(["compare", "base", "same/summary.json"]) == 0
     out = capsys.readouterr().out
     assert out.rstrip().endswith("no regression: all 11 gated rows judged (11 unchanged, 0 better)")
-    assert "95% interval" in out and "10,000 resamples" in out
+    assert "95 % interval" in out and "10,000 resamples" in out
 
 
 def test_untrusted_points_make_it_inconclusive_exit_3_in_every_output(runs, capsys):

@@ -84,12 +84,17 @@ def headers(comparison: Comparison) -> list[str]:
         "baseline",
         "current",
         "ratio",
-        f"{comparison.confidence:.0%} interval",
+        f"{level(comparison.confidence)} interval",
         "p",
         "threshold",
         "verdict",
         "note",
     ]
+
+
+def level(confidence: float) -> str:
+    """``95 %``, ``99.9 %``: the interval's level as printed."""
+    return f"{confidence * 100:.2f}".rstrip("0").rstrip(".") + " %"
 
 
 def _names(rows: list[Row], most: int = 6) -> str:
@@ -130,7 +135,7 @@ def headline(comparison: Comparison) -> str:
 
 def method_line(comparison: Comparison) -> str:
     return (
-        f"verdicts on the {comparison.confidence:.0%} bootstrap interval of the ratio of medians "
+        f"verdicts on the {level(comparison.confidence)} bootstrap interval of the ratio of medians "
         f"({RESAMPLES:,} resamples of the repeats within each run, seed {SEED}); p: two-sided "
         f"Mann–Whitney U, information only; untrusted: a point not target-bound or with outside "
         f"CPU over {comparison.max_other_cpu:g} % of a core"
