@@ -51,6 +51,21 @@ class LoadRun:
     def log(self) -> Path:
         return self.out_dir / f"{self.engine}-0.log"
 
+    def start(self, command: list[str], env: dict[str, str]) -> None:
+        """One more load process, in its own session, its output to ``<engine>-<n>.log``."""
+        log = open(self.out_dir / f"{self.engine}-{len(self.processes)}.log", "ab")  # noqa: SIM115
+        self._logs.append(log)  # closed in stop_load
+        self.processes.append(
+            subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=env,
+            )
+        )
+
 
 @dataclass(frozen=True)
 class LoadOutcome:
@@ -121,19 +136,8 @@ def start_load(
     commands = [pinned(c, cpus) for c in _locust_commands(load, url, processes, out_dir, run_time)]
     run = LoadRun(out_dir, [], time.monotonic() + run_time + 60.0)
     try:
-        for i, command in enumerate(commands):
-            log = open(out_dir / f"locust-{i}.log", "ab")  # noqa: SIM115 - closed in stop_load
-            run._logs.append(log)
-            run.processes.append(
-                subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                    env=env,
-                )
-            )
+        for command in commands:
+            run.start(command, env)
     except BaseException:
         stop_load(run)
         raise
@@ -173,19 +177,7 @@ def _start_wrk(
         raise LoadError(str(exc)) from None
     env = wrk.wrk_env(workload, load, header, out_dir / wrk.RESULT_FILE)
     run = LoadRun(out_dir, [], time.monotonic() + load.duration + 30.0, engine="wrk")
-    log = open(run.log, "ab")  # noqa: SIM115 - closed in stop_load
-    run._logs.append(log)
-    command = pinned(wrk.wrk_command(load, url, load.duration, threads), cpus)
-    run.processes.append(
-        subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env=env,
-        )
-    )
+    run.start(pinned(wrk.wrk_command(load, url, load.duration, threads), cpus), env)
     return run
 
 
