@@ -567,6 +567,9 @@ def test_ipv6_only_leaves_ipv4_port_free(run_primary, policy):
                     port = ports[1][0]
                     try:
                         with socket.socket() as t:
+                            # a connection of an earlier test lingering in TIME_WAIT on this
+                            # port must not count; a listener still does
+                            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                             t.bind(("0.0.0.0", port))
                             t.listen()
                         v4 = True
