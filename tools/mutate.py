@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             baseline(files, parent, mutations)
         for i, m in enumerate(mutations, 1):
             copy = fresh_copy(files, parent, f"bug{i}")
-            where = ", ".join(apply(m, files, copy))
+            where = ", ".join(dict.fromkeys(apply(m, files, copy)))
             print(f"[{i}/{len(mutations)}] {m.name} ({where}) ...", flush=True)
             outcome = run_tests(copy, m.tests)
             result = {"failed": "caught", "passed": "SURVIVED", "error": "ERROR"}[outcome.status]
