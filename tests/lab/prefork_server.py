@@ -54,7 +54,8 @@ def serve(sock: socket.socket, record: Path) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     affinity = sorted(os.sched_getaffinity(0))
-    print(f"worker {os.getpid()} ready cpus={affinity}", flush=True)
+    # one write per line: workers share the output, and print() may write text and newline apart
+    os.write(1, f"worker {os.getpid()} ready cpus={affinity}\n".encode())
     server.serve_forever()
 
 

@@ -121,10 +121,11 @@ def test_results_agree_with_the_workers_own_counts_and_the_response_headers(tiny
 
 def test_a_hello_endpoint_driven_by_one_locust_process_is_never_called_target_bound(tiny_run):
     # locust needs more CPU per request than the hello endpoint: on shared CPUs the load, not
-    # the target, runs out first (generator-bound) or the two share the CPUs out (machine)
+    # the target, runs out first (generator-bound), the two share the CPUs out (machine), or
+    # neither saturates in so short a window (unsaturated): never the target's capacity
     _, out = tiny_run
     results = analyze(load_results(out)).points
-    assert set(results["verdict"]) <= {"generator", "machine"}
+    assert "target" not in set(results["verdict"])
     assert all(results["verdict_reason"].str.len() > 0)
     summary = json.loads((out / "summary.json").read_text())
     assert [p["verdict"] for p in summary["points"]] == list(results["verdict"])

@@ -186,7 +186,10 @@ rate = 200
     assert done.returncode == 0, done.stderr
     row = load_results(out).results.iloc[0]
     assert row["engine"] == "locust"  # auto: wrk has no paced arrivals
-    assert row["arrivals"] >= row["requests"] - 2 and row["late_arrivals"] >= 0.9 * row["arrivals"]
+    # arrivals sent in the window against requests answered in it: equal but for the few in
+    # flight at either edge
+    assert abs(row["arrivals"] - row["requests"]) <= 0.05 * row["requests"]
+    assert row["late_arrivals"] >= 0.9 * row["arrivals"]
     assert 29 <= row["p50_sent_ms"] <= row["p99_sent_ms"] < 60
     assert row["p99_ms"] > 2 * row["p99_sent_ms"]
     assert "arrivals were sent late" in (out / "report.md").read_text()

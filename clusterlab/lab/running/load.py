@@ -200,20 +200,20 @@ def stop_load(run: LoadRun) -> None:
         log.close()
 
 
-def read_load(out_dir: Path, engine: str = "locust") -> LoadOutcome:
+def read_load(out_dir: Path, engine: str = "locust", connection: str = "keep-alive") -> LoadOutcome:
     """What the engine measured into ``out_dir``: locust's CSVs and the lab's own marks
     (measured window, tally, bins, histograms), or wrk's result file."""
     if engine == "wrk":
-        return _read_wrk(out_dir)
+        return _read_wrk(out_dir, close=connection == "new")
     return _read_locust(out_dir)
 
 
-def _read_wrk(out_dir: Path) -> LoadOutcome:
+def _read_wrk(out_dir: Path, close: bool) -> LoadOutcome:
     try:
         data = wrk.read_wrk(out_dir)
     except wrk.WrkError as exc:
         raise LoadError(str(exc)) from None
-    stats, start, end, failures = wrk.stats(data)
+    stats, start, end, failures = wrk.stats(data, close)
     points = data["points"]
     assert isinstance(points, list)
     tally = data["tally"]

@@ -82,6 +82,7 @@ def observe_point(
     workload = next(w for w in scenario.workloads if w.name == point.workload)
     started = time.time()
     before, supervised_before = target.snapshot(), target.supervision()
+    load_started = time.time()  # before wrk's warm-up run, which start_load runs
     try:
         run = start_load(
             scenario.load,
@@ -100,7 +101,7 @@ def observe_point(
             processes=processes,
             engine=engine,
             started=started,
-            load_started=started,
+            load_started=load_started,
             load_pids=[],
             before=before,
             after={},
@@ -110,7 +111,6 @@ def observe_point(
             samples=pd.DataFrame(),
             error=str(exc),
         )
-    load_started = time.time()
     if engine == "wrk":
         processes, roles = 1, ["wrk"]
     elif processes == 1:
@@ -129,7 +129,7 @@ def observe_point(
     try:
         with Sampler(lambda: {**_sources(target), **run.pids()}) as sampler, injector:
             wait_load(run)
-        outcome = read_load(run.out_dir, run.engine)
+        outcome = read_load(run.out_dir, run.engine, scenario.load.connection)
         outcome.latency.to_csv(out / "latency.csv", index=False)
     except LoadError as exc:
         error = str(exc)

@@ -136,18 +136,26 @@ def outcome_frames(bins: list[tuple[int, str, int]], width: float = 0.1) -> pd.D
     return frame[["bin", "width", "start", "end", "outcome", "count"]]
 
 
-def stats(data: dict[str, object]) -> tuple[dict[str, float], float, float, pd.DataFrame]:
-    """(stats as the locust engine reports them, window start, window end, failures table)."""
+def stats(
+    data: dict[str, object], close: bool
+) -> tuple[dict[str, float], float, float, pd.DataFrame]:
+    """(stats as the locust engine reports them, window start, window end, failures table).
+
+    Failed requests: answers with a 4xx/5xx status, and connect, write and timeout errors (each
+    a request that got no answer). A read error is one too with keep-alive; with a new
+    connection per request (``close``) wrk also counts one whenever a server closes the
+    connection right after its answer, so there read errors are listed, not counted as failed.
+    """
     fields = data["fields"]
     assert isinstance(fields, dict)
-    requests = int(fields["requests"][0])
+    answered = int(fields["requests"][0])
     connect, read, write, status, timeout = (int(v) for v in fields["errors"])
-    failed = connect + read + write + status + timeout
+    unanswered = connect + write + timeout + (0 if close else read)
     points = pd.Series(dict(data["points"]))  # type: ignore[call-overload]
     start, end = float(fields["start"][0]), float(fields["end"][0])
     summary = {
-        "requests": float(requests + connect + read + write + timeout),
-        "failures": float(failed),
+        "requests": float(answered + unanswered),
+        "failures": float(status + unanswered),
         "avg_ms": float(fields["latency"][2]) / 1000.0,
         "p50_ms": _at(points, 50.0),
         "p90_ms": _at(points, 90.0),
@@ -155,11 +163,12 @@ def stats(data: dict[str, object]) -> tuple[dict[str, float], float, float, pd.D
         "p999_ms": _at(points, 99.9),
         "max_ms": float(fields["latency"][1]) / 1000.0,
     }
+    read_kind = "read (connection closed after its answer: not counted)" if close else "read"
     errors = {
         "connect": connect,
-        "read": read,
+        read_kind: read,
         "write": write,
-        "status": status,
+        "status (4xx/5xx)": status,
         "timeout": timeout,
     }
     failures = pd.DataFrame(
