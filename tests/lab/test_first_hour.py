@@ -62,6 +62,21 @@ def test_the_builtin_targets_server_is_a_core_dependency():
     assert {"uvicorn", "uvloop", "httptools"} <= core, core
 
 
+def test_every_data_file_of_the_package_is_installed_with_it():
+    # a file the package reads at run time (the wrk engine's Lua script, templates, schemas)
+    # must be in package-data, or a plain (non-editable) install lacks it
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["clusterlab"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "clusterlab"], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.split()
+    data = [Path(f).relative_to("clusterlab") for f in tracked if not f.endswith(".py")]
+    assert data, tracked
+    missing = [str(f) for f in data if not any(f.match(g) for g in globs)]
+    assert missing == [], f"not in [tool.setuptools.package-data]: {missing}"
+
+
 def test_importing_clusterlab_cluster_loads_no_server_or_lab_package():
     code = (
         "import sys; before = set(sys.modules); import clusterlab.cluster; "
