@@ -25,12 +25,15 @@ class ConsoleProgress:
     """Progress for ``clusterlab run``; ``quiet`` prints nothing."""
 
     def __init__(
-        self, stream: TextIO = sys.stderr, quiet: bool = False, generator_bound_cpu: float = 85.0
+        self,
+        stream: TextIO | None = None,
+        quiet: bool = False,
+        generator_bound_cpu: float = 85.0,
     ) -> None:
-        self.stream = stream
+        self.stream = sys.stderr if stream is None else stream  # the one current when made
         self.quiet = quiet
         self.generator_bound_cpu = generator_bound_cpu
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.t0 = time.monotonic()
         self.estimate = math.nan
         self.finished = 0
