@@ -82,3 +82,19 @@ def test_per_second_rates_come_from_the_counter_at_whole_second_marks():
     samples = [(10.0, 0.0), (10.5, 50.0), (12.0, 200.0), (13.0, 500.0)]
     assert per_second(samples, origin=10.0) == [(11.0, 100.0), (12.0, 100.0), (13.0, 300.0)]
     assert per_second(samples[:1], origin=10.0) == []
+
+
+def test_a_worker_count_is_whole_and_unheadered_requests_belong_to_no_worker():
+    # interpolated at 1.2 s between 100 (1 s) and 300 (2 s): 140; the window has 333 - 140
+    before = {"1": {"t": 0.0, "requests": 0, "connections": 0}}
+    reports = [
+        {"worker": 1, "sent": 1.0, "requests": 100, "connections": 1},
+        {"worker": 1, "sent": 2.0, "requests": 300, "connections": 1},
+    ]
+    after = {"1": {"t": 3.0, "requests": 333, "connections": 1}}
+    empty = pd.DataFrame(columns=["role", "key", "pid", "cpu_s", "cpu_pct", "rss_mb"])
+    rows = worker_rows({}, before, reports, after, _outcome(1.2, 3.0), empty)
+    assert [r["requests"] for r in rows] == [round(333 - 140.0)]
+    assert float(rows[0]["requests"]).is_integer()
+    # a server that sets no worker header: the tally's "unknown" is not a worker
+    assert worker_rows({}, {}, [], {}, _outcome(0, 1, {"unknown": 40}), empty) == []

@@ -79,3 +79,12 @@ def test_golden_runs_cover_the_report_sections() -> None:
     assert "## Conclusions" in (GOLDEN / "sweep" / "expected" / "report.md").read_text()
     recoveries = {f["recovery"] for f in crash["recovery"]["faults"]}
     assert recoveries == {"back", "never back within the run"}
+
+
+def test_the_html_report_opens_with_a_table_of_contents(tmp_path: Path) -> None:
+    html = (_report("crash", tmp_path) / "report.html").read_text()
+    nav = html[html.index("<nav>") : html.index("</nav>")]
+    for section in ("Summary", "Recovery", "Every fault", "What limited each point", "Plots"):
+        anchor = nav.split(f">{section}</a>")[0].rsplit('href="#', 1)[1].rstrip('"')
+        assert f'<h2 id="{anchor}">{section}</h2>' in html
+    assert html.count('src="data:image/png;base64,') >= 4  # self-contained: plots embedded

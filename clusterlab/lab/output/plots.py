@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from clusterlab.lab.analysis.metrics import group_verdict, usl  # noqa: E402
 from clusterlab.lab.analysis.recovery import SPAN_S  # noqa: E402
@@ -46,7 +46,8 @@ def _panels(workloads: list[str], height: float = 3.6) -> tuple[Figure, list[plt
 
 def _save(fig: Figure, path: Path) -> Path:
     for ax in fig.axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not isinstance(ax.xaxis.get_major_locator(), FixedLocator):  # ticks set on purpose
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     # a figure-wide legend (the verdict markers) sits below the panels
     fig.tight_layout(rect=(0, 0.07, 1, 1) if fig.legends else (0, 0, 1, 1))
     fig.savefig(path, dpi=110)
@@ -117,8 +118,11 @@ def throughput(results: pd.DataFrame, parallelism: int, path: Path) -> Path | No
             _draw_series(ax, policy, table)
         n0 = float(done["workers"].min())
         x0 = max(float(t.loc[t["workers"] == n0, "median"].max()) for t in tables.values())
-        xs = np.array(sorted(done["workers"].unique()), dtype=float)
+        measured = np.array(sorted(done["workers"].unique()), dtype=float)
+        # linear scaling is the ideal only while each worker has a CPU of its own
+        xs = measured[measured <= max(n0, parallelism)]
         ax.plot(xs, x0 * xs / n0, "--", color="gray", linewidth=1, label="ideal linear")
+        ax.set_xticks(measured)
         ax.axvline(
             parallelism,
             color="black",

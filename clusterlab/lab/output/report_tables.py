@@ -39,7 +39,7 @@ def summary_table(aggregates: pd.DataFrame) -> pd.DataFrame:
             {
                 "workload": r["workload"],
                 "policy": r["policy"],
-                "workers": r["workers"],
+                "workers": r["workers"] or "n/a",
                 "req/s": _spread(r, "rps", "rps", 0),
                 "p50 ms": _spread(r, "p50_ms", "p50", 2),
                 "p99 ms": _spread(r, "p99_ms", "p99", 2) + low,
@@ -103,7 +103,7 @@ def recovery_table(per_point: pd.DataFrame) -> pd.DataFrame:
             {
                 "workload": r["workload"],
                 "policy": r["policy"],
-                "workers": r["workers"],
+                "workers": r["workers"] or "n/a",
                 "rep": r["repeat"] + 1,
                 "faults (skipped)": f"{r['faults']} ({r['skipped']})",
                 "crashes": r["crashes"],
@@ -170,7 +170,7 @@ def point_table(results: pd.DataFrame) -> pd.DataFrame:
                 "rep": r["repeat"] + 1,
                 "workload": r["workload"],
                 "policy": r["policy"],
-                "workers": r["workers"],
+                "workers": r["workers"] or "n/a",
                 "status": r["status"],
                 "req/s": fmt(r.get("rps"), 0),
                 "p99 ms [95 % CI]": _with_interval(r, "p99"),

@@ -65,13 +65,17 @@ def worker_rows(
     interpolated at the window's start), connections accepted during the whole load (warm-up
     included: keep-alive connections open during warm-up), CPU and RSS."""
     requests = counter_series(before, reports, after, "requests")
-    workers = sorted(set(requests) | set(outcome.tally), key=_worker_order)
+    # requests without the worker header ("unknown") belong to no worker
+    tallied = {w for w in outcome.tally if w != "unknown"}
+    workers = sorted(set(requests) | tallied, key=_worker_order)
     rows = []
     for worker in workers:
         served = requests.get(worker, [])
         # Load stops at measure_end and the last snapshot is taken after locust exited, so the
         # worker's final count is its count at the end; only the start needs interpolating.
-        in_window = max(served)[1] - count_at(served, outcome.measure_start) if served else 0.0
+        # a whole number: the count at the window's start is interpolated between reports
+        start = count_at(served, outcome.measure_start) if served else 0.0
+        in_window = float(round(max(served)[1] - start)) if served else 0.0
         connections = math.nan
         if worker in before or worker in after:
             start = before.get(worker, {}).get("connections", 0)
