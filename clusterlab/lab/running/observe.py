@@ -59,11 +59,11 @@ class Observation:
     load_started: float
     load_pids: list[tuple[int, str]]
     before: Snapshot
-    after: Snapshot
-    reports: list[dict[str, Any]]
-    rr_before: dict[str, int] | None
-    rr_after: dict[str, int] | None
-    samples: pd.DataFrame
+    after: Snapshot = field(default_factory=dict)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    rr_before: dict[str, int] | None = None
+    rr_after: dict[str, int] | None = None
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
     outcome: LoadOutcome | None = None
     error: str = ""
     skipped: list[SkippedFault] = field(default_factory=list)
@@ -79,14 +79,13 @@ def observe_point(
     engine: str = "locust",
 ) -> Observation:
     """Load the running target with the point's workload, sampling and injecting faults."""
-    workload = next(w for w in scenario.workloads if w.name == point.workload)
     started = time.time()
     before, supervised_before = target.snapshot(), target.supervision()
     load_started = time.time()  # before wrk's warm-up run, which start_load runs
     try:
         run = start_load(
             scenario.load,
-            workload,
+            next(w for w in scenario.workloads if w.name == point.workload),
             target.url,
             processes,
             out,
@@ -97,34 +96,11 @@ def observe_point(
         )
     except LoadError as exc:  # the load never started (wrk's warm-up failed, say)
         return Observation(
-            point=point,
-            processes=processes,
-            engine=engine,
-            started=started,
-            load_started=load_started,
-            load_pids=[],
-            before=before,
-            after={},
-            reports=[],
-            rr_before=None,
-            rr_after=None,
-            samples=pd.DataFrame(),
-            error=str(exc),
+            point, processes, engine, started, load_started, [], before, error=str(exc)
         )
-    if engine == "wrk":
-        processes, roles = 1, ["wrk"]
-    elif processes == 1:
-        roles = ["locust"]
-    else:
-        roles = ["locust master"] + ["locust worker"] * processes
+    processes, roles = _roles(engine, processes)
     skipped: list[SkippedFault] = []
-    plan = schedule(scenario.faults, scenario.load.duration, point.repeat)
-    injector = FaultInjector(
-        plan,
-        _fault_sender(target),
-        out,
-        lambda planned, why: skipped.append(SkippedFault(planned, why, time.time())),
-    )
+    injector = _injector(scenario, point, target, out, skipped)
     outcome, error = None, ""
     try:
         with Sampler(lambda: {**_sources(target), **run.pids()}) as sampler, injector:
@@ -152,6 +128,32 @@ def observe_point(
         outcome=outcome,
         error=error,
         skipped=skipped,
+    )
+
+
+def _roles(engine: str, processes: int) -> tuple[int, list[str]]:
+    """The load's process count and each one's role, as events.csv names them."""
+    if engine == "wrk":
+        return 1, ["wrk"]
+    if processes == 1:
+        return 1, ["locust"]
+    return processes, ["locust master"] + ["locust worker"] * processes
+
+
+def _injector(
+    scenario: Scenario,
+    point: Point,
+    target: TargetHandle,
+    out: Path,
+    skipped: list[SkippedFault],
+) -> FaultInjector:
+    """The point's faults, each sent at its time (those it cannot send go to ``skipped``)."""
+    plan = schedule(scenario.faults, scenario.load.duration, point.repeat)
+    return FaultInjector(
+        plan,
+        _fault_sender(target),
+        out,
+        lambda planned, why: skipped.append(SkippedFault(planned, why, time.time())),
     )
 
 
