@@ -53,7 +53,10 @@ def worker_lines(bound: pd.DataFrame) -> list[str]:
             f"{fmt(speedup, 2)}× the req/s ({fmt(first['rps'], 0)} → {fmt(last['rps'], 0)}; "
             f"linear would be {fmt(last['workers'] / first['workers'], 2)}×)"
         )
-        if best["workers"] < last["workers"] and not _overlap(best, last):
+        tested = min(best["repeats"], last["repeats"]) > 1
+        if best["workers"] < last["workers"] and tested and not _overlap(best, last):
             text += f"; more workers stopped paying after {best['workers']}"
+        elif best["workers"] < last["workers"]:
+            text += f"; the most req/s at {best['workers']} (one repeat: not tested)"
         lines.append(text + ".")
     return lines

@@ -121,7 +121,7 @@ def _header(analysis: Analysis) -> list[Block]:
             f"{machine['memory_gb']} GB; Python {machine['python']}; git {machine['git_revision']}. "
             f"Target: {scenario['target']['kind']}. Load: {_engine(meta)}, {load['users']} users, "
             f"{load['model']} model, {load['connection']} connections, {load['warmup']:g} s warm-up "
-            f"then {load['duration']:g} s measured, locust processes per point "
+            f"then {load['duration']:g} s measured, load processes per point "
             f"{processes or load['processes']}. {_placement(meta.get('cpus'))}",
         )
     )
