@@ -190,6 +190,10 @@ rate = 200
     # flight at either edge
     assert abs(row["arrivals"] - row["requests"]) <= 0.05 * row["requests"]
     assert row["late_arrivals"] >= 0.9 * row["arrivals"]
-    assert 29 <= row["p50_sent_ms"] <= row["p99_sent_ms"] < 60
-    assert row["p99_ms"] > 2 * row["p99_sent_ms"]
+    # from the actual send the median is the endpoint's own 30 ms (plus a scheduling hiccup at
+    # most); the tail may stretch on a busy 2-core machine, so it is compared with the
+    # intended-send tail, which grows with the backlog to hundreds of ms
+    assert 29 <= row["p50_sent_ms"] < 45
+    assert row["p50_sent_ms"] <= row["p99_sent_ms"]
+    assert row["p99_ms"] > 3 * row["p99_sent_ms"]
     assert "arrivals were sent late" in (out / "report.md").read_text()
