@@ -96,14 +96,16 @@ def test_calibrate_saves_the_first_run_with_thresholds_and_compare_uses_them(rec
     assert data["schema"] == "clusterlab.lab.thresholds" and data["scenario"] == "t"
     saved = json.loads((folder / "baseline.json").read_text())
     assert saved["source"] == "a1"
-    # SLOW is 6 % down at 1 worker (inside the noisy group's 12.8 %), 8 % at 2 (beyond 5 %)
+    # SLOW is 6 % down at 1 worker (inside the noisy group's 12.8 %, capped at the 10 %
+    # default), 8 % at 2 (beyond 5 %)
     assert main(["compare", "main", "slow", "--json", "c.json"]) == 1
     out = capsys.readouterr().out
     assert f"thresholds (calibrated: {folder / 'thresholds.json'}, 2 A/A pair(s) of" in out
     rows = json.loads((recorded / "c.json").read_text())["compare"]["rows"]
     rps = {r["workers"]: r for r in rows if r["metric"] == "rps"}
     assert rps[2]["threshold_source"] == "calibrated" and rps[2]["verdict"] == "worse"
-    assert rps[1]["threshold"] == data["metrics"]["rps"]["groups"]["cpu/rr/1"]["threshold"]
+    assert data["metrics"]["rps"]["groups"]["cpu/rr/1"]["threshold"] > 0.10
+    assert (rps[1]["threshold"], rps[1]["threshold_source"]) == (0.10, "capped")
     assert rps[1]["verdict"] in ("unchanged", "inconclusive")
     # an explicit --threshold still wins
     argv = ["compare", "main", "slow", "--threshold", "rps=20", "--threshold", "p50_ms=20"]

@@ -166,6 +166,7 @@ def test_calibrated_thresholds_are_used_by_group_then_metric_and_said():
         thresholds={"p50_ms": 0.3},
         calibrated=calibrated,
         calibration="thresholds.json of main",
+        default_threshold=0.35,  # above every calibrated one: none is capped here
     )
     rows = {(r.metric, r.name): r for r in result.rows}
     assert (rows[("rps", "cpu/rr/1")].threshold, rows[("rps", "cpu/rr/1")].threshold_source) == (
@@ -181,6 +182,28 @@ def test_calibrated_thresholds_are_used_by_group_then_metric_and_said():
     line = outputs.thresholds_line(result)
     assert line.startswith("thresholds (calibrated: thresholds.json of main): rps 30.0 % ")
     assert "rps 30.0 % calibrated / 5.0 % calibrated, p50_ms 30.0 % --threshold" in line
+
+
+def test_a_calibrated_threshold_above_the_default_is_capped_so_a_10_pct_drop_is_never_unchanged():
+    # a host whose calibration measured 11.4 % noise on rps: uncapped, a tight 10 % drop
+    # (interval about 0.898–0.902) sits inside 1/1.114 and would pass as "unchanged"
+    tight = {("cpu", "rr", 1): [500, 500.2, 499.8, 500.1, 499.9]}
+    slower = {key: [0.9 * v for v in values] for key, values in tight.items()}
+    calibrated = {"rps": {"cpu/rr/1": 0.114}, "p50_ms": {"*": 0.06}}
+    result = compare(summary(tight), summary(slower), calibrated=calibrated, calibration="main")
+    rows = {(r.metric, r.name): r for r in result.rows}
+    rps = rows[("rps", "cpu/rr/1")]
+    assert (rps.threshold, rps.threshold_source, rps.verdict) == (0.10, "capped", "worse")
+    assert rows[("p50_ms", "cpu/rr/1")].threshold_source == "calibrated"  # below: kept
+    assert result.outcome == "regression"
+    (warning,) = [w for w in result.warnings if "capped" in w]
+    assert "rps cpu/rr/1 11.4 %" in warning and "10 % default" in warning
+    assert "rps 10.0 % capped" in outputs.thresholds_line(result)
+    # the same data under the user's wider default keeps the calibrated 11.4 %
+    wide = compare(summary(tight), summary(slower), calibrated=calibrated, default_threshold=0.2)
+    rps = {(r.metric, r.name): r for r in wide.rows}[("rps", "cpu/rr/1")]
+    assert (rps.threshold, rps.threshold_source, rps.verdict) == (0.114, "calibrated", "unchanged")
+    assert not [w for w in wide.warnings if "capped" in w]
 
 
 def test_a_recorded_version_2_run_is_read_and_untrusted():

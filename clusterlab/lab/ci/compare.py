@@ -37,7 +37,13 @@ version 1–2) is untrusted ("record the baseline again"), and so is a failed po
 point feeds, in both runs' rows, is untrusted; the comparison lists the points and why.
 
 Thresholds: ``--threshold`` per metric, else the calibrated thresholds stored with a named
-baseline (``clusterlab calibrate``, ``calibrate.py``), per metric and group, else 10 %.
+baseline (``clusterlab calibrate``, ``calibrate.py``), per metric and group, else 10 %. A
+calibrated threshold only ever tightens the default (10 %, or ``--threshold PCT``): one above it is
+**capped** at it (source "capped", and a warning names the groups). Calibration measures how far
+A/A intervals reach on this host; a threshold widened past the default would turn a change the
+user asked to catch (a 10 % slowdown under an 11 % calibrated threshold) into "unchanged". Capped,
+such a row comes out regression or inconclusive — the host is too noisy to say "unchanged" at that
+size — and more repeats, or an explicit ``--threshold METRIC=PCT``, are the ways to widen it.
 
 Machine-independent ratios are compared too: scaling efficiency (rps at n workers / (n/n_min ×
 rps at the smallest count), paired by repeat), the rr/none throughput ratio (paired by repeat),
@@ -135,7 +141,7 @@ class Row:
     note: str = ""
     gating: bool = True
     interval: tuple[float, float] | None = None
-    threshold_source: str = "default"  # default | calibrated | --threshold
+    threshold_source: str = "default"  # default | calibrated | capped | --threshold
     untrusted: tuple[str, ...] = ()  # "current r0–r4 (outside CPU)", ...
 
     @property
@@ -422,14 +428,25 @@ def threshold_for(
     default: float,
 ) -> tuple[float, str]:
     """(threshold, source): ``--threshold METRIC=``, else the calibrated one of the group (or of
-    the metric, key "*"), else the default."""
+    the metric, key "*") capped at the default, else the default."""
     if metric in explicit:
         return explicit[metric], "--threshold"
     mine = calibrated.get(metric, {})
     for key in (name, "*"):
         if key in mine:
-            return mine[key], "calibrated"
+            return (mine[key], "calibrated") if mine[key] <= default else (default, "capped")
     return default, "default"
+
+
+def capped_warning(capped: list[tuple[str, str, float]], default: float) -> str:
+    """One line naming the calibrated thresholds that were capped at the default."""
+    listed = ", ".join(f"{metric} {name} {value:.1%}" for metric, name, value in capped[:6])
+    more = f" and {len(capped) - 6} more" if len(capped) > 6 else ""
+    return (
+        f"calibrated thresholds above the {default:.0%} default were capped at it ({listed}{more}):"
+        " this host's noise can leave those rows inconclusive; more repeats narrow the intervals,"
+        " --threshold METRIC=PCT sets a wider one explicitly"
+    ).replace("%", " %")
 
 
 def parse_thresholds(texts: Iterable[str]) -> tuple[float | None, dict[str, float]]:
@@ -499,15 +516,16 @@ def compare(
     b, c = metric_samples(baseline), metric_samples(current)
     keys = list(dict.fromkeys(k for _, k in [*b, *c]))
     rows = []
+    capped: list[tuple[str, str, float]] = []
     for metric, key in list(b) + [k for k in c if k not in b]:
         group = dict(zip(GROUP_KEYS, key, strict=True))
+        name = "/".join(map(str, key))
         threshold, source = threshold_for(
-            metric,
-            "/".join(map(str, key)),
-            thresholds or {},
-            calibrated or {},
-            default_threshold,
+            metric, name, thresholds or {}, calibrated or {}, default_threshold
         )
+        if source == "capped":
+            mine = (calibrated or {})[metric]
+            capped.append((metric, name, mine.get(name, mine.get("*", threshold))))
         rows.append(
             _row(
                 metric,
@@ -519,7 +537,9 @@ def compare(
                 not machine_diff,
             )
         )
-    if not any(r.threshold_source == "calibrated" for r in rows):
+    if capped:
+        warnings.append(capped_warning(capped, default_threshold))
+    if not any(r.threshold_source in ("calibrated", "capped") for r in rows):
         calibration = ""
     return Comparison(
         names[0], names[1], rows, warnings, alpha, distrusted, max_other_cpu, calibration

@@ -24,11 +24,11 @@ MARKS = {
     "untrusted": "!",
     "not comparable": "x",
 }
-SOURCES = {"default": "", "calibrated": " cal", "--threshold": " set"}
+SOURCES = {"default": "", "calibrated": " cal", "capped": " cap", "--threshold": " set"}
 LEGEND = (
     "`+` worse, `-` better, `?` inconclusive (interval across the threshold), `!` untrusted "
-    "points, `x` not comparable, ↑ higher is better; threshold `cal` calibrated, `set` by "
-    "--threshold"
+    "points, `x` not comparable, ↑ higher is better; threshold `cal` calibrated, `cap` "
+    "calibrated above the default and capped at it, `set` by --threshold"
 )
 
 
