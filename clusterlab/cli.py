@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("info", help="machine facts as the lab records them")
     _ci_parsers(sub)
+    _history_parser(sub)
     _describe_commands(parser)
     return parser
 
@@ -176,6 +177,12 @@ def _ci_parsers(sub: argparse._SubParsersAction) -> None:
     _calibrate_parser(sub)
 
 
+def _history_parser(sub: argparse._SubParsersAction) -> None:
+    from clusterlab.lab.ci import history_command
+
+    history_command.add_parser(sub)
+
+
 def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
     calibrate = sub.add_parser(
         "calibrate",
@@ -219,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": _compare,
         "baseline": _baseline,
         "calibrate": _calibrate,
+        "history": _history,
     }[args.command]
     return handler(args)
 
@@ -439,6 +447,12 @@ def _baseline(args: argparse.Namespace) -> int:
         print(f"clusterlab: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def _history(args: argparse.Namespace) -> int:
+    from clusterlab.lab.ci import history_command
+
+    return history_command.run(args)
 
 
 def _report(args: argparse.Namespace) -> int:
