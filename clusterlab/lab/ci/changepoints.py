@@ -124,6 +124,8 @@ def _segment(values: np.ndarray, start: int, alpha: float, min_size: int) -> dic
 
 
 def _with_levels(values: np.ndarray, found: dict[int, float]) -> list[ChangePoint]:
+    if not found:
+        return []
     edges = [0, *sorted(found), len(values)]
     means = [float(values[a:b].mean()) for a, b in zip(edges, edges[1:], strict=False)]
     return [

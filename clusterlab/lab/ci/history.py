@@ -261,7 +261,7 @@ def add(path: str | Path, rec: Record) -> tuple[int, bool]:
                 raise
             return int(found[0]), False
         except sqlite3.DatabaseError as exc:
-            raise _refuse(Path(path), exc) from None
+            raise HistoryError(f"{path}: could not add the run, nothing changed: {exc}") from None
 
 
 def read(path: str | Path) -> pd.DataFrame:
