@@ -103,7 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"worker processes, 1 to {MAX_SERVE_WORKERS} (default: available_parallelism())",
     )
     serve.add_argument(
-        "--policy", choices=["rr", "none", "reuseport"], default="rr", help="scheduling policy"
+        "--policy",
+        default="rr",
+        help="scheduling policy: rr, none, reuseport, or a built-in scheduler (least-conn, p2c, "
+        "jiq, hash, weighted, random; docs/policies.md)",
     )
     serve.add_argument("--port", type=int, default=8000, help="port, 0 to 65535 (0: any free)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -471,8 +474,16 @@ def _report(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from clusterlab import available_parallelism
+    from clusterlab.cluster._policies import NAMES as POLICY_NAMES
     from clusterlab.lab.spawned import target
 
+    if args.policy not in POLICY_NAMES:
+        print(
+            f"clusterlab: serve: --policy must be one of {', '.join(POLICY_NAMES)}, "
+            f"got {args.policy!r}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     workers = available_parallelism() if args.workers is None else args.workers
     if not 1 <= workers <= MAX_SERVE_WORKERS or not 0 <= args.port <= 65535:
         print(

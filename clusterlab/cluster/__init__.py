@@ -20,6 +20,7 @@ from ._child import ListenerClosedError
 from ._endpoint import Address, resolve
 from ._events import EventEmitter
 from ._primary import SCHED_NONE, SCHED_REUSEPORT, SCHED_RR, Primary
+from ._scheduler import Scheduler, SchedulerError, WorkerState
 from ._worker import Worker
 
 __all__ = [
@@ -29,7 +30,10 @@ __all__ = [
     "Address",
     "EventEmitter",
     "ListenerClosedError",
+    "Scheduler",
+    "SchedulerError",
     "Worker",
+    "WorkerState",
     "fork",
     "setup_primary",
     "disconnect",
@@ -49,7 +53,7 @@ if TYPE_CHECKING:
     worker: Worker | None
     workers: dict[int, Worker] | None
     settings: Mapping[str, Any]
-    scheduling_policy: int
+    scheduling_policy: int | str
 
     def on(event: str, fn: Listener) -> EventEmitter: ...
     def once(event: str, fn: Listener) -> EventEmitter: ...
@@ -98,11 +102,12 @@ class _ClusterModule(types.ModuleType, EventEmitter):
         return MappingProxyType(_primary.settings)
 
     @property
-    def scheduling_policy(self) -> int:
+    def scheduling_policy(self) -> int | str:
+        """SCHED_RR, SCHED_NONE or SCHED_REUSEPORT; under another scheduler, its name."""
         return _primary.policy if _primary is not None else SCHED_RR
 
     @scheduling_policy.setter
-    def scheduling_policy(self, value: int) -> None:
+    def scheduling_policy(self, value: Any) -> None:
         if _primary is None:
             raise RuntimeError("scheduling_policy is set in the primary")
         _primary.set_policy(value)
@@ -128,7 +133,14 @@ def _need_primary(name: str) -> Primary:
 
 
 def setup_primary(settings: Mapping[str, Any] | None = None, **kw: Any) -> None:
-    """Set defaults for later forks (cumulative) and emit 'setup' with a copy."""
+    """Set defaults for later forks (cumulative) and emit 'setup' with a copy.
+
+    ``scheduler=`` (an addition to Node, not kept in `settings`): how primary-distributed
+    handles pick a worker: a built-in name ("rr", "least-conn", "p2c", "jiq", "hash",
+    "weighted", "random"; also "none" or "reuseport"), a `Scheduler` subclass or instance, or
+    "package.module:Name". ValueError for an unknown name, ImportError for a "module:Name" that
+    does not import; frozen after the first fork().
+    """
     given = dict(settings or {})
     given.update(kw)
     _need_primary("setup_primary").setup_primary(given)
@@ -137,9 +149,12 @@ def setup_primary(settings: Mapping[str, Any] | None = None, **kw: Any) -> None:
 setup_master = setup_primary
 
 
-def fork(env: Mapping[str, Any] | None = None) -> Worker:
-    """Start a worker running `settings['exec']` with `os.environ` plus `env`."""
-    return _need_primary("fork").fork(dict(env) if env is not None else None)
+def fork(env: Mapping[str, Any] | None = None, *, weight: int = 1) -> Worker:
+    """Start a worker running `settings['exec']` with `os.environ` plus `env`.
+
+    ``weight`` (an addition to Node): its share under weighted schedulers ("weighted").
+    """
+    return _need_primary("fork").fork(dict(env) if env is not None else None, weight)
 
 
 def disconnect(callback: Callable[[], Any] | None = None) -> None:
@@ -153,14 +168,26 @@ def run() -> None:
 
 
 def round_robin_stats() -> dict[str, int]:
-    """SCHED_RR hand-off counters of this primary (accepted, handed, requeued, dropped, queued).
+    """Hand-off counters of this primary's primary-distributed handles, closed ones included:
+    accepted, handed, requeued, dropped, policy_errors and queued (now).
 
-    ``dropped`` counts connections that were accepted and closed unserved because no worker was
-    left to take them: the "queued connections lost" figure of a crash experiment.
+    ``accepted`` connections taken off listeners, ``handed`` hand-offs to workers (a connection
+    read back from a leaving worker and handed on counts twice), ``requeued`` connections read
+    back from workers that left before taking them, ``dropped`` connections closed unserved
+    because no worker was left to take them (the "queued connections lost" figure of a crash
+    experiment), ``policy_errors`` times a scheduler raised or picked a worker that could not
+    take the connection (each went to the next worker in turn), ``queued`` those waiting now.
     """
-    from ._round_robin import stats
-
-    return stats()
+    if _primary is None:
+        return {
+            "accepted": 0,
+            "handed": 0,
+            "requeued": 0,
+            "dropped": 0,
+            "policy_errors": 0,
+            "queued": 0,
+        }
+    return _primary.handles.stats()
 
 
 def listen(

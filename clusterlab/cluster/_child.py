@@ -23,6 +23,7 @@ from typing import Any
 from . import _channel
 from ._channel import ChannelError, FrameReader
 from ._endpoint import Endpoint, bind, resolve
+from ._load import HandedSocket, LoadCounters
 from ._worker import CurrentProcess, Worker
 
 _FD_SPACE = socket.CMSG_SPACE(4 * 4)
@@ -119,11 +120,13 @@ class RoundRobinSocket(ClusterSocket):
     """
 
     _conn_family: int = socket.AF_INET
+    _cluster_load: LoadCounters | None = None  # shared with the primary's scheduler
 
     def accept_nowait(self) -> tuple[socket.socket, Any]:
         fd = self._take()
         self._ack(1)
-        conn = socket.socket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
+        conn = HandedSocket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
+        conn._cluster_load = self._cluster_load
         if socket.getdefaulttimeout() is None and self.gettimeout():
             conn.setblocking(True)
         try:
@@ -141,7 +144,9 @@ class RoundRobinSocket(ClusterSocket):
         try:
             while len(conns) < limit:
                 fd = self._take()
-                conns.append(socket.socket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd))
+                conn = HandedSocket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
+                conn._cluster_load = self._cluster_load
+                conns.append(conn)
         except (BlockingIOError, InterruptedError):
             pass
         finally:
@@ -349,6 +354,9 @@ class ChildRuntime:
                 endpoint.family, socket.SOCK_STREAM, 0, fileno=fds[0]
             )
             sock._conn_family = endpoint.family  # type: ignore[attr-defined]
+            if len(fds) > 1:  # the worker's load counters, shared with the primary
+                sock._cluster_load = LoadCounters(fds[1])  # type: ignore[attr-defined]
+                os.close(fds[1])
             sock._cluster_prepare()
             if endpoint.path is not None:
                 sock._cluster_address = endpoint.path

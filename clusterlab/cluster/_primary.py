@@ -35,34 +35,17 @@ from ._forkserver import (
     flush_stdio,
     program_imports,
 )
-from ._reuseport_handle import ReusePortHandle
-from ._round_robin import RoundRobinHandle
-from ._shared_handle import SharedHandle
+from ._handles import HandleRegistry
+from ._policies import SCHED_NONE, SCHED_REUSEPORT, SCHED_RR, Policy
+from ._policies import from_env as policy_from_env
+from ._policies import resolve as resolve_policy
 from ._worker import Worker
 
-SCHED_NONE = 1
-SCHED_RR = 2
-SCHED_REUSEPORT = 3
-_POLICY_NAMES = {"rr": SCHED_RR, "none": SCHED_NONE, "reuseport": SCHED_REUSEPORT}
+__all__ = ["SCHED_NONE", "SCHED_REUSEPORT", "SCHED_RR", "Primary"]
+
 _WORKER_ID_VAR = "CLUSTERLAB_WORKER_ID"
 #: Seconds a worker gets to finish after SIGINT/SIGTERM to the primary before it is killed.
 SHUTDOWN_GRACE = float(os.environ.get("CLUSTERLAB_SHUTDOWN_GRACE", "10"))
-
-Handle = RoundRobinHandle | SharedHandle | ReusePortHandle
-
-
-def policy_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
-    raw = environ.get("CLUSTERLAB_SCHED_POLICY")
-    if raw is None or raw == "":
-        return SCHED_RR
-    try:
-        return _POLICY_NAMES[raw.strip().lower()]
-    except KeyError:
-        print(
-            f"clusterlab: ignoring CLUSTERLAB_SCHED_POLICY={raw!r} (expected rr, none or reuseport)",
-            file=sys.stderr,
-        )
-        return SCHED_RR
 
 
 def _signal_number(sig: str | int) -> int:
@@ -97,6 +80,7 @@ class _Link:
         self.connected = True
         self.dead = False
         self.keys: set[str] = set()
+        self.weight = 1  # cluster.fork(weight=...): for weighted schedulers
         self._retired: list[socket.socket] = []
         self._out: list[
             tuple[memoryview, list[int], Callable[[BaseException | None], Any] | None]
@@ -340,11 +324,14 @@ class Primary:
 
     def __init__(self, events: EventEmitter) -> None:
         self.events = events
-        self.policy = policy_from_env()
+        self._policy: Policy | None = None  # from CLUSTERLAB_SCHED_POLICY on first use
         self.frozen = False
+        self._forked = False
         self.settings: dict[str, Any] = {}
         self.workers: dict[int, Worker] = {}
-        self.handles: dict[str, Handle] = {}
+        self.handles = HandleRegistry(
+            lambda: self.loop, lambda: self.policy_choice, self._policy_error
+        )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._next_id = 0
         self._inspect_offset = 0
@@ -359,8 +346,6 @@ class Primary:
         self._shutdown_started = False
         self._shutdown_started_at = 0.0
         self._forkserver: ForkServer | None = None
-        # RR handles whose listener closed while disconnecting workers still drain them.
-        self._draining: dict[str, list[RoundRobinHandle]] = {}
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -474,10 +459,7 @@ class Primary:
         """Close every channel and handle; each worker exits when its channel closes."""
         for link in list(self._links.values()):
             link.close_channel()
-        for handle in [*self.handles.values(), *(h for hs in self._draining.values() for h in hs)]:
-            handle.close()
-        self.handles.clear()
-        self._draining.clear()
+        self.handles.close_all()
         self.close_forkserver()
 
     # --- signals ---------------------------------------------------------------------------
@@ -547,20 +529,48 @@ class Primary:
 
     # --- settings and policy ---------------------------------------------------------------
 
-    def set_policy(self, value: int) -> None:
+    @property
+    def policy_choice(self) -> Policy:
+        """The policy handles are made with (CLUSTERLAB_SCHED_POLICY until one is set)."""
+        if self._policy is None:
+            self._policy = policy_from_env(os.environ)
+        return self._policy
+
+    @property
+    def policy(self) -> int | str:
+        """`cluster.scheduling_policy`: SCHED_RR/NONE/REUSEPORT, else the scheduler's name."""
+        return self.policy_choice.public
+
+    def set_policy(self, value: Any) -> None:
         if self.frozen:
             raise RuntimeError(
                 "cluster.scheduling_policy is frozen after the first fork() or setup_primary()"
             )
-        if value not in (SCHED_NONE, SCHED_RR, SCHED_REUSEPORT):
-            raise ValueError(
-                f"scheduling_policy must be SCHED_RR, SCHED_NONE or SCHED_REUSEPORT, got {value!r}"
-            )
-        self.policy = value
+        self._policy = resolve_policy(value)
+
+    def _policy_error(self, exc: BaseException) -> None:
+        """A scheduler failed (the connection went to another worker): 'error' on the cluster,
+        or stderr when nobody listens; the primary carries on."""
+
+        def report() -> None:
+            if self.events.listener_count("error"):
+                self.events.emit("error", exc)
+            else:
+                print(f"clusterlab: scheduler error: {exc!r}", file=sys.stderr)
+
+        self.later(report)
 
     def setup_primary(self, given: dict[str, Any]) -> None:
+        policy = None
+        if "scheduler" in given:
+            given = dict(given)
+            if self._forked:
+                raise RuntimeError("the scheduler is frozen after the first fork()")
+            policy = resolve_policy(given.pop("scheduler"))
         merged = _settings.merge(self.settings, given)
         self._ensure_loop()
+        if policy is not None:
+            self._policy = policy
         self.settings = merged
         self.frozen = True
         snapshot = MappingProxyType(dict(merged))
@@ -568,10 +578,13 @@ class Primary:
 
     # --- fork ------------------------------------------------------------------------------
 
-    def fork(self, env: dict[str, Any] | None) -> Worker:
+    def fork(self, env: dict[str, Any] | None, weight: int = 1) -> Worker:
         if env is not None and not isinstance(env, dict):
             raise TypeError(f"fork(env) expects a dict, got {env!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ValueError(f"fork(weight=) must be a positive int, got {weight!r}")
         self.setup_primary({})
+        self._forked = True
         settings = self.settings
         if settings["exec"] is None:
             raise RuntimeError(
@@ -591,6 +604,7 @@ class Primary:
         ours.setblocking(False)
         worker = Worker(id=worker_id, process=proc, state="none")
         link = _Link(self, worker, proc, ours, settings["serialization"])
+        link.weight = weight
         worker._link = link
         self._links[worker_id] = link
         self.workers[worker_id] = worker
@@ -755,7 +769,7 @@ class Primary:
             worker.emit("listening", address)
             self.events.emit("listening", worker, address)
         elif act == "close":
-            self._close_handle(link, str(message["key"]))
+            self.handles.leave(link, str(message["key"]))
         elif act == "exitedAfterDisconnect":
             worker.exited_after_disconnect = True
             link.write(_channel.internal_frame({"act": "ack", "seq": message.get("seq")}), [], None)
@@ -769,62 +783,22 @@ class Primary:
         key = f"{endpoint.base_key}:{message['index']}"
         reply: dict[str, Any] = {"act": "ack", "seq": message.get("seq"), "key": key, "errno": 0}
         fds: list[int] = []
-        handle = self.handles.get(key)
         try:
-            if handle is None:
-                handle = self._new_handle(key, endpoint)
-                self.handles[key] = handle
-            fields, handle_fds = handle.add(link)
-            link.keys.add(key)
-            reply.update(fields, mode=handle.mode)
+            fields, handle_fds = self.handles.join(link, key, endpoint)
+            reply.update(fields)
             fds = [os.dup(fd) for fd in handle_fds]
         except OSError as exc:
             reply["errno"] = exc.errno or errno_mod.EINVAL
             reply["error"] = exc.strerror or str(exc)
         link.write(_channel.internal_frame(reply, len(fds)), fds, None)
 
-    def _new_handle(self, key: str, endpoint: Endpoint) -> Handle:
-        if endpoint.udp or (self.policy == SCHED_REUSEPORT and endpoint.path is not None):
-            return SharedHandle(key, endpoint)
-        if self.policy == SCHED_RR:
-            return RoundRobinHandle(key, endpoint, self.loop)
-        if self.policy == SCHED_REUSEPORT:
-            return ReusePortHandle(key, endpoint)
-        return SharedHandle(key, endpoint)
-
-    def _close_handle(self, link: _Link, key: str) -> None:
-        link.keys.discard(key)
-        handle = self.handles.get(key)
-        if handle is not None and handle.has(link):
-            if handle.remove(link):
-                del self.handles[key]
-            return
-        draining = self._draining.get(key, [])
-        for old in draining:
-            if old.has(link):
-                if old.remove(link):
-                    draining.remove(old)
-                    if not draining:
-                        del self._draining[key]
-                return
-
     def pause_handles(self, link: _Link) -> None:
-        """A worker was told to disconnect: its shared handles are released now; under SCHED_RR
-        it keeps the connections already handed to it (its servers serve them as they close)."""
-        for key in list(link.keys):
-            handle = self.handles.get(key)
-            if isinstance(handle, RoundRobinHandle) and handle.has(link):
-                if handle.pause(link):
-                    # Its listener is closed; a later listen() on this key binds a new one while
-                    # this one finishes with the workers still draining it.
-                    del self.handles[key]
-                    self._draining.setdefault(key, []).append(handle)
-            else:
-                self._close_handle(link, key)
+        """A worker was told to disconnect: its shared handles are released now; a hand-off
+        handle leaves it the connections already handed (its servers serve them as they close)."""
+        self.handles.pause(link)
 
     def remove_handles(self, link: _Link) -> None:
-        for key in list(link.keys):
-            self._close_handle(link, key)
+        self.handles.remove(link)
 
     # --- disconnect and exit ---------------------------------------------------------------
 

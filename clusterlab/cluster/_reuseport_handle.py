@@ -42,5 +42,15 @@ class ReusePortHandle:
         self._links.clear()
         self._sock.close()
 
+    def pause(self, link: Any) -> bool:
+        """A disconnecting worker keeps nothing here: it leaves now. True when none is left."""
+        return self.remove(link)
+
     def queued(self) -> int:
         return 0
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def workers(self) -> list[Any]:
+        return []

@@ -1,11 +1,13 @@
-"""SCHED_RR: the primary alone accepts and hands connections to workers in turn.
+"""Primary-distributed handles (SCHED_RR and every `Scheduler`): the primary alone accepts and
+hands each connection to the worker its scheduler picks (Node's round robin by default).
 
 Each worker gets a private Unix stream pair per endpoint. A hand-off is one `sendmsg` of one
 byte carrying the connection's descriptor; the worker answers each connection it takes with one
 byte back, so the primary knows exactly how many are handed but untaken (never more than
 `window` per worker). The primary keeps the worker's end of the pair open: connections a worker
 never took (it died, or closed its listener) are read back from that end and given to another
-worker, never dropped.
+worker, never dropped. A page of shared memory per worker (`_load`) carries its closes and
+requests in flight to the scheduler without a message.
 """
 
 from __future__ import annotations
@@ -16,45 +18,68 @@ import errno
 import os
 import socket
 import struct
-import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ._endpoint import Endpoint, bind, bound_port
+from ._load import LoadCounters
+from ._scheduler import Scheduler, SchedulerError, WorkerState, scheduler_name
 
 #: Most connections handed to one worker and not yet taken by it.
 WINDOW = max(1, int(os.environ.get("CLUSTERLAB_RR_WINDOW", "4")))
+#: Counters of a hand-off handle (see `HandleRegistry.stats`).
+HANDOFF_FIELDS = ("accepted", "handed", "requeued", "dropped", "policy_errors")
 _ONE = [b"\x01"]
 _FD = struct.Struct("i")
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _DRAIN_FDS = socket.CMSG_SPACE(253 * 4)
 # Accept errors that mean "out of resources": stop for a moment instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: Seconds before a connection no worker was picked for is offered to the scheduler again.
+_RETRY = 0.01
 
-#: Counters of every RR handle this process has had (see `stats()`).
-_TOTALS = {"accepted": 0, "handed": 0, "requeued": 0, "dropped": 0}
 
+class _Slot(WorkerState):
+    """One worker's hand-off pair for this endpoint (and what its scheduler sees of it)."""
 
-class _Slot:
-    """One worker's hand-off pair for this endpoint."""
+    __slots__ = ("handle", "ours", "theirs", "sendmsg", "memfd")
 
-    __slots__ = ("link", "ours", "theirs", "in_flight", "sendmsg", "closing")
-
-    def __init__(self, link: Any) -> None:
-        self.link = link
-        self.closing = False  # disconnecting: hand it nothing more, leave it what it holds
+    def __init__(self, handle: RoundRobinHandle, link: Any) -> None:
+        try:
+            load, self.memfd = LoadCounters.create()
+        except (AttributeError, OSError):  # no memfd here: the scheduler sees no closes
+            load, self.memfd = None, -1
+        super().__init__(link, handle.key, load)
+        self.handle = handle
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ours.setblocking(False)
-        self.in_flight = 0
         self.sendmsg = self.ours.sendmsg
+
+    def fds(self) -> list[int]:
+        return [self.theirs.fileno()] + ([self.memfd] if self.memfd >= 0 else [])
+
+    def close_shared(self) -> None:
+        if self.memfd >= 0:
+            os.close(self.memfd)
+            self.memfd = -1
 
 
 class RoundRobinHandle:
-    """The primary's listening socket for one endpoint under SCHED_RR."""
+    """The primary's listening socket for one primary-distributed endpoint."""
 
     mode = "rr"
 
-    def __init__(self, key: str, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        key: str,
+        endpoint: Endpoint,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        scheduler: Scheduler | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_retire: Callable[[WorkerState], None] | None = None,
+    ) -> None:
         self.key = key
         self.endpoint = endpoint
         self._loop = loop
@@ -66,24 +91,40 @@ class RoundRobinHandle:
         self._slots: list[_Slot] = []
         self._next = 0
         self._queue: deque[int] = deque()  # accepted, waiting for a worker with room
+        self._peers: dict[int, Any] = {}  # queued descriptor -> client address (schedulers)
         self._reading = False
         self._resume_timer: asyncio.TimerHandle | None = None
+        # None: Node's round robin, inline; otherwise every accepted connection asks it.
+        self._scheduler = scheduler
+        self._on_readable = self._accept_in_turn if scheduler is None else self._accept_picked
+        self._on_error = on_error
+        self._on_retire = on_retire
+        self._error_types: set[type[BaseException]] = set()
         # accepted: taken off the listener; handed: sent to a worker (a connection handed back
         # by a leaving worker and handed on counts twice); requeued: read back from a leaving
-        # worker; dropped: closed unserved because no worker was left.
-        self.accepted = self.handed = self.requeued = self.dropped = 0
-        _LIVE.add(self)
+        # worker; dropped: closed unserved because no worker was left; policy_errors: the
+        # scheduler raised or picked a worker that could not take it (it went to another).
+        self.accepted = self.handed = self.requeued = self.dropped = self.policy_errors = 0
 
     def has(self, link: Any) -> bool:
         return any(slot.link is link for slot in self._slots)
 
+    def workers(self) -> list[WorkerState]:
+        return list(self._slots)
+
+    def stats(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in HANDOFF_FIELDS}
+
     def add(self, link: Any) -> tuple[dict[str, Any], list[int]]:
-        """Register a worker; returns the reply fields and the descriptor to send it."""
-        slot = _Slot(link)
+        """Register a worker; returns the reply fields and the descriptors to send it (its end
+        of the hand-off pair and, where there is one, its shared load counters)."""
+        slot = _Slot(self, link)
         self._slots.append(slot)
         self._loop.add_reader(slot.ours.fileno(), self._on_taken, slot)
+        if self._scheduler is not None:
+            self._call_scheduler(self._scheduler.join, slot)
         self._loop.call_soon(self._pump)
-        return {"port": self.port}, [slot.theirs.fileno()]
+        return {"port": self.port}, slot.fds()
 
     def remove(self, link: Any) -> bool:
         """Unregister a worker, giving its untaken connections to others. True when empty."""
@@ -107,8 +148,10 @@ class RoundRobinHandle:
         then closed at once, so new clients are refused rather than queued for nobody.
         """
         for slot in self._slots:
-            if slot.link is link:
+            if slot.link is link and not slot.closing:
                 slot.closing = True
+                if self._scheduler is not None:
+                    self._call_scheduler(self._scheduler.leave, slot)
         if any(not slot.closing for slot in self._slots):
             return False
         self._close_listener()
@@ -120,11 +163,8 @@ class RoundRobinHandle:
             self._release(slot)
         self._slots.clear()
         while self._queue:
-            os.close(self._queue.popleft())
-            self.dropped += 1
+            self._drop(self._queue.popleft())
         self._close_listener()
-        _retire_counts(self)
-        _LIVE.discard(self)
 
     def _close_listener(self) -> None:
         self._stop_reading()
@@ -148,7 +188,7 @@ class RoundRobinHandle:
         for step in range(n):
             i = (self._next + step) % n
             slot = slots[i]
-            if slot.in_flight < WINDOW and not slot.closing:
+            if slot.pending < WINDOW and not slot.closing:
                 self._next = i
                 return slot
         return None
@@ -158,10 +198,11 @@ class RoundRobinHandle:
             slot.sendmsg(_ONE, [(*_RIGHTS, _FD.pack(fd))])
         except OSError:
             # Full or broken: the worker is leaving; its removal re-queues what it holds.
-            slot.in_flight = WINDOW
+            slot.pending = WINDOW
             return False
         os.close(fd)
-        slot.in_flight += 1
+        slot.pending += 1
+        slot.handed += 1
         self._next += 1
         self.handed += 1
         return True
@@ -169,18 +210,21 @@ class RoundRobinHandle:
     def _pump(self) -> None:
         queue = self._queue
         while queue:
-            slot = self._pick()
+            picked = self._scheduler is not None
+            slot = self._choose(self._peer(queue[0])) if picked else self._pick()
             if slot is None:
                 self._stop_reading()
                 return
             fd = queue.popleft()
-            if not self._hand(slot, fd):
+            if self._hand(slot, fd):
+                self._peers.pop(fd, None)
+            else:
                 queue.appendleft(fd)
         if self._slots:
             self._start_reading()
             self._on_readable()
 
-    def _on_readable(self) -> None:
+    def _accept_in_turn(self) -> None:
         accept = self._accept
         for _ in range(256):
             slot = self._pick()
@@ -192,14 +236,44 @@ class RoundRobinHandle:
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno in _RESOURCE_ERRORS:
-                    self._stop_reading()
-                    self._resume_timer = self._loop.call_later(0.05, self._resume)
+                if self._accept_failed(exc):
                     return
                 continue  # the client went away before we accepted it
             self.accepted += 1
             if not self._hand(slot, fd):
                 self._queue.append(fd)
+
+    def _accept_picked(self) -> None:
+        """As `_accept_in_turn`, the scheduler picking the worker once the client is known."""
+        accept = self._accept
+        for _ in range(256):
+            if self._pick() is None:  # nobody has room: leave them in the backlog
+                self._stop_reading()
+                return
+            try:
+                fd, client = accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if self._accept_failed(exc):
+                    return
+                continue
+            self.accepted += 1
+            slot = self._choose(client)
+            if slot is None or not self._hand(slot, fd):
+                self._queue.append(fd)
+                self._peers[fd] = client
+                if slot is None:  # it waits for the worker it was meant for, or a retry
+                    self._stop_reading()
+                    return
+
+    def _accept_failed(self, exc: OSError) -> bool:
+        """True when accepting must pause (out of descriptors or memory)."""
+        if exc.errno in _RESOURCE_ERRORS:
+            self._stop_reading()
+            self._resume_timer = self._loop.call_later(0.05, self._resume)
+            return True
+        return False
 
     def _on_taken(self, slot: _Slot) -> None:
         try:
@@ -208,7 +282,8 @@ class RoundRobinHandle:
             return
         except OSError:
             taken = 0
-        slot.in_flight = max(0, slot.in_flight - taken)
+        slot.pending = max(0, slot.pending - taken)
+        slot.taken += taken
         if not self._reading or self._queue:
             self._pump()
 
@@ -226,6 +301,74 @@ class RoundRobinHandle:
             self._loop.remove_reader(self._lfd)
             self._reading = False
 
+    # --- the scheduler --------------------------------------------------------------------
+
+    def _choose(self, client: Any) -> _Slot | None:
+        """The worker the scheduler picks for `client`; None: the connection waits.
+
+        A scheduler that fails costs no connection: it goes to the next worker in turn.
+        """
+        ready = [slot for slot in self._slots if slot.pending < WINDOW and not slot.closing]
+        if not ready:
+            return None
+        assert self._scheduler is not None
+        try:
+            choice = self._scheduler.pick(ready, client)
+        except Exception as exc:  # noqa: BLE001 - a user's policy: its failure is reported
+            self._failed(exc)
+            return self._pick()
+        if choice is None:
+            self._retry_soon()
+            return None
+        if isinstance(choice, _Slot) and choice.handle is self and not choice.closing:
+            return choice if choice.pending < WINDOW else None  # full: it waits for that one
+        self._failed(
+            SchedulerError(
+                f"scheduler {scheduler_name(self._scheduler)!r} picked {choice!r}, which cannot "
+                f"take connections on {self.key!r}; it went to the next worker in turn"
+            )
+        )
+        return self._pick()
+
+    def _call_scheduler(self, method: Callable[[WorkerState], Any], slot: _Slot) -> None:
+        try:
+            method(slot)
+        except Exception as exc:  # noqa: BLE001 - a user's policy: its failure is reported
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Count a scheduler failure; report the first of each exception type as 'error'."""
+        self.policy_errors += 1
+        kind = type(exc)
+        if kind in self._error_types:
+            return
+        self._error_types.add(kind)
+        if self._on_error is not None:
+            self._on_error(exc)
+
+    def _retry_soon(self) -> None:
+        if self._resume_timer is None and self._sock.fileno() >= 0:
+            self._resume_timer = self._loop.call_later(_RETRY, self._resume)
+
+    def _peer(self, fd: int) -> Any:
+        """The client address of a queued connection (read back ones are looked up once)."""
+        peer = self._peers.get(fd)
+        if peer is None:
+            sock = socket.socket(fileno=fd)
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                peer = ""
+            finally:
+                sock.detach()
+            self._peers[fd] = peer
+        return peer
+
+    def _drop(self, fd: int) -> None:
+        os.close(fd)
+        self._peers.pop(fd, None)
+        self.dropped += 1
+
     def _release(self, slot: _Slot) -> None:
         """Take back what the worker never took and stop handing it any more.
 
@@ -233,41 +376,18 @@ class RoundRobinHandle:
         its servers does not see its listener fail under it.
         """
         self._loop.remove_reader(slot.ours.fileno())
+        if self._scheduler is not None and not slot.closing:
+            self._call_scheduler(self._scheduler.leave, slot)
+        slot.live = False
+        slot.closing = True
         untaken = _drain(slot.theirs)
         self.requeued += len(untaken)
         self._queue.extend(untaken)
         slot.theirs.close()
+        slot.close_shared()
         slot.link.retire(slot.ours)
-
-
-_LIVE: weakref.WeakSet[RoundRobinHandle] = weakref.WeakSet()
-_FIELDS = ("accepted", "handed", "requeued", "dropped")
-
-
-def stats() -> dict[str, int]:
-    """SCHED_RR counters summed over every hand-off socket this primary has had.
-
-    ``accepted`` connections taken off listeners, ``handed`` hand-offs to workers (a connection
-    read back from a leaving worker and handed on counts twice), ``requeued`` connections read
-    back from workers that left before taking them, ``dropped`` connections closed unserved
-    because no worker was left, and ``queued`` those waiting now. A lost connection is one that
-    was accepted and ``dropped``.
-    """
-    totals = dict.fromkeys(_FIELDS, 0)
-    queued = 0
-    for handle in list(_LIVE):
-        for name in _FIELDS:
-            totals[name] += getattr(handle, name)
-        queued += len(handle._queue)
-    for name in _FIELDS:
-        totals[name] += _TOTALS[name]
-    return {**totals, "queued": queued}
-
-
-def _retire_counts(handle: RoundRobinHandle) -> None:
-    for name in _FIELDS:
-        _TOTALS[name] += getattr(handle, name)
-        setattr(handle, name, 0)
+        if self._on_retire is not None:
+            self._on_retire(slot)
 
 
 def _drain(sock: socket.socket) -> list[int]:

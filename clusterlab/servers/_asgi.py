@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import cluster
 from ..cluster._child import RoundRobinSocket
+from ..cluster._load import LoadCounters, counters_of
 from ._asyncio import HandoffServer, _is_stdlib_loop
 
 try:
@@ -60,6 +61,23 @@ def _server_class() -> type:
     return ClusterServer
 
 
+def _counting(app: Any, load: LoadCounters) -> Any:
+    """`app` counting its HTTP requests in flight for the primary's scheduler (shared memory,
+    no message: two counter updates per request)."""
+    load.count_requests()
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)  # type: ignore[no-any-return]
+        load.request_started()
+        try:
+            await app(scope, receive, send)
+        finally:
+            load.request_finished()
+
+    return counted
+
+
 def serve_asgi(
     app: Any,
     host: str | None = None,
@@ -84,6 +102,10 @@ def serve_asgi(
 
     async def serve() -> None:
         loop_box.append(asyncio.get_running_loop())
+        load = counters_of(sock)
+        if load is not None:
+            config.load()
+            config.loaded_app = _counting(config.loaded_app, load)
         await server.serve(sockets=[sock])
 
     def close_gracefully() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import cluster
 from ..cluster._child import ListenerClosedError
+from ..cluster._load import LoadCounters, counters_of
 
 
 class _ClusterServerMixin:
@@ -33,6 +34,7 @@ class _ClusterServerMixin:
         self._closed = False
         self._closing = False  # a disconnect began: serve_forever() must not start any more
         self._unregister = lambda: None
+        self._load: LoadCounters | None = None
         if bind_and_activate:
             try:
                 self.server_bind()
@@ -55,6 +57,9 @@ class _ClusterServerMixin:
                 raise OSError("closed")
             self.address_family = sock.family
             self.server_address = sock.getsockname()
+            self._load = counters_of(sock)
+            if self._load is not None:
+                self._load.count_requests()
         except OSError:
             sock.close()
             raise ListenerClosedError(
@@ -74,6 +79,20 @@ class _ClusterServerMixin:
             # waits on Nagle's algorithm and delayed ACKs (~40 ms a response). Node does the same.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Handle one request, counted in flight for the primary's scheduler (in shared
+        memory: no message). socketserver's request is a connection: for `http.server`, a
+        request unless the handler keeps connections alive (HTTP/1.1)."""
+        load = self._load
+        if load is None:
+            super().finish_request(request, client_address)  # type: ignore[misc]
+            return
+        load.request_started()
+        try:
+            super().finish_request(request, client_address)  # type: ignore[misc]
+        finally:
+            load.request_finished()
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         with self._state_lock:

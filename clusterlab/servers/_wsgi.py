@@ -11,11 +11,52 @@ import time
 from typing import Any
 
 from .. import cluster
+from ..cluster._load import LoadCounters, counters_of
 
 try:
     import waitress
 except ImportError:  # pragma: no cover - waitress is in the `servers` extra
     waitress = None  # type: ignore[assignment]
+
+
+class _Counted:
+    """A response iterable that ends its request's count when the server closes it."""
+
+    def __init__(self, body: Any, load: LoadCounters) -> None:
+        self._body = body
+        self._load: LoadCounters | None = load
+
+    def __iter__(self) -> Any:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            load, self._load = self._load, None
+            if load is not None:
+                load.request_finished()
+
+
+def _counting(app: Any, load: LoadCounters) -> Any:
+    """`app` counting its requests in flight for the primary's scheduler (shared memory)."""
+    load.count_requests()
+
+    def counted(environ: Any, start_response: Any) -> Any:
+        load.request_started()
+        try:
+            body = app(environ, start_response)
+        except BaseException:
+            load.request_finished()
+            raise
+        if isinstance(body, list | tuple):  # already computed (waitress reads its length)
+            load.request_finished()
+            return body
+        return _Counted(body, load)
+
+    return counted
 
 
 def serve_wsgi(
@@ -34,6 +75,9 @@ def serve_wsgi(
         raise ImportError("serve_wsgi needs waitress: pip install 'clusterlab[servers]'")
     sock = cluster.listen(port=port, host=host or None, backlog=backlog)
     waitress_kwargs.setdefault("ident", "clusterlab")
+    load = counters_of(sock)
+    if load is not None:
+        app = _counting(app, load)
     try:
         server = waitress.create_server(app, sockets=[sock], backlog=backlog, **waitress_kwargs)
     except OSError:

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from clusterlab import cluster, supervisor
 from clusterlab.cluster import Address, Worker
+from clusterlab.cluster._policies import NAMES as POLICY_NAMES
 from clusterlab.lab.protocol import MESSAGE_KEY, Command, Event, WorkerMessage
 from clusterlab.supervisor import (
     HeartbeatPolicy,
@@ -41,7 +42,7 @@ REPORT_INTERVAL = 0.1
 STOP_GRACE = 3.0
 #: "busiest" is the worker that served most requests over this many seconds.
 BUSY_WINDOW = 1.0
-_POLICIES = {"rr": "SCHED_RR", "none": "SCHED_NONE", "reuseport": "SCHED_REUSEPORT"}
+_KERNEL_POLICIES = ("none", "reuseport")  # the others hand connections over from the primary
 _SIGNALS = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}
 
 
@@ -52,7 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--app-dir", help="directory to import the app from")
     parser.add_argument("--script", help="worker script (kind script)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--policy", choices=sorted(_POLICIES), default="rr")
+    parser.add_argument("--policy", choices=POLICY_NAMES, default="rr")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--control", action="store_true", help="JSON lines on stdin/stdout")
@@ -229,7 +230,7 @@ class LabTarget:
             # Keep the real stdout for the protocol; workers inherit stderr as their stdout.
             self.out = os.fdopen(os.dup(1), "w", buffering=1)
             os.dup2(2, 1)
-        cluster.scheduling_policy = getattr(cluster, _POLICIES[self.args.policy])
+        cluster.scheduling_policy = self.args.policy
         self._setup()
         for name in ("online", "listening", "message"):
             cluster.on(name, getattr(self, f"_on_{name}"))
@@ -425,7 +426,7 @@ class LabTarget:
 
     def _supervision(self, request_id: int) -> None:
         """The round-robin hand-off counters (rr only) and the supervisor's totals."""
-        rr = cluster.round_robin_stats() if self.args.policy == "rr" else None
+        rr = cluster.round_robin_stats() if self.args.policy not in _KERNEL_POLICIES else None
         self.emit(Event.SUPERVISION, id=request_id, rr=rr, stats=dict(self.supervisor.stats))
 
     def _inject(self, command: dict[str, Any]) -> None:

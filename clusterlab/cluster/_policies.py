@@ -1,0 +1,284 @@
+"""The built-in schedulers, and turning what a user names (name, class, instance, "module:Name")
+into a scheduling policy: the table the primary chooses handles from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random as random_mod
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._scheduler import Scheduler, WorkerState, scheduler_name
+
+SCHED_NONE = 1
+SCHED_RR = 2
+SCHED_REUSEPORT = 3
+
+
+class RoundRobin(Scheduler):
+    """Node's SCHED_RR: the next worker in turn (the handle runs it inline, without `pick`)."""
+
+    name = "rr"
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+        self._turn += 1
+        return workers[self._turn % len(workers)]
+
+
+class LeastConnections(Scheduler):
+    """The worker with the fewest open connections; ties in turn (NGINX `least_conn`)."""
+
+    name = "least-conn"
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+        n = len(workers)
+        start = self._turn % n
+        self._turn += 1
+        best = workers[start]
+        fewest = best.open
+        for step in range(1, n):
+            candidate = workers[(start + step) % n]
+            count = candidate.open
+            if count < fewest:
+                best, fewest = candidate, count
+        return best
+
+
+class TwoChoices(Scheduler):
+    """Two workers at random, the one with fewer requests in flight, else fewer open
+    connections (the power of two choices; Envoy's LEAST_REQUEST, NGINX `random two`)."""
+
+    name = "p2c"
+
+    def __init__(self) -> None:
+        self._random = random_mod.Random()
+
+    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+        n = len(workers)
+        if n == 1:
+            return workers[0]
+        draw = self._random.random
+        i = int(draw() * n)
+        j = int(draw() * (n - 1))
+        a, b = workers[i], workers[j + 1 if j >= i else j]
+        a_busy, b_busy = a.in_flight, b.in_flight
+        if a_busy is not None and b_busy is not None and a_busy != b_busy:
+            return a if a_busy < b_busy else b
+        return a if a.open <= b.open else b
+
+
+class JoinIdleQueue(Scheduler):
+    """A worker with nothing in flight, else one with no open connection, else the least
+    loaded; idle ones in turn (join-idle-queue, Lu et al. 2011, with the primary's view)."""
+
+    name = "jiq"
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+        n = len(workers)
+        start = self._turn % n
+        self._turn += 1
+        order = [workers[(start + step) % n] for step in range(n)]
+        for worker in order:
+            if worker.in_flight == 0 and worker.pending == 0:
+                return worker
+        for worker in order:
+            if worker.open == 0:
+                return worker
+        return min(order, key=_load)
+
+
+def _load(worker: WorkerState) -> tuple[int, int]:
+    busy = worker.in_flight
+    return (busy if busy is not None else worker.open, worker.open)
+
+
+class RendezvousHash(Scheduler):
+    """Sticky by client address: highest-random-weight (rendezvous) hashing over the workers of
+    the endpoint, so a worker that leaves moves only its own clients. A client whose worker's
+    window is full waits for it."""
+
+    name = "hash"
+
+    def __init__(self) -> None:
+        self._members: list[WorkerState] = []
+
+    def join(self, worker: WorkerState) -> None:
+        self._members.append(worker)
+
+    def leave(self, worker: WorkerState) -> None:
+        if worker in self._members:
+            self._members.remove(worker)
+
+    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+        host = client[0] if isinstance(client, tuple) else client
+        key = workers[0].key
+        members = [w for w in self._members if w.key == key] or list(workers)
+        return max(members, key=lambda w: hash((host, w.id)))
+
+
+class Weighted(Scheduler):
+    """Smooth weighted round robin (NGINX's): each worker gets `weight` connections in every
+    sum-of-weights, spread out; `cluster.fork(weight=N)` sets the weights."""
+
+    name = "weighted"
+
+    def __init__(self) -> None:
+        self._current: dict[WorkerState, int] = {}
+
+    def leave(self, worker: WorkerState) -> None:
+        self._current.pop(worker, None)
+
+    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+        current = self._current
+        total = 0
+        best: WorkerState | None = None
+        best_score = 0
+        for worker in workers:
+            weight = worker.weight
+            total += weight
+            score = current.get(worker, 0) + weight
+            current[worker] = score
+            if best is None or score > best_score:
+                best, best_score = worker, score
+        assert best is not None
+        current[best] = best_score - total
+        return best
+
+
+class Random(Scheduler):
+    """A worker at random."""
+
+    name = "random"
+
+    def __init__(self) -> None:
+        self._random = random_mod.Random()
+
+    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+        return self._random.choice(workers)
+
+
+BUILTIN: Mapping[str, type[Scheduler]] = {
+    cls.name: cls
+    for cls in (RoundRobin, LeastConnections, TwoChoices, JoinIdleQueue, RendezvousHash, Weighted)
+    + (Random,)
+}
+_KERNEL = {"none": SCHED_NONE, "reuseport": SCHED_REUSEPORT}
+_CONSTANTS = {SCHED_NONE: "none", SCHED_RR: "rr", SCHED_REUSEPORT: "reuseport"}
+NAMES = ("rr", "none", "reuseport", *(name for name in BUILTIN if name != "rr"))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A chosen policy: SCHED_NONE/SCHED_REUSEPORT, or primary-distributed with a scheduler.
+
+    `scheduler` is a class (one instance per endpoint) or an instance (shared); None under
+    the kernel policies.
+    """
+
+    mode: int
+    scheduler: type[Scheduler] | Scheduler | None = None
+
+    @property
+    def name(self) -> str:
+        if self.scheduler is None:
+            return _CONSTANTS[self.mode]
+        return scheduler_name(self.scheduler)
+
+    @property
+    def public(self) -> int | str:
+        """What `cluster.scheduling_policy` returns: Node's constants, else the name."""
+        if self.scheduler is None or self.scheduler is RoundRobin:
+            return self.mode
+        return self.name
+
+    def new_scheduler(self) -> Scheduler | None:
+        """The scheduler for a new handle; None for Node's round robin (run inline)."""
+        scheduler = self.scheduler
+        if scheduler is None or scheduler is RoundRobin:
+            return None
+        return scheduler() if isinstance(scheduler, type) else scheduler
+
+
+DEFAULT = Policy(SCHED_RR, RoundRobin)
+
+
+def resolve(value: Any) -> Policy:
+    """The policy `value` names; ValueError listing the valid names (TypeError for a wrong type,
+    ImportError naming a "module:Name" that does not import)."""
+    if isinstance(value, Policy):
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"a scheduling policy cannot be {value!r}")
+    if isinstance(value, int):
+        if value == SCHED_RR:
+            return DEFAULT
+        if value in (SCHED_NONE, SCHED_REUSEPORT):
+            return Policy(value)
+        raise ValueError(
+            f"scheduling_policy must be SCHED_RR, SCHED_NONE, SCHED_REUSEPORT or one of "
+            f"{', '.join(NAMES)}, got {value!r}"
+        )
+    if isinstance(value, type) and issubclass(value, Scheduler):
+        return Policy(SCHED_RR, value)
+    if isinstance(value, Scheduler):
+        return Policy(SCHED_RR, value)
+    if isinstance(value, str):
+        return _from_name(value)
+    raise TypeError(
+        f"a scheduler must be a name ({', '.join(NAMES)}), a Scheduler subclass or instance, "
+        f"or 'module:Name', got {value!r}"
+    )
+
+
+def _from_name(value: str) -> Policy:
+    name = value.strip()
+    if ":" in name:
+        return Policy(SCHED_RR, _import(name))
+    name = name.lower()
+    if name in _KERNEL:
+        return Policy(_KERNEL[name])
+    if name in BUILTIN:
+        return DEFAULT if name == "rr" else Policy(SCHED_RR, BUILTIN[name])
+    raise ValueError(
+        f"unknown scheduling policy {value!r}: expected one of {', '.join(NAMES)}, "
+        "a Scheduler subclass or instance, or 'module:Name'"
+    )
+
+
+def _import(spec: str) -> type[Scheduler] | Scheduler:
+    module_name, _, attr = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ImportError(f"scheduler {spec!r} does not import: {exc}") from exc
+    if (isinstance(target, type) and issubclass(target, Scheduler)) or isinstance(
+        target, Scheduler
+    ):
+        return target
+    raise TypeError(f"scheduler {spec!r} is {target!r}, not a Scheduler subclass or instance")
+
+
+def from_env(environ: Mapping[str, str]) -> Policy:
+    """CLUSTERLAB_SCHED_POLICY's policy; an unknown value warns and is ignored (as Node's)."""
+    raw = environ.get("CLUSTERLAB_SCHED_POLICY")
+    if raw is None or raw == "":
+        return DEFAULT
+    try:
+        return resolve(raw)
+    except (ValueError, TypeError, ImportError) as exc:
+        print(f"clusterlab: ignoring CLUSTERLAB_SCHED_POLICY={raw!r} ({exc})", file=sys.stderr)
+        return DEFAULT

@@ -1,0 +1,276 @@
+"""Where each built-in scheduler sends connections, with real workers and sockets: least-conn
+avoids a worker holding connections, p2c/jiq pick an idle worker, hash sticks to the client
+address, weighted follows the weights, and worker death loses nothing under any of them."""
+
+import collections
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(40)
+
+BUILTIN = ["rr", "least-conn", "p2c", "jiq", "hash", "weighted", "random"]
+
+PRIMARY = """
+        import signal
+        if cluster.is_primary:
+            cluster.setup_primary(scheduler={policy!r})
+            cluster.on("listening", lambda w, a: out("listening", id=w.id, port=a.port,
+                                                      wpid=w.process.pid))
+            cluster.on("exit", lambda w, c, s: out("exit", id=w.id,
+                                                   rr=cluster.round_robin_stats()))
+            for weight in {weights!r}:
+                cluster.fork(weight=weight)
+            cluster._primary.loop.add_signal_handler(
+                signal.SIGUSR2, lambda: out("stats", workers=cluster._primary.handles.worker_stats()))
+        else:
+"""
+
+# Answers each connection with the worker's pid and closes it.
+SIMPLE = """
+            s = cluster.listen(0, "127.0.0.1")
+            s.settimeout(0.1)
+            while s.fileno() >= 0 and cluster.worker.is_connected():
+                try:
+                    conn, _ = s.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                with conn:
+                    conn.sendall(f"{os.getpid()}\\n".encode())
+"""
+
+# Answers with the pid and keeps each connection open until the client closes it.
+HOLDING = """
+            s = cluster.listen(0, "127.0.0.1")
+            def hold(conn):
+                with conn:
+                    conn.sendall(f"{os.getpid()}\\n".encode())
+                    conn.settimeout(20)
+                    try:
+                        conn.recv(1)
+                    except OSError:
+                        pass
+            s.settimeout(0.1)
+            while s.fileno() >= 0 and cluster.worker.is_connected():
+                try:
+                    conn, _ = s.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                threading.Thread(target=hold, args=(conn,), daemon=True).start()
+"""
+
+# clusterlab.servers' threaded HTTP server: /slow answers its headers, then stays in flight
+# until the release file exists; anything else answers at once. X-Pid names the worker.
+HTTP = """
+            from http.server import BaseHTTPRequestHandler
+            from clusterlab.servers import ThreadingHTTPServer
+            class Handler(BaseHTTPRequestHandler):
+                def do_GET(self):
+                    self.send_response(200)
+                    self.send_header("X-Pid", str(os.getpid()))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    deadline = time.monotonic() + 20
+                    while (self.path == "/slow" and not os.path.exists({release!r})
+                           and time.monotonic() < deadline):
+                        time.sleep(0.02)
+                def log_message(self, *args):
+                    pass
+            ThreadingHTTPServer(("127.0.0.1", 0), Handler).serve_forever()
+"""
+
+# Worker 1 listens and never accepts; the others answer with their pid.
+ONE_BUSY = """
+            if cluster.worker.id == 1:
+                s = cluster.listen(0, "127.0.0.1")
+                while cluster.worker.is_connected():
+                    time.sleep(0.05)
+            else:
+""" + SIMPLE.replace("\n            ", "\n                ")
+
+
+def start(start_primary, policy: str, body: str, workers: int, weights=None):
+    weights = weights or [1] * workers
+    p = start_primary(PRIMARY.format(policy=policy, weights=weights) + body)
+    listening = p.wait_for("listening", count=workers, timeout=20)
+    pids = {rec["id"]: rec["wpid"] for rec in listening}
+    return p, listening[0]["port"], pids
+
+
+def stop(p) -> None:
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) in (0, 143), p.output()
+
+
+def worker_stats(p) -> dict[int, dict]:
+    """The primary's per-worker counters, now."""
+    before = len(p.records("stats"))
+    p.send_signal(signal.SIGUSR2)
+    rec = p.wait_for("stats", count=before + 1, timeout=10)[-1]
+    return {int(k): v for k, v in rec["workers"].items()}
+
+
+def read_line(c: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        b = c.recv(64)
+        if not b:
+            break
+        data += b
+    return data.decode()
+
+
+def pid_of(port: int, source: str | None = None) -> int:
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=10, source_address=(source, 0) if source else None
+    ) as c:
+        return int(read_line(c))
+
+
+def test_least_conn_sends_new_connections_away_from_a_worker_holding_many(start_primary):
+    p, port, pids = start(start_primary, "least-conn", HOLDING, workers=3)
+    held: list[tuple[socket.socket, int]] = []
+    try:
+        while sum(1 for _, pid in held if pid == pids[1]) < 6:
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append((c, int(read_line(c))))
+        for c, pid in held:  # only worker 1 keeps its connections
+            if pid != pids[1]:
+                c.close()
+        held = [(c, pid) for c, pid in held if pid == pids[1]]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = worker_stats(p)
+            if stats[1]["open"] == 6 and stats[2]["open"] == stats[3]["open"] == 0:
+                break
+            time.sleep(0.05)
+        assert stats[1]["open"] == 6 and stats[2]["open"] == stats[3]["open"] == 0, stats
+        got = collections.Counter(pid_of(port) for _ in range(20))
+        assert got[pids[1]] == 0, (got, pids)
+        assert got[pids[2]] > 0 and got[pids[3]] > 0, (got, pids)  # ties in turn
+    finally:
+        for c, _ in held:
+            c.close()
+        stop(p)
+
+
+@pytest.mark.parametrize("policy", ["p2c", "jiq"])
+def test_idle_worker_is_chosen_while_one_exists(start_primary, tmp_path, policy):
+    release = tmp_path / "release"
+    p, port, pids = start(start_primary, policy, HTTP.format(release=str(release)), workers=3)
+    slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        slow.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += slow.recv(4096)
+        busy = int(head.split(b"X-Pid: ")[1].split(b"\r\n")[0])
+        stats = worker_stats(p)
+        assert sorted(s["in_flight"] for s in stats.values()) == [0, 0, 1], stats
+        got = collections.Counter()
+        for _ in range(20):
+            # To the server's close: the request is over in the primary's view too.
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                answer = b""
+                while chunk := c.recv(4096):
+                    answer += chunk
+            got[int(answer.split(b"X-Pid: ")[1].split(b"\r\n")[0])] += 1
+        assert got[busy] == 0, (got, busy)
+        assert sum(got.values()) == 20
+    finally:
+        release.write_text("")
+        slow.close()
+        stop(p)
+
+
+def test_hash_keeps_each_client_address_on_one_worker_and_moves_only_a_leavers(start_primary):
+    p, port, pids = start(start_primary, "hash", SIMPLE, workers=3)
+    try:
+        sources = [f"127.0.0.{i}" for i in range(2, 12)]
+        seen = {src: {pid_of(port, src) for _ in range(10)} for src in sources}
+        assert all(len(s) == 1 for s in seen.values()), seen
+        before = {src: s.pop() for src, s in seen.items()}
+        leaver = collections.Counter(before.values()).most_common(1)[0][0]
+        leaver_id = next(wid for wid, pid in pids.items() if pid == leaver)
+        os.kill(leaver, signal.SIGKILL)
+        p.wait_for("exit", count=1, timeout=10)
+        after = {src: {pid_of(port, src) for _ in range(3)} for src in sources}
+        assert all(len(s) == 1 for s in after.values()), after
+        for src in sources:
+            now = next(iter(after[src]))
+            if before[src] == leaver:
+                assert now != leaver, (src, before, after)
+            else:
+                assert now == before[src], (src, before, after, leaver_id)
+    finally:
+        stop(p)
+
+
+def test_weighted_shares_follow_the_weights(start_primary):
+    weights = [1, 2, 3]
+    p, port, pids = start(start_primary, "weighted", SIMPLE, workers=3, weights=weights)
+    try:
+        total = 2000
+        got = collections.Counter(pid_of(port) for _ in range(total))
+        for wid, weight in zip((1, 2, 3), weights, strict=True):
+            expected = total * weight / sum(weights)
+            assert abs(got[pids[wid]] - expected) <= 0.05 * expected, (got, pids)
+    finally:
+        stop(p)
+
+
+class Clients:
+    """`n` clients connected at once, each waiting for its answer on a thread."""
+
+    def __init__(self, port: int, n: int) -> None:
+        self.answers: list[str] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self.socks = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(n)]
+        self.threads = [threading.Thread(target=self._read, args=(c,)) for c in self.socks]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, c: socket.socket) -> None:
+        try:
+            with c:
+                text = read_line(c)
+            with self._lock:
+                self.answers.append(text)
+        except OSError as e:
+            with self._lock:
+                self.errors.append(repr(e))
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+@pytest.mark.parametrize("policy", BUILTIN)
+def test_worker_death_loses_no_connection(start_primary, policy):
+    p, port, pids = start(start_primary, policy, ONE_BUSY, workers=2)
+    clients = None
+    try:
+        clients = Clients(port, 12)
+        time.sleep(0.3)  # some are handed to worker 1, which never takes them
+        os.kill(pids[1], signal.SIGKILL)
+        clients.join(15)
+        exit_rec = p.wait_for("exit", count=1, timeout=10)[0]
+        assert clients.errors == [], clients.errors
+        assert [int(a) for a in clients.answers] == [pids[2]] * 12, clients.answers
+        assert exit_rec["rr"]["dropped"] == 0, exit_rec
+    finally:
+        if clients is not None:
+            for c in clients.socks:
+                c.close()
+        stop(p)
