@@ -115,6 +115,14 @@ def point_record(row: dict[str, Any]) -> dict[str, Any]:
         "generator_bound": bool(row.get("generator_bound")),
         "bound_reason": row.get("bound_reason") or None,
         "rr": _handoffs(row),
+        "load": {
+            "workload": row.get("mix"),
+            "users": row.get("users"),
+            "offered_rps": row.get("offered_rps"),
+            "level": row.get("level"),
+            "search_step": row.get("search_step") or None,
+        },
+        "little": row.get("little_flag") or None,
         "latency": {
             "engine": row.get("engine") or "locust",
             "samples": row.get("latency_samples"),

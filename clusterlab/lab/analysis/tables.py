@@ -27,6 +27,8 @@ COLUMNS: dict[str, list[str]] = {
         "started",
         "window_s",
         "users",
+        "offered_rps",
+        "search_step",
         "processes",
         "requests",
         "failures",
@@ -99,6 +101,7 @@ DERIVED_COLUMNS = (
 INTEGER_COLUMNS = {"events": ("pid", "slot", "code")}
 TEXT_COLUMNS = (
     "error",
+    "search_step",
     "counts_source",
     "detail",
     "worker",

@@ -24,8 +24,18 @@ import jsonschema
 
 from clusterlab import available_parallelism
 from clusterlab.lab.config.gates import Gate, parse_gates
+from clusterlab.lab.config.slo import Search, Slo, parse_slo
 
-PLOTS = ("throughput", "fairness", "latency", "share", "usl", "timeline")
+PLOTS = (
+    "throughput",
+    "fairness",
+    "latency",
+    "share",
+    "usl",
+    "timeline",
+    "hockey",
+    "efficiency",
+)
 TargetKind = Literal["builtin", "asgi", "wsgi", "script", "command", "url"]
 FaultKind = Literal["sigkill", "sigterm", "exit", "exception", "hang"]
 RespawnMode = Literal["never", "immediate", "backoff"]
@@ -95,6 +105,16 @@ class Load:
     #: throughput points) or "auto" (wrk when installed and the scenario needs nothing only
     #: locust does).
     engine: Literal["auto", "locust", "wrk"] = "auto"
+    #: a load sweep: the users (closed model) or the rates (open model) of each load level, as
+    #: written; empty when load.users and load.rate are single values (``users`` and ``rate``
+    #: then hold them; with a sweep they hold the first level).
+    users_levels: tuple[int, ...] = ()
+    rate_levels: tuple[float, ...] = ()
+
+    @property
+    def sweeps(self) -> bool:
+        """True when the load itself is a sweep axis (a list of users or of rates)."""
+        return bool(self.users_levels or self.rate_levels)
 
 
 @dataclass(frozen=True)
@@ -176,6 +196,10 @@ class Scenario:
     gates: tuple[Gate, ...] = ()
     gates_table: dict[str, Any] = field(default_factory=dict)
     cpus: Cpus = field(default_factory=Cpus)
+    #: the ``[slo]`` table (None without one) and search mode's settings (None: no search).
+    slo: Slo | None = None
+    slo_table: dict[str, Any] = field(default_factory=dict)
+    search: Search | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, as stored in the run's meta.json."""
@@ -192,6 +216,8 @@ class Scenario:
             "respawn": asdict(self.respawn) if self.respawn else None,
             "gates": self.gates_table,
             "cpus": asdict(self.cpus),
+            "slo": self.slo_table or None,
+            "search": asdict(self.search) if self.search else None,
         }
 
 
@@ -245,7 +271,7 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         repeats=sweep_data.get("repeats", 1),
     )
     _check_workers(sweep, where)
-    load = Load(**data["load"])
+    load = _load(data["load"])
     _check_load(load, where)
     workloads = tuple(
         Workload(name, tuple((p, float(w)) for p, w in mix.items()))
@@ -260,6 +286,9 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         gates = parse_gates(data.get("gates", {}))
     except ValueError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
+    slo = _slo(data.get("slo"), where)
+    search = Search(**data["search"]) if "search" in data else None
+    _check_search(search, slo, load, data, where)
     _check_app_imports(target, where)  # last: the only check that runs code
     scenario = Scenario(
         name=data.get("name", default_name),
@@ -275,6 +304,9 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         gates=gates,
         gates_table=dict(data.get("gates", {})),
         cpus=Cpus(**data.get("cpus", {})),
+        slo=slo,
+        slo_table=dict(data.get("slo", {})),
+        search=search,
     )
     _check_engine(scenario)
     return scenario
@@ -413,6 +445,8 @@ def _check_readiness(target: Target, where: str) -> None:
 def wrk_refusal(scenario: Scenario) -> str | None:
     """Why wrk cannot measure this scenario faithfully (naming the field), or None."""
     load = scenario.load
+    if scenario.search is not None:
+        return "search: the probes use locust's open model (paced arrivals)"
     if scenario.faults:
         return (
             "faults: wrk reports connection, read and timeout errors only as totals, so a "
@@ -458,6 +492,11 @@ def _check_workers(sweep: Sweep, where: str) -> None:
 
 
 def _check_load(load: Load, where: str) -> None:
+    if load.users_levels and load.rate_levels:
+        raise ScenarioError(
+            f"{where}: load.users: expected a single value when load.rate is a list (one load "
+            f"axis at a time), got {_got(list(load.users_levels))}"
+        )
     if load.model == "open" and load.rate is None:
         raise ScenarioError(
             f"{where}: load.rate: expected a rate when load.model = 'open', got nothing"
@@ -467,6 +506,59 @@ def _check_load(load: Load, where: str) -> None:
             f"{where}: load.rate: expected no rate when load.model = 'closed' (use load.wait), "
             f"got {_got(load.rate)}"
         )
+
+
+def _load(table: dict[str, Any]) -> Load:
+    """The ``[load]`` table as a Load; a list of users or rates becomes the sweep's levels."""
+    values = dict(table)
+    users, rate = values["users"], values.get("rate")
+    if isinstance(users, list):
+        values.update(users=users[0], users_levels=tuple(users))
+    if isinstance(rate, list):
+        values.update(rate=float(rate[0]), rate_levels=tuple(float(r) for r in rate))
+    return Load(**values)
+
+
+def _slo(table: dict[str, Any] | None, where: str) -> Slo | None:
+    if table is None:
+        return None
+    try:
+        return parse_slo(table)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def _check_search(
+    search: Search | None, slo: Slo | None, load: Load, data: dict[str, Any], where: str
+) -> None:
+    """Search mode picks the rates and runs locust's open model: it needs an SLO to score
+    probes by, and takes no rates, no load sweep, no wrk and no faults."""
+    if search is None:
+        return
+    if slo is None:
+        raise ScenarioError(
+            f"{where}: slo: expected a table of bounds (e.g. p99_ms = 50) to search against "
+            "when [search] is given, got nothing"
+        )
+    table = data["load"]
+    refusals = {
+        "load.rate": ("rate" in table, "no rate (the search picks the rates)", table.get("rate")),
+        "load.users": (load.sweeps, "a single value with [search]", table["users"]),
+        "load.model": (
+            table.get("model", "open") != "open",
+            '"open" or nothing (the probes are open-model)',
+            table.get("model"),
+        ),
+        "load.engine": (
+            load.engine == "wrk",
+            '"locust" or "auto" (the probes are locust\'s open model)',
+            load.engine,
+        ),
+        "faults": ("faults" in data, "no faults with [search]", "a fault table"),
+    }
+    for name, (refused, expected, got) in refusals.items():
+        if refused:
+            raise ScenarioError(f"{where}: {name}: expected {expected}, got {_got(got)}")
 
 
 def _respawn(table: dict[str, Any] | None) -> Respawn | None:

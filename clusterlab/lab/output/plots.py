@@ -432,3 +432,80 @@ def _timeline_panel(
     )
     ax.set(xlabel="seconds from start of measurement (warm-up shaded)", ylabel="successful req/s")
     return float(smooth.max()) if len(smooth) else 0.0
+
+
+_PERCENTILES = (("p50_ms", "--", "p50"), ("p99_ms", "-", "p99"), ("p999_ms", ":", "p99.9"))
+
+
+def hockey_stick(results: pd.DataFrame, knees: pd.DataFrame, path: Path) -> Path | None:
+    """Latency (p50 dashed, p99 solid with its min–max band over repeats, p99.9 dotted)
+    against achieved throughput at each load level, one panel per workload × policy, one
+    colour per worker count; Kneedle's knee of p99 marked ✕ (with 5+ levels)."""
+    done = _ok(results)
+    done = done[done["level"].notna()] if "level" in done else done.iloc[0:0]
+    if done.empty:
+        return None
+    panels = sorted({(str(m), str(p)) for m, p in zip(done["mix"], done["policy"], strict=True)})
+    fig, axes = _panels([f"{m} · {p}" for m, p in panels], height=4.0)
+    colors = plt.get_cmap("viridis")
+    counts = sorted(done["workers"].unique())
+    for ax, (mix, policy) in zip(axes, panels, strict=True):
+        mine = done[(done["mix"] == mix) & (done["policy"] == policy)]
+        for i, workers in enumerate(counts):
+            series = mine[mine["workers"] == workers]
+            if series.empty:
+                continue
+            color = colors(i / max(1, len(counts) - 1) * 0.85)
+            _hockey_series(ax, series, color, f"{workers} workers")
+            knee = knees[
+                (knees["mix"] == mix) & (knees["policy"] == policy) & (knees["workers"] == workers)
+            ]
+            for k in knee.to_dict("records"):
+                if np.isfinite(k["knee_rps"]):
+                    ax.plot(k["knee_rps"], k["knee_p99_ms"], "x", color=color, ms=10, mew=2)
+        ax.set(title=f"{mix} · {policy}", xlabel="successful requests/s", ylabel="latency (ms)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        "Latency against throughput per load level (p50 dashed, p99 solid, p99.9 dotted; ✕ = knee)",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
+def _hockey_series(ax: plt.Axes, series: pd.DataFrame, color: Any, label: str) -> None:
+    by_level = series.groupby("level")
+    curve = by_level[["rps", "p50_ms", "p99_ms", "p999_ms"]].median().sort_values("rps")
+    spread = by_level["p99_ms"].agg(["min", "max"]).loc[curve.index]
+    x = curve["rps"].to_numpy(dtype=float)
+    for column, style, name in _PERCENTILES:
+        ax.plot(x, curve[column], style, color=color, label=f"{label} {name}")
+    ax.fill_between(x, spread["min"], spread["max"], color=color, alpha=0.15, linewidth=0)
+    verdicts = by_level["verdict"].agg(group_verdict).loc[curve.index]
+    _verdict_markers(ax, x, curve["p99_ms"].to_numpy(dtype=float), verdicts, color)
+
+
+def efficiency_plot(table: pd.DataFrame, path: Path) -> Path | None:
+    """Req/s per core the target used (left) and its CPU headroom, the share of its CPUs left
+    unused (right), against worker count per workload and policy (each count at its busiest
+    load level, median over repeats)."""
+    if table.empty or table["rps_per_core"].isna().all():
+        return None
+    fig, (left, right) = _panels(["per core", "headroom"], height=3.6)
+    for (mix, policy), group in table.groupby(["mix", "policy"], sort=True):
+        ordered = group.sort_values("workers")
+        color = COLORS.get(str(policy), "tab:purple")
+        style = "-" if mix == sorted(table["mix"].unique())[0] else "--"
+        x = ordered["workers"].to_numpy(dtype=float)
+        left.plot(
+            x, ordered["rps_per_core"], style, marker="o", color=color, label=f"{mix} · {policy}"
+        )
+        right.plot(
+            x, 100 * ordered["headroom"], style, marker="o", color=color, label=f"{mix} · {policy}"
+        )
+    left.set(title="Efficiency", xlabel="workers", ylabel="req/s per core used by the target")
+    right.set(title="CPU headroom", xlabel="workers", ylabel="% of the target's CPUs unused")
+    left.set_ylim(bottom=0)
+    right.set_ylim(0, 100)
+    left.legend(fontsize=7)
+    return _save(fig, path)

@@ -10,9 +10,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from clusterlab.lab.analysis.analysis import Analysis, analyze
+from clusterlab.lab.analysis.capacity import busiest_levels
 from clusterlab.lab.analysis.tables import load_results
 from clusterlab.lab.output import plots
 from clusterlab.lab.output.sections import Block, report_blocks
@@ -44,7 +46,9 @@ def write_outputs(analysis: Analysis) -> Path:
 
 def draw_plots(analysis: Analysis) -> dict[str, str]:
     """The scenario's plots that have something to show, as {name: file name}."""
-    points, run = analysis.points, analysis.run
+    run, capacity = analysis.run, analysis.capacity
+    # with load levels, the worker-count figures show each count at its busiest level
+    points = busiest_levels(analysis.points)
     makers: dict[str, Callable[[Path], Path | None]] = {
         "throughput": lambda p: plots.throughput(points, analysis.parallelism, p),
         "fairness": lambda p: plots.fairness(points, p),
@@ -54,6 +58,10 @@ def draw_plots(analysis: Analysis) -> dict[str, str]:
         "timeline": lambda p: plots.timeline(
             points, run.timeseries, run.events, analysis.faults, p
         ),
+        "hockey": lambda p: plots.hockey_stick(
+            analysis.points, capacity.knees if capacity else pd.DataFrame(), p
+        ),
+        "efficiency": lambda p: plots.efficiency_plot(capacity.efficiency, p) if capacity else None,
     }
     # Against a url target there is no worker sweep: only the per-worker share applies.
     no_sweep = points.empty or bool((points["workers"] == 0).all())

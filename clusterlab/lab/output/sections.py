@@ -10,7 +10,7 @@ import pandas as pd
 
 from clusterlab.lab.analysis.analysis import Analysis
 from clusterlab.lab.analysis.summary import NOISY_OTHER_CPU, SUMMARY_VERSION
-from clusterlab.lab.output import conclusions
+from clusterlab.lab.output import capacity_report, conclusions
 from clusterlab.lab.output import report_tables as tables
 from clusterlab.lab.output.report_tables import verdict_label
 
@@ -30,6 +30,13 @@ PLOT_HELP = {
     "line is the fair share 1/n. A tall first bar is a hot worker.",
     "usl": "Measured throughput (points) and the Universal Scalability Law fit (line). σ is "
     "contention (serial work), κ coherency cost (crosstalk); N* is the predicted peak.",
+    "hockey": "Latency against achieved throughput at each load level (the hockey stick), one "
+    "panel per workload and policy, one colour per worker count: p50 dashed, p99 solid (band = "
+    "min–max over repeats), p99.9 dotted, log scale; ✕ marks Kneedle's knee of p99 (with 5 or "
+    "more levels), where more load starts buying latency rather than throughput.",
+    "efficiency": "Left: successful req/s per core the target used; right: the share of the "
+    "target's CPUs it left unused (headroom), against worker count, each count at its busiest "
+    "load level.",
     "timeline": "Each point with faults over time, one column per policy: successful requests/s "
     "(100 ms bins, faint; 0.5 s mean, solid) and failed requests/s (red bars, right axis). Red "
     "line: a fault takes effect (a signal at once; an armed exception or hang when a request "
@@ -85,12 +92,14 @@ def report_blocks(analysis: Analysis, drawn: dict[str, str]) -> list[Block]:
     """Every section of the report in order; ``drawn`` maps plot names to their files."""
     return [
         *_header(analysis),
+        *capacity_report.recommendation_blocks(analysis, Block),
         *_summary(analysis),
         *(_recovery(analysis) if analysis.scenario.get("faults") else []),
         *_verdicts(analysis),
         *_conclusions(analysis),
         *_noisy(analysis),
         *_scalability(analysis),
+        *capacity_report.capacity_blocks(analysis, Block),
         Block("h2", "Plots"),
         *[Block("image", file, caption=PLOT_HELP[name]) for name, file in drawn.items()],
         *_every_point(analysis),

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from clusterlab.lab.config.plan import Point
+from clusterlab.lab.config.plan import Point, point_load
 from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.protocol import Event, FaultCommand
 from clusterlab.lab.running.cpus import CpuPlan
@@ -84,7 +84,7 @@ def observe_point(
     load_started = time.time()  # before wrk's warm-up run, which start_load runs
     try:
         run = start_load(
-            scenario.load,
+            point_load(scenario, point),
             next(w for w in scenario.workloads if w.name == point.workload),
             target.url,
             processes,

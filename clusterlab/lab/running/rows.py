@@ -321,7 +321,7 @@ def point_rows(scenario: Scenario, seen: Observation, cpus: CpuPlan) -> PointRow
         "error": "",
         "started": seen.started,
         "measure_start": outcome.measure_start,
-        "users": scenario.load.users,
+        **point_level(scenario, point),
         "processes": seen.processes,
         "engine": seen.engine,
         **placement,
@@ -345,13 +345,22 @@ def handoffs(before: dict[str, int] | None, after: dict[str, int] | None) -> dic
     return {f"rr_{n}": float(after[n] - before[n]) for n in names}
 
 
+def point_level(scenario: Scenario, point: Point) -> dict[str, Any]:
+    """The point's load level: its users, the open model's offered rate, the search's step."""
+    return {
+        "users": point.users or scenario.load.users,
+        "offered_rps": point.rate if point.rate is not None else scenario.load.rate,
+        "search_step": point.step,
+    }
+
+
 def failed_row(scenario: Scenario, point: Point, error: str) -> dict[str, Any]:
     return {
         **point_keys(point),
         "status": "failed",
         "error": error,
         "started": time.time(),
-        "users": scenario.load.users,
+        **point_level(scenario, point),
         "rps": math.nan,
     }
 

@@ -7,8 +7,10 @@ points are kept and an interrupted run's meta.json says it is partial.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -83,13 +85,16 @@ def run_scenario(
         "interrupted": False,
     }
     tables.write_meta(meta)
-    progress.started(len(points), estimate_seconds(scenario, points), out_dir)
+    # search mode: at most max_probes per planned point, as many as the search takes
+    total = len(points) * (scenario.search.max_probes if scenario.search else 1)
+    progress.started(total, estimate_seconds(scenario, points), out_dir)
     failed: dict[str, list[int]] = {}
     done = 0
     interrupted = False
     try:
+        indexes = itertools.count()
         for group in group_by_target(points, fresh=bool(scenario.faults)):
-            run = _GroupRun(scenario, group, len(points), cpus, tables, progress)
+            run = group_run(scenario, group, total, cpus, tables, progress, indexes)
             for row in run.measure():
                 if row["status"] != "ok":
                     failed.setdefault(str(row["error"]), []).append(int(row["point"]) + 1)
@@ -97,7 +102,14 @@ def run_scenario(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        meta.update(finished=time.time(), partial=done < len(points), interrupted=interrupted)
+        measured = len(tables.rows["results"])
+        planned = max(len(points), measured) if scenario.search else len(points)
+        meta.update(
+            finished=time.time(),
+            partial=done < len(points),
+            interrupted=interrupted,
+            planned_points=planned,
+        )
         tables.write()
         tables.write_meta(meta)
     failures = tuple((tuple(numbers), error) for error, numbers in failed.items())
@@ -138,8 +150,7 @@ class _GroupRun:
                 kind = config.target.kind
                 started = started_row(first, Event.TARGET_STARTED, target.primary_pid, kind)
                 self.tables.add("events", [started])
-            for point in self.group:
-                results.append(self._point(point, target, first))
+            self._measure_points(target, first, results)
         except TargetError as exc:
             for point in self.group[len(results) :]:
                 results.append(self._record_failure(point, str(exc)))
@@ -151,6 +162,14 @@ class _GroupRun:
                 (raw / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
             self.tables.write()
         return results
+
+    def _measure_points(
+        self, target: TargetHandle, first: Point, results: list[dict[str, Any]]
+    ) -> None:
+        """Observe the group's points in order (the search overrides this: it picks each probe
+        from the ones before, adding it to ``group``)."""
+        for point in self.group:
+            results.append(self._point(point, target, first))
 
     def _point(self, point: Point, target: TargetHandle, first: Point) -> dict[str, Any]:
         if point is not first:
@@ -180,3 +199,21 @@ class _GroupRun:
         self.tables.add("results", [row])
         self.progress.point_finished(point, self.total, row)
         return row
+
+
+def group_run(
+    scenario: Scenario,
+    group: list[Point],
+    total: int,
+    cpus: CpuPlan,
+    tables: RunTables,
+    progress: Progress,
+    numbers: Iterator[int],
+) -> _GroupRun:
+    """The run of one target's points: as planned, or (search mode) the search's probes,
+    numbered from ``numbers``."""
+    if scenario.search is None:
+        return _GroupRun(scenario, group, total, cpus, tables, progress)
+    from clusterlab.lab.running.search import SearchRun
+
+    return SearchRun(scenario, group, total, cpus, tables, progress, numbers)

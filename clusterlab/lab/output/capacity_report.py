@@ -1,0 +1,197 @@
+"""The report's capacity blocks, read from ``Analysis.capacity``: the recommendation (at the
+top), the highest rate within the SLO per worker count and policy, the knees, the USL fits with
+intervals and predicted against measured, Little's law flags, efficiency and headroom."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from clusterlab.lab.analysis.capacity import LITTLE_TOLERANCE, CapacityFindings
+from clusterlab.lab.analysis.usl import Interval, UslConfidence
+from clusterlab.lab.output.text import fmt
+
+if TYPE_CHECKING:
+    from clusterlab.lab.analysis.analysis import Analysis
+    from clusterlab.lab.output.sections import Block
+
+SEARCH_HELP = (
+    "Each probe is locust's open model at one rate, measured for at least the [search] "
+    "min_requests; a ramp ×factor until a probe misses, then bisection until the bracket is "
+    "within the precision, then the answer run again (confirmed). A rate is the system's answer "
+    "only when the miss above it was target-bound; on 2 cores a /hello-like endpoint leaves the "
+    "generator as the limit, so the bundled capacity scenario loads a CPU-bound endpoint."
+)
+
+
+def recommendation_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
+    """The question and its answer, first thing in the report."""
+    found = analysis.capacity
+    if found is None or analysis.measured.empty:
+        return []
+    advice = found.recommendation
+    return [block("h2", "Recommendation"), block("p", advice.answer, lead=advice.question)]
+
+
+def capacity_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
+    """The capacity section: SLO answers, knees, USL with intervals, Little's law, efficiency."""
+    found = analysis.capacity
+    if found is None or analysis.measured.empty:
+        return []
+    out = [block("h2", "Capacity")]
+    if found.slo is not None and not found.table.empty:
+        out += [
+            block("p", f"SLO: {found.slo.describe()}. {SEARCH_HELP}"),
+            block("table", table=slo_table(found)),
+        ]
+    if not found.knees.empty:
+        out += [
+            block("p", "Knees (Kneedle, p99 against req/s, 5+ load levels):"),
+            block("table", table=_knee_table(found.knees)),
+        ]
+    out += _usl_blocks(found.usl, block)
+    out += _little_blocks(analysis.points, block)
+    if not found.efficiency.empty:
+        out += [
+            block(
+                "p",
+                "Efficiency: req/s per core the target used, and CPU headroom (the share of "
+                "its CPUs it left unused), each worker count at its busiest load level.",
+            ),
+            block("table", table=_efficiency_table(found.efficiency)),
+        ]
+    return out
+
+
+def slo_table(found: CapacityFindings) -> pd.DataFrame:
+    """Per workload × policy × workers: the highest rate within the SLO and its bracket."""
+    rows = []
+    for r in found.table.to_dict("records"):
+        met = fmt(r["met"], 0)
+        if r["repeats"] > 1:
+            met += f" [{fmt(r['met_min'], 0)}–{fmt(r['met_max'], 0)}]"
+        rows.append(
+            {
+                "workload": r["mix"],
+                "policy": r["policy"],
+                "workers": r["workers"],
+                "max req/s within SLO": met,
+                "lowest miss above": fmt(r["missed"], 0),
+                "the target's limit": "yes" if r["systems"] else "no (lower bound)",
+                "probes": r["probes"],
+                "confirmed": {True: "yes", False: "no", None: "–"}[r["confirmed"]],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _knee_table(knees: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "workload": k["mix"],
+                "policy": k["policy"],
+                "workers": k["workers"],
+                "knee req/s": fmt(k["knee_rps"], 0),
+                "p99 at knee ms": fmt(k["knee_p99_ms"], 2),
+                "levels": k["levels"],
+            }
+            for k in knees.to_dict("records")
+        ]
+    )
+
+
+def _interval(value: Interval | None, digits: int) -> str:
+    if value is None:
+        return "–"
+    return f"{fmt(value.estimate, digits)} [{fmt(value.low, digits)}–{fmt(value.high, digits)}]"
+
+
+def _usl_blocks(fits: list[UslConfidence], block: type[Block]) -> list[Block]:
+    if not fits:
+        return []
+    rows: list[dict[str, Any]] = []
+    predicted: list[dict[str, Any]] = []
+    for f in fits:
+        rows.append(
+            {
+                "workload": f.mix,
+                "policy": f.policy,
+                "verdict": f.verdict + (f": {f.refused}" if f.refused else ""),
+                "σ": _interval(f.sigma, 3),
+                "κ": _interval(f.kappa, 4),
+                "λ req/s": _interval(f.lam, 0),
+                "N*": _interval(f.peak_workers, 1),
+                "X(N*) req/s": _interval(f.peak_rps, 0),
+                "ceiling req/s": fmt(f.ceiling_rps, 0),
+                "CPU-limited workers": ", ".join(map(str, f.cpu_limited)) or "–",
+            }
+        )
+        for workers, measured, model in f.predicted:
+            predicted.append(
+                {
+                    "workload": f.mix,
+                    "policy": f.policy,
+                    "workers": workers,
+                    "measured req/s": fmt(measured, 0),
+                    "predicted req/s": fmt(model, 0),
+                    "error": f"{model / measured - 1:+.1%}" if measured else "–",
+                }
+            )
+    text = (
+        "USL with 95 % bootstrap intervals, fitted on target-bound points with the target's "
+        "CPUs as a cap (past one worker per CPU the workers share cores: those counts are "
+        "CPU-limited, and a flat line there is not coherency cost); refused when the intervals "
+        "say nothing (N* uncertain by more than ±50 %)."
+    )
+    out = [block("p", text), block("table", table=pd.DataFrame(rows))]
+    if predicted:
+        out += [
+            block("p", "Predicted against measured (median over repeats):"),
+            block("table", table=pd.DataFrame(predicted)),
+        ]
+    return out
+
+
+def _little_blocks(points: pd.DataFrame, block: type[Block]) -> list[Block]:
+    if points.empty or "little_flag" not in points:
+        return []
+    flagged = points[points["little_flag"].fillna("") != ""]
+    if flagged.empty:
+        return [
+            block(
+                "p",
+                f"Little's law holds within {LITTLE_TOLERANCE:.0%} at every point.",
+                lead="Little's law:",
+            )
+        ]
+    lines = "; ".join(
+        f"point {int(p['point']) + 1} ({p['workload']} · {p['policy']} · {p['workers']} "
+        f"workers): {p['little_flag']}"
+        for p in flagged.to_dict("records")
+    )
+    return [
+        block(
+            "p",
+            f"off by more than {LITTLE_TOLERANCE:.0%} (time lost somewhere): {lines}.",
+            lead="Little's law:",
+        )
+    ]
+
+
+def _efficiency_table(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "workload": e["mix"],
+                "policy": e["policy"],
+                "workers": e["workers"],
+                "req/s": fmt(e["rps"], 0),
+                "cores used": fmt(e["cores_used"], 2),
+                "req/s per core": fmt(e["rps_per_core"], 0),
+                "headroom %": fmt(100 * e["headroom"], 0),
+            }
+            for e in table.to_dict("records")
+        ]
+    )
