@@ -38,6 +38,12 @@ def _become_subreaper() -> None:
 if sys.platform.startswith("linux"):
     _become_subreaper()
 
+# A suite started in the background by a shell without job control (`make test &`, some CI
+# runners) inherits SIGINT ignored, and ignored signals stay ignored across exec: every process a
+# test starts would then ignore the Ctrl-C the test sends. Restore what a terminal gives.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # tools/mutate.py runs the tests in a mutated copy of the tree: they must test that copy.
 if os.environ.get("CLUSTERLAB_MUTANT_ROOT"):
