@@ -8,6 +8,9 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport):
 
 * ``rr``, ``none``, ``reuseport``: hello world, 2 workers, ``wrk -t1 -c50``, a new connection per
   request, vs Node.js's cluster SCHED_RR / SCHED_NONE (:mod:`bench.handoff`);
+* ``policies``: each built-in scheduler (least-conn, p2c, jiq, hash, weighted, random) with a new
+  connection per request, against clusterlab's ``rr`` in the same run; and ``rr`` against the
+  commit before schedulers (a ``git worktree`` of it, ``--rr-base``) (:mod:`bench.policies`);
 * ``keepalive``: the same with keep-alive; clusterlab's fastest worker server (uvicorn with
   uvloop and httptools through ``serve_asgi``, SCHED_NONE) vs ``uvicorn --workers 2`` and Node.js;
 * ``ipc``: round trips and one-way messages, primary ↔ one worker (``bench/ipc.py`` vs
@@ -50,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ipc, node_micro, peers, report, respawn
+from bench import ipc, node_micro, peers, policies, report, respawn
 from bench.handoff import run_handoff, summarize, target_from_template
 from bench.wrk import Stats, interleaved_rounds, run_wrk
 from clusterlab import available_parallelism
@@ -59,6 +62,7 @@ ROWS = (
     "rr",
     "none",
     "reuseport",
+    "policies",
     "keepalive",
     "ipc",
     "respawn",
@@ -112,6 +116,7 @@ TARGETS = {
     "respawn": Target("<=", 0.5),
     "lab-overhead": Target("<=", 1.15),
     "engines": Target(">=", 4.0),
+    "policies": Target(">=", 0.9),
 }
 #: The lab's two load engines on one target: /hello (the load is the limit for locust) for req/s
 #: per core of load CPU, and /cpu?ms=2 on 2 workers (the target is the limit for both) for rates
@@ -336,6 +341,8 @@ class Settings:
     scaling_ms: float = 2.0
     scaling_policy: str = "rr"
     primary_seconds: float = 300.0
+    policy_duration_s: float = 2.0
+    rr_base: str | None = None
     lab_runs: int = 1
     wait_quiet_s: float = 0.0
     quiet_pct: float = 5.0
@@ -351,6 +358,7 @@ QUICK = {
     "ipc_seconds": 1.0,
     "micro_rounds": 2,
     "primary_seconds": 20.0,
+    "policy_duration_s": 1.0,
     "quiet_budget_s": 15.0,
 }
 
@@ -451,6 +459,54 @@ class Suite:
             self.rows.append(
                 Row(
                     names[p], figure, peer, fmt_stats(node), ratio(_med(cl), _med(node)), TARGETS[p]
+                )
+            )
+
+    def policies(self) -> None:
+        """Each built-in scheduler against rr, and rr against the commit before schedulers."""
+        s = self.settings
+        names = [f"{name} hand-off, new connection per request" for name in policies.SCHEDULERS]
+        base_what = "RR hand-off vs the commit before schedulers"
+        if self._wrk_missing(base_what, *names):
+            return
+        try:
+            base = s.rr_base or policies.baseline_commit()
+        except ValueError as exc:
+            self.note(f"policies: no baseline tree ({exc})")
+            base = None
+        with contextlib.ExitStack() as stack:
+            tree = stack.enter_context(policies.worktree(base)) if base else None
+            duration, s.duration_s = s.duration_s, s.policy_duration_s
+            try:
+                res = self._wrk_rounds("policies", policies.specs(s.workers, tree), "close")
+            finally:
+                s.duration_s = duration
+        rr = res.get("clusterlab-rr")
+        old = res.get("clusterlab-rr-base")
+        if base is not None:
+            within = _med(rr) is not None and old is not None and _med(rr) >= old["min"]
+            self.rows.append(
+                Row(
+                    base_what,
+                    fmt_stats(rr, "req/s"),
+                    f"clusterlab {base} (rr)",
+                    fmt_stats(old),
+                    ratio(_med(rr), _med(old)),
+                    "no slower beyond its spread",
+                    met=within if old else None,
+                    note="rr's median ≥ the old tree's slowest run" if within else "",
+                )
+            )
+        for name, what in zip(policies.SCHEDULERS, names, strict=True):
+            figure = res.get(f"clusterlab-{name}")
+            self.rows.append(
+                Row(
+                    what,
+                    fmt_stats(figure, "req/s"),
+                    "clusterlab rr",
+                    fmt_stats(rr),
+                    ratio(_med(figure), _med(rr)),
+                    TARGETS["policies"],
                 )
             )
 
@@ -954,6 +1010,8 @@ def _settings(a: argparse.Namespace) -> Settings:
         "micro_rounds",
         "forks",
         "primary_seconds",
+        "policy_duration_s",
+        "rr_base",
         "lab_runs",
         "wait_quiet_s",
         "quiet_pct",
@@ -1025,6 +1083,15 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
         "--primary-seconds", type=float, help="the primary's long run (300; --quick 20)"
     )
     ap.add_argument("--lab-runs", type=int, help="timed lab runs, median (1)")
+    ap.add_argument(
+        "--policy-duration",
+        dest="policy_duration_s",
+        type=float,
+        help="seconds per wrk run of the policies row (2; --quick 1)",
+    )
+    ap.add_argument(
+        "--rr-base", metavar="REV", help="rr's baseline commit (default: the one before schedulers)"
+    )
 
 
 def _add_quiet_options(ap: argparse.ArgumentParser) -> None:
@@ -1077,7 +1144,17 @@ def _steps(suite: Suite, selected: Sequence[str]) -> list[tuple[str, Callable[[]
     steps: list[tuple[str, Callable[[], None]]] = []
     if policies := [p for p in ("rr", "none", "reuseport") if p in selected]:
         steps.append(("handoff", lambda: suite.handoff(policies)))
-    for name in ("keepalive", "scaling", "ipc", "respawn", "primary", "lab-overhead", "engines"):
+    steps_in_order = (
+        "policies",
+        "keepalive",
+        "scaling",
+        "ipc",
+        "respawn",
+        "primary",
+        "lab-overhead",
+        "engines",
+    )
+    for name in steps_in_order:
         if name in selected:
             steps.append((name, getattr(suite, name.replace("-", "_"))))
     return steps
@@ -1182,6 +1259,7 @@ def _display(path: Path) -> str:
 # Where each step keeps its samples in Suite.raw (each sample records foreign_cpu_pct).
 STEP_RAW = {
     "handoff": ("handoff",),
+    "policies": ("policies",),
     "keepalive": ("keepalive",),
     "scaling": ("scaling",),
     "ipc": ("ipc",),

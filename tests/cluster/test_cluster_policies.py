@@ -261,3 +261,42 @@ else:
     stats = got["stats"]
     assert stats["policy_errors"] == count and stats["dropped"] == 0, stats
     assert stats["accepted"] == 10 and stats["handed"] == 10, stats
+
+
+@pytest.mark.parametrize("policy", ["rr", "least-conn"])
+def test_round_robin_stats_keep_counting_closed_handles(run_primary, policy):
+    r = run_primary(
+        SERVING
+        + f"""
+import asyncio
+if cluster.is_primary:
+    cluster.setup_primary(scheduler={policy!r})
+    def on_listening(w, a):
+        loop = asyncio.get_running_loop()
+        def clients():
+            pids = [pid_of(a.port) for _ in range(3)]
+            loop.call_soon_threadsafe(lambda: (out("live", rr=cluster.round_robin_stats()),
+                                               w.send("close")))
+        threading.Thread(target=clients, daemon=True).start()
+    def on_message(w, m, h):
+        if m == "closed":  # its listener's close reached the primary first (one channel)
+            out("retired", rr=cluster.round_robin_stats(), handles=len(cluster._primary.handles.handles))
+            cluster.disconnect()
+    cluster.on("listening", on_listening)
+    cluster.on("message", on_message)
+    cluster.fork()
+else:
+    s = cluster.listen(0, "127.0.0.1")
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
+    def on_message(m, h):
+        if m == "close":
+            s.close()
+            cluster.worker.send("closed")
+    cluster.worker.on("message", on_message)
+    wait_disconnect()
+"""
+    ).check()
+    live, retired = r.one("live")["rr"], r.one("retired")
+    assert live["accepted"] == live["handed"] == 3, live
+    assert retired["handles"] == 0, retired
+    assert retired["rr"]["accepted"] == retired["rr"]["handed"] == 3, retired

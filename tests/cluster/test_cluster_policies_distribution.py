@@ -235,7 +235,12 @@ class Clients:
         self.answers: list[str] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self.socks = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(n)]
+        self.socks = [
+            socket.create_connection(
+                ("127.0.0.1", port), timeout=20, source_address=(f"127.0.0.{2 + i}", 0)
+            )
+            for i in range(n)
+        ]
         self.threads = [threading.Thread(target=self._read, args=(c,)) for c in self.socks]
         for t in self.threads:
             t.start()
@@ -261,16 +266,100 @@ def test_worker_death_loses_no_connection(start_primary, policy):
     p, port, pids = start(start_primary, policy, ONE_BUSY, workers=2)
     clients = None
     try:
-        clients = Clients(port, 12)
+        clients = Clients(port, 12)  # from 12 addresses: some hash to worker 1
         time.sleep(0.3)  # some are handed to worker 1, which never takes them
         os.kill(pids[1], signal.SIGKILL)
         clients.join(15)
         exit_rec = p.wait_for("exit", count=1, timeout=10)[0]
         assert clients.errors == [], clients.errors
         assert [int(a) for a in clients.answers] == [pids[2]] * 12, clients.answers
-        assert exit_rec["rr"]["dropped"] == 0, exit_rec
+        # worker 1 was handed some and never took them: they were taken back and served
+        assert exit_rec["rr"]["dropped"] == 0 and exit_rec["rr"]["requeued"] >= 1, exit_rec
     finally:
         if clients is not None:
             for c in clients.socks:
                 c.close()
+        stop(p)
+
+
+# What a scheduler sees of a worker's servers: requests in flight (clusterlab.servers count them
+# in shared memory) and open connections (closes counted the same way); a server without a
+# notion of requests reports none. /slow (or "slow") stays in flight until the release file.
+STATE_SERVERS = {
+    "ThreadingHTTPServer": HTTP,
+    "serve_asgi": """
+            import asyncio
+            from clusterlab.servers import serve_asgi
+            async def app(scope, receive, send):
+                while scope["path"] == "/slow" and not os.path.exists({release!r}):
+                    await asyncio.sleep(0.02)
+                await send({{"type": "http.response.start", "status": 200,
+                            "headers": [(b"x-pid", str(os.getpid()).encode())]}})
+                await send({{"type": "http.response.body", "body": b""}})
+            serve_asgi(app, "127.0.0.1", 0, lifespan="off")
+""",
+    "serve_wsgi": """
+            from clusterlab.servers import serve_wsgi
+            def app(environ, start_response):
+                while environ["PATH_INFO"] == "/slow" and not os.path.exists({release!r}):
+                    time.sleep(0.02)
+                start_response("200 OK", [("X-Pid", str(os.getpid()))])
+                return [b""]
+            serve_wsgi(app, "127.0.0.1", 0)
+""",
+    "start_server": """
+            import asyncio
+            from clusterlab.servers import start_server
+            async def handle(reader, writer):
+                if (await reader.readline()).startswith(b"GET /slow"):
+                    while not os.path.exists({release!r}):
+                        await asyncio.sleep(0.02)
+                writer.write(b"done")
+                await writer.drain()
+                writer.close()
+            async def main():
+                async with await start_server(handle, "127.0.0.1", 0) as server:
+                    await server.serve_forever()
+            asyncio.run(main())
+""",
+}
+
+# uvloop: connections are taken with HandoffServer; uvloop closes them by detaching the socket.
+STATE_SERVERS["serve_asgi_uvloop"] = STATE_SERVERS["serve_asgi"].replace(
+    'lifespan="off"', 'lifespan="off", loop="uvloop"'
+)
+
+
+def wait_stats(p, check, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = worker_stats(p)[1]
+        if check(stats) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("kind", sorted(STATE_SERVERS))
+def test_servers_report_requests_in_flight_and_closes(start_primary, tmp_path, kind):
+    release = tmp_path / "release"
+    body = STATE_SERVERS[kind].format(release=str(release))
+    p, port, _ = start(start_primary, "p2c", body, workers=1)
+    counted = kind != "start_server"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+            busy = wait_stats(
+                p, lambda s: s["open"] == 1 and s["in_flight"] == (1 if counted else None)
+            )
+            assert (busy["open"], busy["in_flight"]) == (1, 1 if counted else None), busy
+            release.write_text("")
+            while c.recv(4096):
+                pass
+        idle = wait_stats(
+            p, lambda s: s["open"] == 0 and s["in_flight"] == (0 if counted else None)
+        )
+        assert (idle["open"], idle["in_flight"]) == (0, 0 if counted else None), idle
+        assert idle["taken"] == 1
+    finally:
+        release.write_text("")
         stop(p)

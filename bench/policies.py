@@ -1,0 +1,70 @@
+"""The scheduler rows of `make bench`: each built-in scheduler's hand-off rate against `rr`, and
+`rr` against the tree before schedulers existed (a `git worktree` of that commit), one run.
+
+Every server is `bench/clusterlab_hello.py` (2 workers, uvicorn), loaded by wrk with a new
+connection per request, so every request is a scheduling decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench import peers
+from bench.handoff import target_from_template
+
+#: The built-in schedulers measured against rr (Node's round robin, inline).
+SCHEDULERS = ("least-conn", "p2c", "jiq", "hash", "weighted", "random")
+#: The file whose first commit brought schedulers: the commit before it is rr's baseline.
+_FIRST_OF_SCHEDULERS = "clusterlab/cluster/_scheduler.py"
+_HELLO = "{python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy "
+_BASE_HELLO = (
+    "env PYTHONPATH={tree} {python} {tree}/bench/clusterlab_hello.py --workers {workers} "
+    "--port {port} --policy rr"
+)
+_READY = " listening on "
+
+
+def baseline_commit() -> str:
+    """The last commit before schedulers (ValueError when history does not reach it)."""
+    out = _git("log", "--diff-filter=A", "--format=%H", "--", _FIRST_OF_SCHEDULERS)
+    first = out.split()[-1] if out.split() else ""
+    if not first:
+        raise ValueError(f"no commit adds {_FIRST_OF_SCHEDULERS} (a shallow clone?)")
+    return _git("rev-parse", "--short", f"{first}^").strip()
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """A detached `git worktree` of `rev` in a temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="clusterlab-base-") as tmp:
+        path = Path(tmp) / "tree"
+        _git("worktree", "add", "--detach", "--quiet", str(path), rev)
+        try:
+            yield path
+        finally:
+            _git("worktree", "remove", "--force", str(path))
+
+
+def specs(workers: int, tree: Path | None) -> list[peers.ServerSpec]:
+    """rr, every built-in scheduler, and rr of the old `tree` (when given)."""
+    servers = [
+        target_from_template(f"clusterlab-{name}", _HELLO + name, workers, _READY)
+        for name in ("rr", *SCHEDULERS)
+    ]
+    if tree is not None:
+        template = _BASE_HELLO.replace("{tree}", str(tree))
+        servers.append(target_from_template("clusterlab-rr-base", template, workers, _READY))
+    return servers
+
+
+def _git(*args: str) -> str:
+    res = subprocess.run(
+        ["git", *args], cwd=peers.ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    if res.returncode != 0:
+        raise ValueError(f"git {' '.join(args)}: {res.stderr.strip()[-300:]}")
+    return res.stdout
