@@ -12,7 +12,7 @@ from ._endpoint import Endpoint
 from ._policies import SCHED_REUSEPORT, SCHED_RR, Policy
 from ._reuseport_handle import ReusePortHandle
 from ._round_robin import HANDOFF_FIELDS, RoundRobinHandle
-from ._scheduler import WorkerState
+from ._scheduler import SchedulerError, WorkerState
 from ._shared_handle import SharedHandle
 
 
@@ -56,11 +56,16 @@ HandleFactory = Callable[[str, Endpoint, "HandleRegistry"], Handle]
 
 
 def _round_robin(key: str, endpoint: Endpoint, registry: HandleRegistry) -> Handle:
+    try:
+        scheduler = registry.policy.new_scheduler()
+    except Exception as exc:  # noqa: BLE001 - a user's class that cannot be made: Node's rr
+        registry.on_error(SchedulerError(f"scheduler for {key!r} could not be made: {exc!r}"))
+        scheduler = None
     return RoundRobinHandle(
         key,
         endpoint,
         registry.loop(),
-        scheduler=registry.policy.new_scheduler(),
+        scheduler=scheduler,
         on_error=registry.on_error,
         on_retire=registry.retire_worker,
     )

@@ -207,6 +207,8 @@ from clusterlab.cluster import Scheduler
 class Failing(Scheduler):
     name = "failing"
     def __init__(self):
+        if MODE == "init":
+            raise RuntimeError("cannot start")
         self.first = None
     def join(self, worker):
         if worker.id == 1:
@@ -222,7 +224,12 @@ class Failing(Scheduler):
 
 @pytest.mark.parametrize(
     "mode,error,count",
-    [("raise", "KeyError", 10), ("junk", "SchedulerError", 10), ("gone", "SchedulerError", 10)],
+    [
+        ("raise", "KeyError", 10),
+        ("junk", "SchedulerError", 10),
+        ("gone", "SchedulerError", 10),
+        ("init", "SchedulerError", 0),  # the class cannot be made: Node's round robin instead
+    ],
 )
 def test_failing_scheduler_loses_no_connection_and_reports_once(run_primary, mode, error, count):
     r = run_primary(
