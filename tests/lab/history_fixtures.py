@@ -17,12 +17,16 @@ def recorded(name: str = "a1") -> dict[str, Any]:
     return data
 
 
-def scaled(base: dict[str, Any], n: int, factor: float, revision: str | None = None) -> dict:
-    """Run ``n`` of a history: ``base`` with rps × factor (CPU unchanged: the cost per request
-    changed) and p50 ÷ factor, started ``n`` minutes after it, at git revision ``revision``."""
+def scaled(
+    base: dict[str, Any], n: int, factor: float, revision: str | None = None, cpu: float = 1.0
+) -> dict:
+    """Run ``n`` of a history: ``base`` with rps × factor and p50 ÷ factor, the workers' CPU ×
+    ``cpu`` (1: the cost per request changed; = factor: the machine gave the workers less CPU),
+    started ``n`` minutes after it, at git revision ``revision``."""
     run = copy.deepcopy(base)
     for point in run["points"]:
         point["rps"] *= factor
+        point["cpu_pct"]["workers"] *= cpu
         point["requests"] = int(point["requests"] * factor)
         point["p50_ms"] /= factor
     run["run"]["started"] += 60 * n
@@ -38,13 +42,16 @@ def factors(levels: list[tuple[int, float]], noise: float = 0.02, seed: int = 0)
     return [float(v) for v in np.array(steps) * (1 + rng.normal(0, noise, len(steps)))]
 
 
-def write_runs(folder: Path, values: list[float], base: str = "a1") -> list[Path]:
-    """One summary.json per factor under ``folder``/runNNN/, oldest first."""
+def write_runs(
+    folder: Path, values: list[float], base: str = "a1", cpu_follows: bool = False
+) -> list[Path]:
+    """One summary.json per factor under ``folder``/runNNN/, oldest first; ``cpu_follows``: the
+    workers' CPU scaled with the throughput (a machine that gave less CPU)."""
     start = recorded(base)
     paths = []
     for n, factor in enumerate(values):
         path = folder / f"run{n:03d}" / "summary.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(scaled(start, n, factor)))
+        path.write_text(json.dumps(scaled(start, n, factor, cpu=factor if cpu_follows else 1.0)))
         paths.append(path)
     return paths

@@ -18,9 +18,9 @@ def db(tmp_path):
     return tmp_path / "history.sqlite"
 
 
-def fill(db, folder, values):
+def fill(db, folder, values, cpu_follows=False):
     """The runs written and added (through the API: ``add`` is tested once below)."""
-    paths = write_runs(folder, values)
+    paths = write_runs(folder, values, cpu_follows=cpu_follows)
     for path in paths:
         history.add(db, history.record(json.loads(path.read_text()), str(path)))
     return paths
@@ -104,6 +104,23 @@ def test_an_a_a_history_of_sixteen_runs_shows_no_change_point(db, tmp_path, caps
     checked = json.loads((tmp_path / "c.json").read_text())
     assert checked["outcome"] == "unchanged"
     assert [s["changes"] for s in checked["series"]] == [[]] * len(checked["series"])
+
+
+def test_a_machine_that_gives_less_cpu_changes_rps_but_gates_only_with_absolute(
+    db, tmp_path, capsys
+):
+    """Throughput and the workers' CPU fall together (a busier or slower-share machine of the same
+    kind): rps shows the step, the CPU-normalised throughput does not, and only --absolute lets
+    rps gate."""
+    fill(db, tmp_path / "runs", factors([(16, 1.0), (8, 0.7)], seed=12), cpu_follows=True)
+    capsys.readouterr()
+
+    assert main(["history", "check", "--db", str(db), "--json", str(tmp_path / "c.json")]) == 0
+    series = {s["metric"]: s for s in json.loads((tmp_path / "c.json").read_text())["series"]}
+    assert series["rps_per_cpu"]["changes"] == []
+    assert [c["run"] for c in series["rps"]["changes"]] == [17]
+    assert main(["history", "check", "--db", str(db), "--absolute", "-q"]) == 1
+    assert "rps cpu/rr/1" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_an_old_regression_is_listed_but_no_longer_fails(db, tmp_path, capsys):

@@ -70,7 +70,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--min-size", type=int, default=3, help="runs on each side of a change")
     parser.add_argument(
-        "--recent", type=int, default=10, help="a regression this many runs old still fails"
+        "--recent", type=int, default=10, help="a regression among the last N runs fails the check"
     )
     parser.add_argument("--min-runs", type=int, default=10, help="trusted runs a series needs")
     parser.add_argument("--sigmas", type=float, default=4.0, help="the newest run's σ rule")
