@@ -196,7 +196,7 @@ def _show(args: argparse.Namespace) -> int:
     print(out.runs_table(data, args.metric))
     for s in result.series:
         for c in s.changes:
-            print(f"{s.name}: {out.change_text(c)}")
+            print(f"{s.name}: {out.change_text(c, s.gating)}")
     if args.plot is not None:
         print(f"plot: {out.plot(result, args.metric, args.plot, data)}")
     return 0

@@ -26,12 +26,14 @@ def pct(change: float) -> str:
     return "from 0" if math.isinf(change) else f"{change:+.1%}".replace("%", " %")
 
 
-def change_text(change: Change) -> str:
+def change_text(change: Change, gating: bool = True) -> str:
+    """``regression -12.2 % at run 17 (c015..c016; 473.7 → 415.9, p 0.001, open)``: open when it
+    fails the check (a gated regression among the recent runs)."""
     p = change.point
+    failing = gating and change.open and change.kind == "regression"
     return (
         f"{change.kind} {pct(p.change)} at run {change.run} ({change.commits}; "
-        f"{p.before:.4g} → {p.after:.4g}, p {p.p_value:.3f}"
-        f"{', open' if change.open and change.kind == 'regression' else ''})"
+        f"{p.before:.4g} → {p.after:.4g}, p {p.p_value:.3f}{', open' if failing else ''})"
     )
 
 
@@ -60,10 +62,10 @@ def _rows(check: HistoryCheck) -> list[list[Any]]:
             f"{len(s.values)}" + (f" (+{s.untrusted} untrusted)" if s.untrusted else ""),
             f"{s.values[-1]:.4g}" if s.values else "–",
             _newest_text(s),
-            "; ".join(change_text(c) for c in s.changes) or "none",
+            "; ".join(change_text(c, s.gating) for c in s.changes) or "none",
             s.status,
         ]
-        for s in check.series
+        for s in sorted(check.series, key=lambda s: (not s.regressed, not s.undecided))
     ]
 
 
