@@ -1,5 +1,6 @@
-"""The scheduler rows of `make bench`: each built-in scheduler's hand-off rate against `rr`, and
-`rr` against the tree before schedulers existed (a `git worktree` of that commit), one run.
+"""The scheduler rows of `make bench`: each built-in scheduler's hand-off rate against `rr` (one
+run, short samples), and `rr` against the tree before schedulers existed (a `git worktree` of that
+commit; another run, with the suite's sample length, as the `rr` row).
 
 Every server is `bench/clusterlab_hello.py` (2 workers, uvicorn), loaded by wrk with a new
 connection per request, so every request is a scheduling decision.
@@ -49,16 +50,21 @@ def worktree(rev: str) -> Iterator[Path]:
             _git("worktree", "remove", "--force", str(path))
 
 
-def specs(workers: int, tree: Path | None) -> list[peers.ServerSpec]:
-    """rr, every built-in scheduler, and rr of the old `tree` (when given)."""
-    servers = [
+def scheduler_specs(workers: int) -> list[peers.ServerSpec]:
+    """rr and every built-in scheduler on this tree."""
+    return [
         target_from_template(f"clusterlab-{name}", _HELLO + name, workers, _READY)
         for name in ("rr", *SCHEDULERS)
     ]
-    if tree is not None:
-        template = _BASE_HELLO.replace("{tree}", str(tree))
-        servers.append(target_from_template("clusterlab-rr-base", template, workers, _READY))
-    return servers
+
+
+def base_specs(workers: int, tree: Path) -> list[peers.ServerSpec]:
+    """rr on this tree and on the old `tree`."""
+    template = _BASE_HELLO.replace("{tree}", str(tree))
+    return [
+        target_from_template("clusterlab-rr", _HELLO + "rr", workers, _READY),
+        target_from_template("clusterlab-rr-base", template, workers, _READY),
+    ]
 
 
 def _git(*args: str) -> str:

@@ -84,6 +84,7 @@ RESPAWN_START_METHODS = ("exec", "forkserver")
 RSS_FLAT_MIB_PER_MIN = 0.2
 FLAT_JUDGED_S = 290.0
 SCALING_EFFICIENCY = 0.9
+_BASE_ROW = "RR hand-off vs the commit before schedulers"
 
 
 # --- targets, rows and rendering (pure) --------------------------------------------------------
@@ -463,40 +464,20 @@ class Suite:
             )
 
     def policies(self) -> None:
-        """Each built-in scheduler against rr, and rr against the commit before schedulers."""
-        s = self.settings
+        """Each built-in scheduler against rr; rr against the commit before schedulers."""
         names = [f"{name} hand-off, new connection per request" for name in policies.SCHEDULERS]
-        base_what = "RR hand-off vs the commit before schedulers"
-        if self._wrk_missing(base_what, *names):
+        if self._wrk_missing(_BASE_ROW, *names):
             return
+        self._policies_base()
+        if self.interrupted is not None:
+            return
+        s = self.settings
+        duration, s.duration_s = s.duration_s, s.policy_duration_s
         try:
-            base = s.rr_base or policies.baseline_commit()
-        except ValueError as exc:
-            self.note(f"policies: no baseline tree ({exc})")
-            base = None
-        with contextlib.ExitStack() as stack:
-            tree = stack.enter_context(policies.worktree(base)) if base else None
-            duration, s.duration_s = s.duration_s, s.policy_duration_s
-            try:
-                res = self._wrk_rounds("policies", policies.specs(s.workers, tree), "close")
-            finally:
-                s.duration_s = duration
+            res = self._wrk_rounds("policies", policies.scheduler_specs(s.workers), "close")
+        finally:
+            s.duration_s = duration
         rr = res.get("clusterlab-rr")
-        old = res.get("clusterlab-rr-base")
-        if base is not None:
-            within = _med(rr) is not None and old is not None and _med(rr) >= old["min"]
-            self.rows.append(
-                Row(
-                    base_what,
-                    fmt_stats(rr, "req/s"),
-                    f"clusterlab {base} (rr)",
-                    fmt_stats(old),
-                    ratio(_med(rr), _med(old)),
-                    "no slower beyond its spread",
-                    met=within if old else None,
-                    note="rr's median ≥ the old tree's slowest run" if within else "",
-                )
-            )
         for name, what in zip(policies.SCHEDULERS, names, strict=True):
             figure = res.get(f"clusterlab-{name}")
             self.rows.append(
@@ -509,6 +490,31 @@ class Suite:
                     TARGETS["policies"],
                 )
             )
+
+    def _policies_base(self) -> None:
+        """rr beside rr of the commit before schedulers (a git worktree), same run."""
+        s = self.settings
+        try:
+            base = s.rr_base or policies.baseline_commit()
+        except ValueError as exc:
+            self.rows.append(Row(_BASE_ROW, "skipped", note=f"no baseline tree: {exc}"))
+            return
+        with policies.worktree(base) as tree:
+            res = self._wrk_rounds("policies_base", policies.base_specs(s.workers, tree), "close")
+        rr, old = res.get("clusterlab-rr"), res.get("clusterlab-rr-base")
+        within = None if _med(rr) is None or not old else _med(rr) >= old["min"]
+        self.rows.append(
+            Row(
+                _BASE_ROW,
+                fmt_stats(rr, "req/s"),
+                f"clusterlab {base} (rr)",
+                fmt_stats(old),
+                ratio(_med(rr), _med(old)),
+                "no slower beyond its spread",
+                met=within,
+                note="median ≥ the old tree's slowest run" if within else "",
+            )
+        )
 
     def keepalive(self) -> None:
         """Keep-alive hello: clusterlab's fastest worker server vs uvicorn --workers and Node.js."""
@@ -1259,7 +1265,7 @@ def _display(path: Path) -> str:
 # Where each step keeps its samples in Suite.raw (each sample records foreign_cpu_pct).
 STEP_RAW = {
     "handoff": ("handoff",),
-    "policies": ("policies",),
+    "policies": ("policies_base", "policies"),
     "keepalive": ("keepalive",),
     "scaling": ("scaling",),
     "ipc": ("ipc",),
