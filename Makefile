@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint lab bench stress trust trust-compare mutate clean
+.PHONY: install test lint lab bench stress trust trust-compare history-check mutate clean
 
 install: $(STAMP)
 
@@ -58,6 +58,12 @@ stress: install
 # 2 cores; TRUST_COMPARE_ARGS=--quick for about 4 (the plumbing, not the counts).
 trust-compare: install
 	$(PY) tools/trust_compare.py $(TRUST_COMPARE_ARGS)
+
+# Does `clusterlab history check` find a real +15 % step where it is and nothing in an A/A history?
+# 16 real runs of /cpu?ms=2 then 8 of /cpu?ms=2.3 into one history (tools/history_check.py);
+# about 4 minutes on 2 cores.
+history-check: install wrk
+	$(PY) tools/history_check.py $(HISTORY_CHECK_ARGS)
 
 # Plant named bugs one at a time (each in a fresh copy of the tree) and check that the tests
 # catch every one; prints which test caught which bug (tools/mutate.py), ~5 minutes on 2 cores.
