@@ -19,6 +19,8 @@ from bench.handoff import target_from_template
 
 #: The built-in schedulers measured against rr (Node's round robin, inline).
 SCHEDULERS = ("least-conn", "p2c", "jiq", "hash", "weighted", "random")
+#: What a row's figure means beyond the hand-off rate.
+NOTES = {"hash": "wrk's one client address (127.0.0.1) sticks to one worker: it serves everything"}
 #: The file whose first commit brought schedulers: the commit before it is rr's baseline.
 _FIRST_OF_SCHEDULERS = "clusterlab/cluster/_scheduler.py"
 _HELLO = "{python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy "

@@ -488,6 +488,7 @@ class Suite:
                     fmt_stats(rr),
                     ratio(_med(figure), _med(rr)),
                     TARGETS["policies"],
+                    note=policies.NOTES.get(name, ""),
                 )
             )
 
