@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="machine facts as the lab records them")
     _ci_parsers(sub)
     _history_parser(sub)
+    _plan_parser(sub)
     _describe_commands(parser)
     return parser
 
@@ -186,6 +187,18 @@ def _history_parser(sub: argparse._SubParsersAction) -> None:
     history_command.add_parser(sub)
 
 
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
+    from clusterlab.lab import plan_command
+
+    plan_command.add_parser(sub)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from clusterlab.lab import plan_command
+
+    return plan_command.run(args)
+
+
 def _calibrate_parser(sub: argparse._SubParsersAction) -> None:
     calibrate = sub.add_parser(
         "calibrate",
@@ -230,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": _baseline,
         "calibrate": _calibrate,
         "history": _history,
+        "plan": _plan,
     }[args.command]
     return handler(args)
 
@@ -281,6 +295,8 @@ def _run(args: argparse.Namespace) -> int:
     table = summary_table(lab.analysis.aggregates)
     if not args.quiet and not table.empty:
         print(markdown_table(table))
+    if lab.analysis.capacity is not None and not lab.analysis.measured.empty:
+        print(lab.analysis.capacity.recommendation.text())
     state = "PARTIAL (interrupted) " if lab.outcome.interrupted else ""
     report = lab.report
     print(f"{state}report: {report} (and {report.with_suffix('.html').name}, plots, CSVs in {out})")

@@ -28,6 +28,7 @@ class Recommendation:
     best_workers: int | None = None
     best_policy: str | None = None
     lower_bound: bool = False
+    workload: str | None = None
 
     def text(self) -> str:
         return f"{self.question} {self.answer}"
@@ -48,17 +49,45 @@ def _spread(row: dict[str, Any], key: str = "met") -> str:
 
 
 def recommend_slo(table: pd.DataFrame, slo: Slo, rate: float | None, cpus: int) -> Recommendation:
-    """From the capacity table (``capacity.capacity_table``): the fewest workers whose every
-    repeat met the SLO at ``rate``, and the most any configuration sustained within it."""
+    """From the capacity table (``capacity.capacity_table``), per workload: the fewest workers
+    whose every repeat met the SLO at ``rate``, and the most any configuration sustained within
+    it; with several workloads each answer is led by its name."""
     bounds = slo.describe()
     question = (
         f"How many workers for {_n(rate)} req/s at {bounds}?"
         if rate is not None
         else f"What is the most this machine sustains at {bounds}?"
     )
-    found = table[table["met"].notna()].to_dict("records") if not table.empty else []
-    if not found:
+    found = table[table["met"].notna()] if not table.empty else table
+    if found.empty:
         return Recommendation(question, "No measured configuration met the SLO.")
+    answers = [
+        _slo_answer(group.to_dict("records"), bounds, rate, cpus)
+        for _, group in found.groupby("mix", sort=True)
+    ]
+    several = len(answers) > 1
+    text = " ".join(
+        f"{best['mix']}: {sentence}" if several else sentence for sentence, _, best in answers
+    )
+    answered = [a for a in answers if a[1] is not None]
+    _, chosen, best = answered[0] if answered else answers[0]
+    return Recommendation(
+        question,
+        text,
+        chosen["workers"] if chosen else None,
+        chosen["policy"] if chosen else None,
+        float(best["met"]),
+        int(best["workers"]),
+        str(best["policy"]),
+        not best["systems"],
+        workload=str(best["mix"]),
+    )
+
+
+def _slo_answer(
+    found: list[dict[str, Any]], bounds: str, rate: float | None, cpus: int
+) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+    """One workload's answer: (sentences, the configuration serving ``rate``, the best)."""
     best = max(found, key=lambda r: r["met"])
     sentences = []
     chosen: dict[str, Any] | None = None
@@ -82,50 +111,42 @@ def recommend_slo(table: pd.DataFrame, slo: Slo, rate: float | None, cpus: int) 
     elif not math.isnan(best["missed"]):
         most += f"; {_n(best['missed'])} req/s missed"
     sentences.append(most + ".")
-    same = [r for r in found if (r["mix"], r["policy"]) == (best["mix"], best["policy"])]
+    same = [r for r in found if r["policy"] == best["policy"]]
     trend = _past_cpus(same, "met", cpus)
-    if trend:
-        sentences.append(trend)
-    return Recommendation(
-        question,
-        " ".join(sentences),
-        chosen["workers"] if chosen else None,
-        chosen["policy"] if chosen else None,
-        float(best["met"]),
-        int(best["workers"]),
-        str(best["policy"]),
-        not best["systems"],
-    )
+    return " ".join([*sentences, trend] if trend else sentences), chosen, best
 
 
 def recommend_throughput(aggregates: pd.DataFrame, cpus: int) -> Recommendation:
-    """Without an SLO: the worker count and policy with the most req/s among target-bound
-    groups, and what more workers did past one per CPU."""
+    """Without an SLO, per workload: the worker count and policy with the most req/s among
+    target-bound groups, and what more workers did past one per CPU."""
     question = "How many workers give the most req/s?"
-    bound = (
-        aggregates[aggregates["target_bound"]].to_dict("records")
-        if not aggregates.empty
-        else []
-    )
-    if not bound:
+    bound = aggregates[aggregates["target_bound"]] if not aggregates.empty else aggregates
+    if bound.empty:
         return Recommendation(
             question, "No group was target-bound: this run does not measure the target's capacity."
         )
-    best = max(bound, key=lambda r: r["rps"])
-    answer = (
-        f"{best['workers']} workers ({best['policy']}, {best['workload']}): "
-        f"{_n(best['rps'])} req/s{_spread(best, 'rps')}."
-    )
-    same = [r for r in bound if (r["workload"], r["policy"]) == (best["workload"], best["policy"])]
-    trend = _past_cpus(same, "rps", cpus)
+    sentences = []
+    bests = []
+    for workload, group in bound.groupby("workload", sort=True):
+        rows = group.to_dict("records")
+        best = max(rows, key=lambda r: r["rps"])
+        bests.append(best)
+        sentence = (
+            f"{workload}: {best['workers']} workers ({best['policy']}), "
+            f"{_n(best['rps'])} req/s{_spread(best, 'rps')}."
+        )
+        trend = _past_cpus([r for r in rows if r["policy"] == best["policy"]], "rps", cpus)
+        sentences.append(sentence + (f" {trend}" if trend else ""))
+    first = bests[0]
     return Recommendation(
         question,
-        answer + (f" {trend}" if trend else ""),
-        int(best["workers"]),
-        str(best["policy"]),
-        float(best["rps"]),
-        int(best["workers"]),
-        str(best["policy"]),
+        " ".join(sentences),
+        int(first["workers"]),
+        str(first["policy"]),
+        float(first["rps"]),
+        int(first["workers"]),
+        str(first["policy"]),
+        workload=str(first["workload"]),
     )
 
 
@@ -139,9 +160,7 @@ def _past_cpus(rows: list[dict[str, Any]], key: str, cpus: int) -> str:
     base = max(within, key=lambda r: r[key])
     last = max(beyond, key=lambda r: r["workers"])
     low, high = f"{key}_min", f"{key}_max"
-    change = (
-        f"({_n(base[key])} req/s at {base['workers']} → {_n(last[key])} at {last['workers']})"
-    )
+    change = f"({_n(base[key])} req/s at {base['workers']} → {_n(last[key])} at {last['workers']})"
     if min(base["repeats"], last["repeats"]) < 2:
         moved = "fell" if last[key] < base[key] else "rose"
         return f"Past one worker per CPU, throughput {moved} {change} in one repeat: not tested."

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.optimize import curve_fit
 
 #: Resamples of the residual bootstrap (seeded: the same data give the same intervals).
-RESAMPLES = 400
+RESAMPLES = 200
 LEVEL = 0.95
 #: The fit is refused when N*'s interval reaches further than this share from N*.
 MAX_PEAK_UNCERTAINTY = 0.5

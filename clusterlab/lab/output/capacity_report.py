@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from clusterlab.lab.analysis.capacity import LITTLE_TOLERANCE, CapacityFindings
+from clusterlab.lab.analysis.capacity import LITTLE_TOLERANCE
 from clusterlab.lab.analysis.usl import Interval, UslConfidence
 from clusterlab.lab.output.text import fmt
 
@@ -43,7 +43,7 @@ def capacity_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
     if found.slo is not None and not found.table.empty:
         out += [
             block("p", f"SLO: {found.slo.describe()}. {SEARCH_HELP}"),
-            block("table", table=slo_table(found)),
+            block("table", table=slo_table(found.table)),
         ]
     if not found.knees.empty:
         out += [
@@ -64,10 +64,10 @@ def capacity_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
     return out
 
 
-def slo_table(found: CapacityFindings) -> pd.DataFrame:
+def slo_table(table: pd.DataFrame) -> pd.DataFrame:
     """Per workload × policy × workers: the highest rate within the SLO and its bracket."""
     rows = []
-    for r in found.table.to_dict("records"):
+    for r in table.to_dict("records"):
         met = fmt(r["met"], 0)
         if r["repeats"] > 1:
             met += f" [{fmt(r['met_min'], 0)}–{fmt(r['met_max'], 0)}]"
