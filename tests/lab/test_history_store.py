@@ -175,3 +175,19 @@ def test_the_full_summary_is_kept_with_each_run(tmp_path):
         (text,) = con.execute("SELECT summary FROM runs").fetchone()
 
     assert json.loads(text) == summary
+
+
+def test_a_partial_run_and_a_failed_point_make_the_run_untrusted(tmp_path):
+    partial = scaled(recorded("a1"), 1, 1.0)
+    partial["run"]["partial"] = True
+    failed = scaled(recorded("a1"), 2, 1.0)
+    failed["points"][0]["status"] = "failed"
+    failed["points"][0]["error"] = "target exited"
+
+    cut, broken = history.record(partial), history.record(failed)
+
+    assert cut.run["trusted"] == 0 and cut.run["distrust"] == "partial run"
+    assert not any(f["trusted"] for f in cut.figures)
+    assert broken.run["trusted"] == 0 and "point failed: target exited" in broken.run["distrust"]
+    quiet = history.record(recorded("a1")).run
+    assert (quiet["trusted"], quiet["distrust"]) == (1, "")

@@ -8,7 +8,7 @@ their run, oldest first), which pandas reads in one call::
     pd.read_sql_query("SELECT * FROM series", sqlite3.connect(".clusterlab/history.sqlite"))
 
 A figure is ``trusted`` when every point behind it was (``compare``'s rule: target-bound, quiet
-machine, not failed) and its run is not partial; ``travels`` marks the figures that cancel the
+machine, not failed) and its run is not partial (a run is, when all its points are); ``travels`` marks the figures that cancel the
 machine's speed (``TRAVELS``). Adding writes in one transaction: bad input or a failure leaves
 the file as it was. The file is refused, untouched, unless it is a history of this schema.
 """
@@ -83,7 +83,7 @@ CREATE TABLE figures (
 CREATE VIEW series AS
     SELECT r.run, r.time, r.started, r.revision, r.branch, r.scenario, r.scenario_key,
            r.fingerprint, f.metric, f.grp AS "group", f.value, f.repeats, f.low, f.high,
-           f.direction, f.travels, f.trusted AND r.trusted AS trusted, f.distrust
+           f.direction, f.travels, f.trusted, f.distrust
     FROM figures f JOIN runs r USING (run)
     ORDER BY r.started, r.run, f.metric, f.grp;
 """
@@ -121,6 +121,10 @@ def _rps_per_cpu(summary: dict[str, Any]) -> dict[tuple[str, tuple[Any, ...]], l
     return out
 
 
+def _partial(summary: dict[str, Any]) -> bool:
+    return bool(summary["run"].get("partial") or summary["run"].get("interrupted"))
+
+
 def _direction(metric: str) -> int:
     return NORMALISED.get(metric) or DERIVED.get(metric) or METRICS[metric][2]
 
@@ -130,11 +134,12 @@ def figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
     samples = {**metric_samples(summary), **_rps_per_cpu(summary)}
     distrusted = untrusted_points(summary, "run")
     keys = list(dict.fromkeys(k for _, k in samples))
+    partial = ["partial run"] if _partial(summary) else []
     rows = []
     for (metric, key), values in samples.items():
         finite = [v for v in values if math.isfinite(v)]
         sources = row_sources(metric, key, keys)
-        why = sorted({r for d in distrusted if d.key in sources for r in d.reasons})
+        why = partial + sorted({r for d in distrusted if d.key in sources for r in d.reasons})
         rows.append(
             {
                 "metric": metric,
@@ -163,8 +168,8 @@ def record(
     rows = figures(summary)
     facts = summary["run"]
     started = float(facts["started"])
-    why = ["partial run"] if facts.get("partial") or facts.get("interrupted") else []
-    why += sorted({r["distrust"] for r in rows if not r["trusted"]} - {""})
+    why = ["partial run"] if _partial(summary) else []
+    why += sorted({r for d in untrusted_points(summary, "run") for r in d.reasons})
     known = summary["machine"].get("git_revision")
     run = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -293,7 +298,6 @@ def frame(rec: Record, run: int = 0) -> pd.DataFrame:
                 "run": run,
                 **{k: v for k, v in row.items() if k != "grp"},
                 "group": row["grp"],
-                "trusted": int(row["trusted"] and rec.run["trusted"]),
             }
         )
     return pd.DataFrame(rows)
