@@ -86,9 +86,21 @@ CASES = [
         'policies = ["rr", "rr"]',
         'sweep.policies: expected distinct items, got ["rr", "rr"]',
     ),
-    ("users = 4", "users = 0", "load.users: expected an integer from 1 to 10000 or a non-empty list of distinct ones, got 0"),
-    ("users = 4", 'users = "many"', 'load.users: expected an integer from 1 to 10000 or a non-empty list of distinct ones, got "many"'),
-    ("users = 4\n", "", "load.users: expected an integer from 1 to 10000 or a non-empty list of distinct ones, got nothing"),
+    (
+        "users = 4",
+        "users = 0",
+        "load.users: expected an integer from 1 to 10000 or a non-empty list of distinct ones, got 0",
+    ),
+    (
+        "users = 4",
+        'users = "many"',
+        'load.users: expected an integer from 1 to 10000 or a non-empty list of distinct ones, got "many"',
+    ),
+    (
+        "users = 4\n",
+        "",
+        "load.users: expected an integer from 1 to 10000 or a non-empty list of distinct ones, got nothing",
+    ),
     ("duration = 3", "duration = 3\ncolour = 1", "load.colour: expected one of the fields"),
     (
         "duration = 3",

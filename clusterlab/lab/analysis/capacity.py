@@ -191,16 +191,18 @@ def little_flag(row: Mapping[str, Any], wait_s: float) -> str:
     )
 
 
-def efficiency(points: pd.DataFrame) -> pd.DataFrame:
+def efficiency(points: pd.DataFrame, cpus: int | None = None) -> pd.DataFrame:
     """Per mix × policy × workers (medians over repeats and levels at their busiest): req/s per
-    core the target used, and its CPU headroom — the share of its CPUs it left unused."""
+    core the target used, and its CPU headroom — the share of its CPUs it left unused (``cpus``:
+    the target's CPUs for runs recorded before placement was)."""
     done = points[points["status"] == "ok"].copy()
     if done.empty:
         return pd.DataFrame(columns=[*GROUP, "rps", "cores_used", "rps_per_core", "headroom"])
     target_pct = done["workers_cpu_pct"].fillna(0) + done["primary_cpu_pct"].fillna(0)
     done["cores_used"] = target_pct / 100
-    cpus = done["target_cpus"].fillna(done["cpus"]).astype(float)
-    capacity = np.minimum(cpus, done["workers"].clip(lower=1).astype(float))
+    placed = done["target_cpus"].fillna(done["cpus"]).astype(float)
+    placed = placed.fillna(float(cpus)) if cpus is not None else placed
+    capacity = np.minimum(placed, done["workers"].clip(lower=1).astype(float))
     done["headroom"] = (1 - done["cores_used"] / capacity).clip(lower=0)
     done["rps_per_core"] = done["rps"] / done["cores_used"].where(done["cores_used"] > 0)
     busiest = done.sort_values("rps").groupby([*GROUP, "repeat"], sort=True).tail(1)
@@ -255,7 +257,7 @@ def find_capacity(
     if points.empty:
         return CapacityFindings(slo, table, pd.DataFrame(), pd.DataFrame(), [], advice)
     return CapacityFindings(
-        slo, table, knees(points), efficiency(points), usl_confidence(points, cpus), advice
+        slo, table, knees(points), efficiency(points, cpus), usl_confidence(points, cpus), advice
     )
 
 

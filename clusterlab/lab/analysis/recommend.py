@@ -41,6 +41,10 @@ def _n(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
+
+
 def _spread(row: dict[str, Any], key: str = "met") -> str:
     low, high = row[f"{key}_min"], row[f"{key}_max"]
     if math.isnan(low) or math.isclose(low, high):
@@ -96,7 +100,7 @@ def _slo_answer(
         if serving:
             chosen = min(serving, key=lambda r: (r["workers"], -r["met"]))
             sentences.append(
-                f"For {_n(rate)} req/s at {bounds}: {chosen['workers']} workers "
+                f"For {_n(rate)} req/s at {bounds}: {_workers(chosen['workers'])} "
                 f"({chosen['policy']}), which sustained {_n(chosen['met'])} req/s"
                 f"{_spread(chosen)}."
             )
@@ -104,7 +108,7 @@ def _slo_answer(
             sentences.append(f"No measured configuration sustained {_n(rate)} req/s at {bounds}.")
     most = (
         f"The most this machine sustains within the SLO is {_n(best['met'])} req/s"
-        f"{_spread(best)} ({best['workers']} workers, {best['policy']})"
+        f"{_spread(best)} ({_workers(best['workers'])}, {best['policy']})"
     )
     if not best["systems"]:
         most += ": a lower bound (no target-bound miss above it)"
@@ -132,7 +136,7 @@ def recommend_throughput(aggregates: pd.DataFrame, cpus: int) -> Recommendation:
         best = max(rows, key=lambda r: r["rps"])
         bests.append(best)
         sentence = (
-            f"{workload}: {best['workers']} workers ({best['policy']}), "
+            f"{workload}: {_workers(best['workers'])} ({best['policy']}), "
             f"{_n(best['rps'])} req/s{_spread(best, 'rps')}."
         )
         trend = _past_cpus([r for r in rows if r["policy"] == best["policy"]], "rps", cpus)

@@ -28,6 +28,7 @@ NEGLIGIBLE = 1e-3
 #: Linear in the measured range: σ and κ intervals reach no further than these.
 LINEAR_SIGMA = 0.1
 LINEAR_KAPPA = 0.01
+TOO_FEW = "fewer than 3 worker counts"
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def fit_with_confidence(
     n, x = np.asarray(workers, dtype=float), np.asarray(rps, dtype=float)
     limited = tuple(sorted({int(w) for w in n if w > cpus}))
     if np.unique(n).size < 3:
-        return UslConfidence(mix, policy, cpus, "refused", "fewer than 3 worker counts")
+        return UslConfidence(mix, policy, cpus, "refused", TOO_FEW)
     found = _fit(n, x, cpus)
     if found is None:
         return UslConfidence(mix, policy, cpus, "refused", "the fit did not converge")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from clusterlab.lab.analysis.capacity import LITTLE_TOLERANCE
-from clusterlab.lab.analysis.usl import Interval, UslConfidence
+from clusterlab.lab.analysis.usl import TOO_FEW, Interval, UslConfidence
 from clusterlab.lab.output.text import fmt
 
 if TYPE_CHECKING:
@@ -28,8 +28,8 @@ SEARCH_HELP = (
 def recommendation_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
     """The question and its answer, first thing in the report."""
     found = analysis.capacity
-    if found is None or analysis.measured.empty:
-        return []
+    if found is None or analysis.measured.empty or analysis.scenario.get("faults"):
+        return []  # a run with faults asks about recovery, not capacity
     advice = found.recommendation
     return [block("h2", "Recommendation"), block("p", advice.answer, lead=advice.question)]
 
@@ -109,6 +109,8 @@ def _interval(value: Interval | None, digits: int) -> str:
 
 
 def _usl_blocks(fits: list[UslConfidence], block: type[Block]) -> list[Block]:
+    # too few counts is said by the Scalability section already
+    fits = [f for f in fits if f.refused != TOO_FEW]
     if not fits:
         return []
     rows: list[dict[str, Any]] = []
