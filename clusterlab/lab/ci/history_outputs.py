@@ -211,6 +211,8 @@ def _panel(ax: Any, s: SeriesCheck, rows: pd.DataFrame, order: dict[int, int]) -
             f"{pct(c.point.change)}\n{c.commits}",
             (at, 1),
             xycoords=("data", "axes fraction"),
+            xytext=(4, -3),
+            textcoords="offset points",
             va="top",
             ha="left",
             fontsize=8,
