@@ -114,6 +114,8 @@ def _slo_answer(
         most += ": a lower bound (no target-bound miss above it)"
     elif not math.isnan(best["missed"]):
         most += f"; {_n(best['missed'])} req/s missed"
+    if best.get("confirmed") is False:
+        most += "; run again, it missed the SLO: this is the edge, with no margin"
     sentences.append(most + ".")
     same = [r for r in found if r["policy"] == best["policy"]]
     trend = _past_cpus(same, "met", cpus)
