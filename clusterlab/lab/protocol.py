@@ -115,6 +115,7 @@ class LoadFile(StrEnum):
     OUTCOMES = "outcomes-{pid}.json"  # per locust process: outcomes in 100 ms bins
     HISTOGRAM = "latency-{pid}.hdr"  # per locust process: the window's HDR latency histogram
     OPEN = "open-{pid}.json"  # open model, per process: late arrivals, latency from the send
+    TOTALS = "totals.json"  # a lone locust: the window's counts and failures, final at its stop
 
     def of(self, pid: int) -> str:
         """This per-process file's name for process ``pid``."""

@@ -117,8 +117,9 @@ def start_load(
     out_dir.mkdir(parents=True, exist_ok=True)
     if engine == "wrk":
         return _start_wrk(load, workload, url, out_dir, header, cpus)
-    # The locustfile ends the run itself (exact window); -t only bounds a run that hangs.
-    grace = 1.5 if processes == 1 else 4.0
+    # The locustfile ends the run itself (exact window); -t only bounds a run that hangs. A lone
+    # locust writes its totals at the stop and quits; a master waits for its workers' last reports.
+    grace = 0.0 if processes == 1 else 4.0
     run_time = math.ceil(load.warmup + load.duration + grace) + 15
     config = {
         "out": str(out_dir),
@@ -241,9 +242,7 @@ def _read_locust(out_dir: Path) -> LoadOutcome:
         raise LoadError(f"locust left no results in {out_dir}: {exc}") from None
     if "measure_start" not in phases:
         raise LoadError(f"locust stopped before its warm-up ended; see {out_dir}/locust-0.log")
-    total = stats[stats["Name"] == "Aggregated"].iloc[0]
-    failures_path = out_dir / "locust_failures.csv"
-    failures = pd.read_csv(failures_path) if failures_path.exists() else pd.DataFrame()
+    locust_stats, failures = _locust_totals(out_dir, stats)
     history_path = out_dir / "locust_stats_history.csv"
     history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
     tally: dict[str, int] = {}
@@ -251,7 +250,6 @@ def _read_locust(out_dir: Path) -> LoadOutcome:
         for worker, count in json.loads(path.read_text()).items():
             tally[worker] = tally.get(worker, 0) + int(count)
     histogram = _histogram(out_dir)
-    locust_stats = {k: float(total[c]) for k, c in _STATS.items()}
     return LoadOutcome(
         outcomes=_outcomes(out_dir),
         stats={**locust_stats, **_latency_stats(histogram), **_open_model(out_dir)},
@@ -262,6 +260,22 @@ def _read_locust(out_dir: Path) -> LoadOutcome:
         history=history,
         tally=tally,
     )
+
+
+def _locust_totals(out_dir: Path, stats: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
+    """The window's counts and failures: a lone locust's own totals, written at its stop, over
+    its CSV (written once a second, so possibly a second old); a master's CSV, written after its
+    workers' last reports."""
+    total = stats[stats["Name"] == "Aggregated"].iloc[0]
+    counts = {k: float(total[c]) for k, c in _STATS.items()}
+    failures_path = out_dir / "locust_failures.csv"
+    failures = pd.read_csv(failures_path) if failures_path.exists() else pd.DataFrame()
+    totals_path = out_dir / LoadFile.TOTALS
+    if totals_path.exists():
+        totals = json.loads(totals_path.read_text())
+        counts |= {"requests": float(totals["requests"]), "failures": float(totals["failures"])}
+        failures = pd.DataFrame(totals["failure_table"])
+    return counts, failures
 
 
 def _histogram(out_dir: Path) -> HdrHistogram:

@@ -82,12 +82,27 @@ def _end_warmup(environment: Environment) -> None:
 
 
 def _end_measurement(environment: Environment) -> None:
-    # Stop the users now, but quit only after locust's CSV writer (once a second) has written
-    # the final numbers, and, distributed, after the workers' last reports (every 3 s) arrived.
+    # Stop the users now. A lone locust writes its final counts itself at the stop (TOTALS) and
+    # quits at once; a master quits only after the workers' last reports (every 3 s) arrived
+    # and its CSV writer (once a second) has written the numbers they make.
     _phases["stop"] = time.time()
     if environment.runner is not None:
         environment.runner.stop()
-        gevent.spawn_later(float(_CONFIG.get("grace", 1.5)), environment.runner.quit)
+        gevent.spawn_later(float(_CONFIG.get("grace", 0.0)), environment.runner.quit)
+
+
+def _write_totals(environment: Environment) -> None:
+    """A lone locust's request and failure counts of the window, exact at the stop."""
+    stats = environment.runner.stats if environment.runner is not None else None
+    if stats is None:
+        return
+    failures = [  # the columns of locust's failures CSV
+        {"Method": e.method, "Name": e.name, "Error": e.parse_error(e.error)}
+        | {"Occurrences": e.occurrences}
+        for e in stats.errors.values()
+    ]
+    totals = {"requests": stats.total.num_requests, "failures": stats.total.num_failures}
+    _write_json(LoadFile.TOTALS, {**totals, "failure_table": failures})
 
 
 @events.test_start.add_listener
@@ -109,6 +124,8 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
             sent = _sent_histogram.encode().decode("ascii")
             _write_json(LoadFile.OPEN.of(os.getpid()), {**_arrivals, "sent_histogram": sent})
     if not _is_worker(environment):
+        if not isinstance(environment.runner, MasterRunner):
+            _write_totals(environment)
         _write_json(LoadFile.PHASES, _phases)
 
 
