@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clusterlab.lab.analysis.analysis import load_levels
 from clusterlab.lab.analysis.capacity import (
     LITTLE_TOLERANCE,
     capacities,
@@ -216,3 +217,38 @@ def test_efficiency_is_req_s_per_core_used_and_headroom_the_cpu_left():
     assert table.loc[1, "rps_per_core"] == pytest.approx(1000.0)
     assert table.loc[2, "rps_per_core"] == pytest.approx(900.0)
     assert table.loc[1, "headroom"] == pytest.approx(0.0)
+
+
+def _results(**columns) -> pd.DataFrame:
+    base = {"workload": ["cpu", "cpu", "cpu"], "users": [2, 8, 32]}
+    base |= {"offered_rps": [math.nan] * 3, "search_step": [math.nan] * 3}
+    return pd.DataFrame(base | columns)
+
+
+def test_a_users_sweep_names_each_group_after_its_level():
+    points = load_levels(_results(), {"users_levels": [2, 8, 32]})
+    assert points["workload"].tolist() == ["cpu @ 2 users", "cpu @ 8 users", "cpu @ 32 users"]
+    assert points["mix"].tolist() == ["cpu"] * 3
+    assert points["level"].tolist() == [2.0, 8.0, 32.0]
+
+
+def test_a_rate_sweep_and_a_searchs_confirmation_are_named_by_rate():
+    rates = {"offered_rps": [5.5, 400.0, 400.0], "search_step": ["ramp", "ramp", "confirm"]}
+    points = load_levels(_results(**rates), {"rate_levels": []})
+    assert points["workload"].tolist() == [
+        "cpu @ 5.5 req/s",
+        "cpu @ 400 req/s",
+        "cpu @ 400 req/s (confirm)",
+    ]
+
+
+def test_a_single_load_level_keeps_the_workload_names():
+    points = load_levels(_results(), {"users": 4})
+    assert points["workload"].tolist() == ["cpu"] * 3
+    assert points["level"].isna().all()
+
+
+def test_three_points_for_three_parameters_are_refused_not_fitted_with_zero_width():
+    fit = fit_with_confidence("cpu", "rr", [1, 2, 4], [335.0, 587.0, 493.0], cpus=2)
+    assert fit.verdict == "refused"
+    assert fit.refused.startswith("3 points for 3 parameters")

@@ -91,12 +91,14 @@ def recommend_slo(table: pd.DataFrame, slo: Slo, rate: float | None, cpus: int) 
 def _slo_answer(
     found: list[dict[str, Any]], bounds: str, rate: float | None, cpus: int
 ) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
-    """One workload's answer: (sentences, the configuration serving ``rate``, the best)."""
-    best = max(found, key=lambda r: r["met"])
+    """One workload's answer: (sentences, the configuration serving ``rate``, the best). Only
+    a configuration whose confirmation (if any) met the SLO serves ``rate``."""
+    # a rate whose confirmation missed is the edge: an answer that held twice comes first
+    best = max(found, key=lambda r: (r.get("confirmed") is not False, r["met"]))
     sentences = []
     chosen: dict[str, Any] | None = None
     if rate is not None:
-        serving = [r for r in found if r["met_min"] >= rate]
+        serving = [r for r in found if r["met_min"] >= rate and r.get("confirmed") is not False]
         if serving:
             chosen = min(serving, key=lambda r: (r["workers"], -r["met"]))
             sentences.append(

@@ -11,12 +11,13 @@ that run at once, coherency (κ) among all of them.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
 
 #: Resamples of the residual bootstrap (seeded: the same data give the same intervals).
 RESAMPLES = 200
@@ -29,6 +30,10 @@ NEGLIGIBLE = 1e-3
 LINEAR_SIGMA = 0.1
 LINEAR_KAPPA = 0.01
 TOO_FEW = "fewer than 3 worker counts"
+NO_RESIDUAL = (
+    "3 points for 3 parameters: the curve passes through them and nothing is left to say how "
+    "sure it is (add a worker count or repeats)"
+)
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,15 @@ def _fit(n: np.ndarray, x: np.ndarray, cpus: int) -> tuple[float, float, float] 
 
     lam0 = float(np.max(x / np.minimum(n, cpus)))
     try:
-        params, _ = curve_fit(
-            model, n, x, p0=(lam0, 0.05, 0.001), bounds=([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf])
-        )
+        with warnings.catch_warnings():  # a resample may leave a parameter undetermined
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(
+                model,
+                n,
+                x,
+                p0=(lam0, 0.05, 0.001),
+                bounds=([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf]),
+            )
     except (RuntimeError, ValueError):
         return None
     lam, sigma, kappa = (float(v) for v in params)
@@ -105,6 +116,8 @@ def fit_with_confidence(
     limited = tuple(sorted({int(w) for w in n if w > cpus}))
     if np.unique(n).size < 3:
         return UslConfidence(mix, policy, cpus, "refused", TOO_FEW)
+    if n.size <= 3:
+        return UslConfidence(mix, policy, cpus, "refused", NO_RESIDUAL)
     found = _fit(n, x, cpus)
     if found is None:
         return UslConfidence(mix, policy, cpus, "refused", "the fit did not converge")

@@ -456,7 +456,7 @@ def hockey_stick(results: pd.DataFrame, knees: pd.DataFrame, path: Path) -> Path
             if series.empty:
                 continue
             color = colors(i / max(1, len(counts) - 1) * 0.85)
-            _hockey_series(ax, series, color, f"{workers} workers")
+            _hockey_series(ax, series, color, f"{workers} worker{'s' if workers != 1 else ''}")
             knee = knees[
                 (knees["mix"] == mix) & (knees["policy"] == policy) & (knees["workers"] == workers)
             ]
@@ -466,10 +466,7 @@ def hockey_stick(results: pd.DataFrame, knees: pd.DataFrame, path: Path) -> Path
         ax.set(title=f"{mix} · {policy}", xlabel="successful requests/s", ylabel="latency (ms)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    fig.suptitle(
-        "Latency against throughput per load level (p50 dashed, p99 solid, p99.9 dotted; ✕ = knee)",
-        fontsize=10,
-    )
+    fig.suptitle("Latency against throughput per load level (✕ = knee)", fontsize=10)
     return _save(fig, path)
 
 
