@@ -41,6 +41,7 @@ class Event(StrEnum):
     FAULT = "fault"  # a fault took effect (a signal) or was armed in a worker
     FAULT_FIRED = "fault_fired"  # an armed fault fired at a request
     FAULT_SKIPPED = "fault_skipped"  # no worker could take it, or the load had ended
+    FAULT_END = "fault_end"  # a fault with a length (slow) is over: the worker is itself again
     # answers and the end
     SNAPSHOT = "snapshot"
     SUPERVISION = "supervision"
@@ -90,6 +91,8 @@ class FaultCommand(TypedDict):
     code: int | None
     hang: str | None
     fatal: bool | None
+    factor: float | None
+    length: float | None
 
 
 class Supervision(TypedDict):

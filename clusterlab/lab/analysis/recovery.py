@@ -156,7 +156,7 @@ def _point_faults(
     records = injected.to_dict("records")
     for i, fault in enumerate(records):
         info = detail(fault["detail"])
-        at_once = info.get("how") in _AT_ONCE or fault["kind"] == "exit"
+        at_once = info.get("how") in _AT_ONCE or fault["kind"] in ("exit", "slow")
         effect = float(fault["t"]) if at_once else float(fired.get(info.get("id"), math.nan))
         # an exit after the next fault into the same worker is that fault's doing
         later = [f["t"] for f in records[i + 1 :] if str(f["worker"]) == str(fault["worker"])]

@@ -37,7 +37,7 @@ PLOTS = (
     "efficiency",
 )
 TargetKind = Literal["builtin", "asgi", "wsgi", "script", "command", "url"]
-FaultKind = Literal["sigkill", "sigterm", "exit", "exception", "hang"]
+FaultKind = Literal["sigkill", "sigterm", "exit", "exception", "hang", "slow"]
 RespawnMode = Literal["never", "immediate", "backoff"]
 CLUSTER_KINDS = ("builtin", "asgi", "wsgi", "script")
 #: Seconds an asgi/wsgi app gets to import at validation (in a child process: imports can have
@@ -125,6 +125,7 @@ class Fault:
     ``start`` (default: one interval in), then one per interval; ``rate``: Poisson arrivals at
     that many faults per second from ``start``, drawn from ``seed``. ``target``: ``"random"``
     (seeded), ``"busiest"`` (most requests in the last second), ``"slot:N"`` or ``"worker:N"``.
+    ``slow``: the worker serves ``factor`` times slower for ``length`` seconds.
     """
 
     kind: FaultKind
@@ -137,6 +138,8 @@ class Fault:
     code: int = 1
     hang: Literal["sigstop", "handler"] = "sigstop"
     fatal: bool = False
+    factor: float = 4.0
+    length: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,7 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         repeats=sweep_data.get("repeats", 1),
     )
     _check_workers(sweep, where)
+    _check_policy_imports(sweep, where)
     load = _load(data["load"])
     _check_load(load, where)
     workloads = tuple(
@@ -416,6 +420,42 @@ def _check_app_imports(target: Target, where: str) -> None:
         )
 
 
+_IMPORT_POLICY = """
+import sys
+from clusterlab.cluster._policies import resolve
+resolve(sys.argv[1])
+"""
+
+
+def _check_policy_imports(sweep: Sweep, where: str) -> None:
+    """Each ``"module:Name"`` policy imports (and is a Scheduler) as the target's primary will
+    import it: from this working directory, in a child process (imports run code)."""
+    for i, policy in enumerate(sweep.policies):
+        if ":" not in policy:
+            continue
+        try:
+            child = subprocess.run(
+                [sys.executable, "-B", "-c", _IMPORT_POLICY, policy],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=APP_IMPORT_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise ScenarioError(
+                f"{where}: sweep.policies[{i}]: expected a Scheduler that imports within "
+                f"{APP_IMPORT_TIMEOUT:g} s, got {_got(policy)} still importing"
+            ) from None
+        if child.returncode != 0:
+            lines = [line.strip() for line in child.stderr.splitlines() if line.strip()]
+            why = lines[-1] if lines else f"the import exited with status {child.returncode}"
+            raise ScenarioError(
+                f"{where}: sweep.policies[{i}]: expected a Scheduler that imports from "
+                f"{os.getcwd()}, got {_got(policy)}: {why}"
+            )
+
+
 def _check_readiness(target: Target, where: str) -> None:
     """ready_line/ready_count only for commands (a url target prints nothing to the lab);
     pid/pidfile only for url targets (the lab knows the processes it starts)."""
@@ -445,6 +485,11 @@ def _check_readiness(target: Target, where: str) -> None:
 def wrk_refusal(scenario: Scenario) -> str | None:
     """Why wrk cannot measure this scenario faithfully (naming the field), or None."""
     load = scenario.load
+    if hashed := [p for p in scenario.sweep.policies if p == "hash"]:
+        return (
+            f"sweep.policies: {hashed[0]!r} keeps each client address on one worker and wrk "
+            "connects from a single address (locust spreads its users over 127.0.0.0/8)"
+        )
     if scenario.search is not None:
         return "search: the probes use locust's open model (paced arrivals)"
     if scenario.faults:
@@ -568,7 +613,13 @@ def _respawn(table: dict[str, Any] | None) -> Respawn | None:
     return Respawn(**{**table, "heartbeat": Heartbeat(**beat) if beat else None})
 
 
-_KIND_ONLY = {"code": "exit", "hang": "hang", "fatal": "exception"}
+_KIND_ONLY = {
+    "code": "exit",
+    "hang": "hang",
+    "fatal": "exception",
+    "factor": "slow",
+    "length": "slow",
+}
 _BACKOFF_ONLY = ("base", "factor", "cap")
 
 

@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from clusterlab.lab.analysis.metrics import group_verdict, usl  # noqa: E402
-from clusterlab.lab.analysis.recovery import SPAN_S  # noqa: E402
+from clusterlab.lab.analysis.recovery import SPAN_S, detail  # noqa: E402
 from clusterlab.lab.analysis.recovery import throughput as ok_rate  # noqa: E402
 from clusterlab.lab.protocol import Event  # noqa: E402
 
@@ -388,6 +388,24 @@ def _event_lines(ax: plt.Axes, happened: pd.DataFrame, faults: pd.DataFrame) -> 
             )
 
 
+def _slow_spans(ax: plt.Axes, happened: pd.DataFrame) -> None:
+    """A band over each slow fault's window: from its ``fault`` event to its ``fault_end``."""
+    slow = happened[happened["kind"] == "slow"]
+    starts = slow[slow["event"] == Event.FAULT]
+    ends = slow[slow["event"] == Event.FAULT_END]
+    for k, (_, start) in enumerate(starts.iterrows()):
+        fault_id = detail(start["detail"]).get("id")
+        end = [e["t"] for _, e in ends.iterrows() if detail(e["detail"]).get("id") == fault_id]
+        ax.axvspan(
+            float(start["t"]),
+            float(end[0]) if end else float(start["t"]),
+            color="tab:orange",
+            alpha=0.15,
+            zorder=0,
+            label="slow worker" if k == 0 else None,
+        )
+
+
 def _timeline_panel(
     ax: plt.Axes,
     row: pd.Series,
@@ -410,6 +428,7 @@ def _timeline_panel(
     ax.axvspan(min(0.0, float(rps.index.min()) if len(rps) else 0.0), 0, color="0.9", zorder=0)
     _failure_bars(ax, series, width)
     _event_lines(ax, happened, faults)
+    _slow_spans(ax, happened)
     back = faults.dropna(subset=["to_recover_s"])
     if len(back) and len(smooth):
         at = back["t_effect"].to_numpy(float) + back["to_recover_s"].to_numpy(float)
