@@ -46,6 +46,8 @@ class PlannedFault:
             "code": fault.code,
             "hang": fault.hang,
             "fatal": fault.fatal,
+            "factor": fault.factor if fault.kind == "slow" else None,
+            "length": fault.length if fault.kind == "slow" else None,
         }
 
 

@@ -10,7 +10,9 @@ a connection is a new (client address, client port) pair: exact unless a client 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import random
 import sys
 import threading
 import time
@@ -92,6 +94,26 @@ class FaultSwitch:
 FAULTS = FaultSwitch()
 
 
+class SlowDown:
+    """The ``slow`` fault inside a worker: until ``until`` (monotonic seconds) the built-in
+    endpoints multiply every request's cost by ``factor``. Set on the channel thread, read by
+    the serving thread (two floats: a torn read costs one request's factor at worst)."""
+
+    def __init__(self) -> None:
+        self.factor = 1.0
+        self.until = 0.0
+
+    def start(self, factor: float, length: float) -> None:
+        self.factor, self.until = factor, time.monotonic() + length
+
+    def now(self) -> float:
+        """The factor for a request starting now (1 outside the window)."""
+        return self.factor if time.monotonic() < self.until else 1.0
+
+
+SLOW = SlowDown()
+
+
 class CountingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, counting every accepted connection."""
 
@@ -171,20 +193,76 @@ def _number(query: dict[str, list[str]], key: str, default: float) -> float:
     return value
 
 
+#: Cost distributions of ``/cpu`` and ``/io`` (``dist=``) and the parameters each takes.
+DISTRIBUTIONS = {
+    "const": ("ms",),
+    "exp": ("mean",),
+    "lognormal": ("mean", "sigma"),
+    "bimodal": ("fast", "slow", "p"),
+}
+_DRAW = random.Random()
+
+
+def _share(query: dict[str, list[str]], key: str, default: float) -> float:
+    """A probability from ``key`` (``default`` when absent); ``BadQuery`` outside [0, 1]."""
+    text = query[key][0] if key in query else str(default)
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadQuery(f"{key}: expected a probability from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise BadQuery(f"{key}: expected a probability from 0 to 1, got {text}")
+    return value
+
+
+def draw_ms(query: dict[str, list[str]], rng: random.Random = _DRAW) -> float:
+    """One request's cost in ms: ``ms`` (``dist=const``, the default), or a draw from ``dist``:
+    ``exp`` (``mean``, default 1), ``lognormal`` (``mean`` default 1, ``sigma`` default 1:
+    heavy-tailed), ``bimodal`` (``fast`` ms, or ``slow`` ms with probability ``p``; defaults
+    1, 50, 0.1). A draw above MAX_MS is cut to it. ``BadQuery`` on an unknown ``dist``, a
+    parameter of another distribution, or a value out of range."""
+    dist = query.get("dist", ["const"])[0]
+    if dist not in DISTRIBUTIONS:
+        raise BadQuery(f"dist: expected one of {', '.join(DISTRIBUTIONS)}, got {dist!r}")
+    for key in ("ms", "mean", "sigma", "fast", "slow", "p"):
+        if key in query and key not in DISTRIBUTIONS[dist]:
+            raise BadQuery(f"{key}: expected only with dist={_owner(key)}, got dist={dist}")
+    if dist == "const":
+        return _number(query, "ms", 1.0)
+    if dist == "bimodal":
+        fast, slow = _number(query, "fast", 1.0), _number(query, "slow", 50.0)
+        return slow if rng.random() < _share(query, "p", 0.1) else fast
+    mean = _number(query, "mean", 1.0)
+    if dist == "exp":
+        value = rng.expovariate(1.0 / mean) if mean > 0 else 0.0
+    else:
+        sigma = _number(query, "sigma", 1.0)
+        value = rng.lognormvariate(math.log(mean) - sigma * sigma / 2, sigma) if mean > 0 else 0.0
+    return min(value, MAX_MS)
+
+
+def _owner(key: str) -> str:
+    return "/".join(name for name, keys in DISTRIBUTIONS.items() if key in keys)
+
+
 def _costs(path: str, query: dict[str, list[str]]) -> tuple[float, float]:
-    """(ms of CPU, ms of sleep) a built-in endpoint's request asks for; ``BadQuery`` if refused."""
+    """(ms of CPU, ms of sleep) a built-in endpoint's request asks for, times the ``slow``
+    fault's factor while it lasts; ``BadQuery`` if refused."""
+    cpu, io = 0.0, 0.0
     if path == "/cpu":
-        return _number(query, "ms", 1.0), 0.0
-    if path == "/io":
-        return 0.0, _number(query, "ms", 1.0)
-    if path == "/mixed":
-        return _number(query, "cpu", 1.0), _number(query, "io", 5.0)
-    return 0.0, 0.0
+        cpu = draw_ms(query)
+    elif path == "/io":
+        io = draw_ms(query)
+    elif path == "/mixed":
+        cpu, io = _number(query, "cpu", 1.0), _number(query, "io", 5.0)
+    factor = SLOW.now()
+    return cpu * factor, io * factor
 
 
 async def builtin_app(scope: Scope, receive: Receive, send: Send) -> None:
     """``/hello``; ``/cpu?ms=`` N ms of CPU time; ``/io?ms=`` sleep; ``/mixed?cpu=&io=`` both
-    (default 1 ms and 5 ms). N from 0 to MAX_MS; anything else is answered 400."""
+    (default 1 ms and 5 ms). N from 0 to MAX_MS; anything else is answered 400. ``/cpu`` and
+    ``/io`` also draw their cost per request: ``?dist=exp&mean=2`` (see ``draw_ms``)."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})

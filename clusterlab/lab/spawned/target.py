@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -44,6 +45,9 @@ STOP_GRACE = 3.0
 BUSY_WINDOW = 1.0
 _KERNEL_POLICIES = ("none", "reuseport")  # the others hand connections over from the primary
 _SIGNALS = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}
+#: The slow fault in a worker that is not the built-in endpoints: stopped for 1 - 1/factor of
+#: every period (SIGSTOP), running for the rest (SIGCONT).
+DUTY_PERIOD = 0.1
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -53,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--app-dir", help="directory to import the app from")
     parser.add_argument("--script", help="worker script (kind script)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--policy", choices=POLICY_NAMES, default="rr")
+    parser.add_argument("--policy", type=_policy_name, default="rr")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--control", action="store_true", help="JSON lines on stdin/stdout")
@@ -61,6 +65,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--respawn", type=json.loads, default=None, help="the scenario's [respawn] table as JSON"
     )
     return parser.parse_args(argv)
+
+
+def _policy_name(value: str) -> str:
+    """A built-in policy's name, or a Scheduler as "module:Name" (imported by the primary)."""
+    if value in POLICY_NAMES or ":" in value:
+        return value
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(POLICY_NAMES)} or module:Name")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +133,8 @@ def _start_reporting(counters: Any) -> None:
             report()
         elif what == WorkerMessage.FAULT and message["kind"] == "exit":
             os._exit(int(message["code"]))
+        elif what == WorkerMessage.FAULT and message["kind"] == "slow":
+            endpoints.SLOW.start(float(message["factor"]), float(message["length"]))
         elif what == WorkerMessage.FAULT:
             endpoints.FAULTS.arm(message)
 
@@ -213,6 +226,7 @@ class LabTarget:
         self.latest: dict[int, Any] = {}
         self.recent: dict[int, deque[tuple[float, float]]] = {}
         self.faulted: dict[int, int] = {}  # worker id → fault id, until it acted or the worker left
+        self.duty_cycles: set[asyncio.Task[None]] = set()  # slow faults by SIGSTOP/SIGCONT
         self.start_failed: str | None = None  # serve: the first worker's reason it could not serve
         self.done = asyncio.Event()
         restart, heartbeat = policies(args.respawn)
@@ -439,6 +453,9 @@ class LabTarget:
             self.emit(Event.FAULT_SKIPPED, **fields, target=command["target"], reason=reason)
             return
         fields.update(worker=sw.id, pid=sw.pid, slot=sw.slot, target=command["target"])
+        if kind == "slow":
+            self._slow(sw, command, fields)
+            return
         sig = _SIGNALS.get(kind)
         if kind == "hang" and command.get("hang") != "handler":
             sig = signal.SIGSTOP
@@ -456,6 +473,47 @@ class LabTarget:
         sw.worker.send({MESSAGE_KEY: WorkerMessage.FAULT, **fields, **options})
         how = f"exit {options['code']}" if kind == "exit" else "armed"
         self.emit(Event.FAULT, how=how, **fields, **options)
+
+    def _slow(self, sw: SupervisedWorker, command: dict[str, Any], fields: dict[str, Any]) -> None:
+        """The slow fault, for ``length`` seconds: the built-in endpoints multiply their cost
+        by ``factor`` in that worker; any other worker runs on a SIGSTOP/SIGCONT duty cycle.
+        Its end is the ``fault_end`` event."""
+        factor, length = float(command["factor"]), float(command["length"])
+        fields.update(factor=factor, length=length)
+        self.faulted[sw.id] = command["id"]
+        loop = asyncio.get_running_loop()
+        if self.args.kind == "builtin":
+            sw.worker.send({MESSAGE_KEY: WorkerMessage.FAULT, **fields})
+            self.emit(Event.FAULT, how="slow", **fields)
+            loop.call_later(length, self._slow_over, sw, fields)
+            return
+        self.emit(Event.FAULT, how="duty cycle", **fields)
+        task = loop.create_task(self._duty_cycle(sw, factor, length, fields))
+        self.duty_cycles.add(task)
+        task.add_done_callback(self.duty_cycles.discard)
+
+    async def _duty_cycle(
+        self, sw: SupervisedWorker, factor: float, length: float, fields: dict[str, Any]
+    ) -> None:
+        stopped = DUTY_PERIOD * (1.0 - 1.0 / factor)
+        end = time.monotonic() + length
+        try:
+            while time.monotonic() < end:
+                os.kill(sw.pid, signal.SIGSTOP)
+                await asyncio.sleep(stopped)
+                os.kill(sw.pid, signal.SIGCONT)
+                await asyncio.sleep(DUTY_PERIOD - stopped)
+        except ProcessLookupError:
+            pass  # the worker exited: its exit is an event of its own
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sw.pid, signal.SIGCONT)  # never leave it stopped (also when cancelled)
+            self._slow_over(sw, fields)
+
+    def _slow_over(self, sw: SupervisedWorker, fields: dict[str, Any]) -> None:
+        if self.faulted.get(sw.id) == fields["id"]:
+            del self.faulted[sw.id]
+        self.emit(Event.FAULT_END, **fields)
 
     def _pick(self, command: dict[str, Any]) -> tuple[SupervisedWorker | None, str]:
         """The worker a fault goes to, among the ready ones without a pending fault; or why
@@ -480,6 +538,8 @@ class LabTarget:
 
     def _stop(self) -> None:
         self.stopping = True
+        for task in list(self.duty_cycles):
+            task.cancel()
         if self.supervisor.state == "stopped":
             self._finish()
             return
