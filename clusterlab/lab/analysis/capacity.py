@@ -127,27 +127,32 @@ def capacity_table(found: list[Capacity]) -> pd.DataFrame:
 
 def knees(points: pd.DataFrame) -> pd.DataFrame:
     """Per mix × policy × workers with at least KNEE_MIN_LEVELS load levels (median over
-    repeats): the knee of p99 against achieved req/s found by Kneedle (``kneed``), or NaN."""
-    from kneed import KneeLocator  # imported here: only runs with load sweeps need it
+    repeats): Kneedle's (``kneed``) knee of p99 against the load level, given as the req/s
+    achieved there and its p99; NaN when Kneedle finds none."""
+    from kneed import KneeLocator  # imported here: only runs with load levels need it
 
     done = points[(points["status"] == "ok") & points["level"].notna()]
     rows = []
     for key, group in done.groupby(GROUP, sort=True):
-        curve = group.groupby("level")[["rps", "p99_ms"]].median().sort_values("rps")
-        if len(curve) < KNEE_MIN_LEVELS or curve["rps"].nunique() < KNEE_MIN_LEVELS:
+        curve = group.groupby("level", sort=True)[["rps", "p99_ms"]].median()
+        if len(curve) < KNEE_MIN_LEVELS:
             continue
-        x, y = curve["rps"].to_numpy(float), curve["p99_ms"].to_numpy(float)
-        knee = KneeLocator(x, y, curve="convex", direction="increasing").knee
-        at = float(np.interp(knee, x, y)) if knee is not None else math.nan
+        levels = curve.index.to_numpy(float)
+        knee = KneeLocator(
+            levels, curve["p99_ms"].to_numpy(float), curve="convex", direction="increasing"
+        ).knee
+        at = curve.loc[knee] if knee is not None else None
         rows.append(
             {
                 **dict(zip(GROUP, key, strict=True)),
-                "knee_rps": float(knee) if knee is not None else math.nan,
-                "knee_p99_ms": at,
+                "knee_level": float(knee) if knee is not None else math.nan,
+                "knee_rps": float(at["rps"]) if at is not None else math.nan,
+                "knee_p99_ms": float(at["p99_ms"]) if at is not None else math.nan,
                 "levels": len(curve),
             }
         )
-    return pd.DataFrame(rows, columns=[*GROUP, "knee_rps", "knee_p99_ms", "levels"])
+    columns = [*GROUP, "knee_level", "knee_rps", "knee_p99_ms", "levels"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def little(row: Mapping[str, Any], wait_s: float) -> tuple[float, float]:

@@ -47,7 +47,7 @@ def capacity_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
         ]
     if not found.knees.empty:
         out += [
-            block("p", "Knees (Kneedle, p99 against req/s, 5+ load levels):"),
+            block("p", "Knees (Kneedle, p99 against the load level, 5+ levels):"),
             block("table", table=_knee_table(found.knees)),
         ]
     out += _usl_blocks(found.usl, block)
@@ -93,8 +93,9 @@ def _knee_table(knees: pd.DataFrame) -> pd.DataFrame:
                 "workload": k["mix"],
                 "policy": k["policy"],
                 "workers": k["workers"],
-                "knee req/s": fmt(k["knee_rps"], 0),
-                "p99 at knee ms": fmt(k["knee_p99_ms"], 2),
+                "at load level": fmt(k["knee_level"], 0),
+                "req/s there": fmt(k["knee_rps"], 0),
+                "p99 there ms": fmt(k["knee_p99_ms"], 2),
                 "levels": k["levels"],
             }
             for k in knees.to_dict("records")

@@ -485,19 +485,20 @@ def hockey_stick(results: pd.DataFrame, knees: pd.DataFrame, path: Path) -> Path
         ax.set(title=f"{mix} · {policy}", xlabel="successful requests/s", ylabel="latency (ms)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    fig.suptitle("Latency against throughput per load level (✕ = knee)", fontsize=10)
+    fig.suptitle("Latency against throughput: p50 --, p99 —, p99.9 ··· (✕ = knee)", fontsize=10)
     return _save(fig, path)
 
 
 def _hockey_series(ax: plt.Axes, series: pd.DataFrame, color: Any, label: str) -> None:
-    by_level = series.groupby("level")
-    curve = by_level[["rps", "p50_ms", "p99_ms", "p999_ms"]].median().sort_values("rps")
-    spread = by_level["p99_ms"].agg(["min", "max"]).loc[curve.index]
+    """One worker count's curve, in order of load (past saturation req/s can fall back)."""
+    by_level = series.groupby("level", sort=True)
+    curve = by_level[["rps", "p50_ms", "p99_ms", "p999_ms"]].median()
+    spread = by_level["p99_ms"].agg(["min", "max"])
     x = curve["rps"].to_numpy(dtype=float)
-    for column, style, name in _PERCENTILES:
-        ax.plot(x, curve[column], style, color=color, label=f"{label} {name}")
+    for column, style, _ in _PERCENTILES:
+        ax.plot(x, curve[column], style, color=color, label=label if column == "p99_ms" else None)
     ax.fill_between(x, spread["min"], spread["max"], color=color, alpha=0.15, linewidth=0)
-    verdicts = by_level["verdict"].agg(group_verdict).loc[curve.index]
+    verdicts = by_level["verdict"].agg(group_verdict)
     _verdict_markers(ax, x, curve["p99_ms"].to_numpy(dtype=float), verdicts, color)
 
 
