@@ -9,9 +9,12 @@ import json
 import subprocess
 import sys
 
+import jsonschema
 import pandas as pd
 import psutil
 import pytest
+
+from clusterlab.lab.analysis.summary import schema as summary_schema
 
 SEARCH = """
 name = "search"
@@ -68,6 +71,7 @@ def test_a_search_run_probes_on_a_ramp_and_confirms_its_answer(search_run):
     assert results["offered_rps"].tolist() == [40.0, 80.0, 80.0]
     assert results["point"].tolist() == [0, 1, 2]
     summary = json.loads((run / "summary.json").read_text())
+    jsonschema.validate(summary, summary_schema())
     capacity = summary["capacity"]
     assert capacity["slo"] == ["p99_ms <= 1000"]
     [row] = capacity["max_within_slo"]
