@@ -155,4 +155,6 @@ class SearchRun(_GroupRun):
         )
         slo = self.scenario.slo
         met = slo is not None and probe_met(row, slo)
-        return Probe(float(row["offered_rps"]), str(row.get("search_step")), met, str(verdict))
+        return Probe(
+            float(row["offered_rps"]), str(row.get("search_step")), met, str(verdict or "")
+        )
