@@ -506,8 +506,8 @@ def efficiency_plot(table: pd.DataFrame, path: Path) -> Path | None:
     """Req/s per core the target used (left) and its CPU headroom, the share of its CPUs left
     unused (right), against worker count per workload and policy (each count at its busiest
     load level, median over repeats)."""
-    if table.empty or table["rps_per_core"].isna().all():
-        return None
+    if table.empty or table["rps_per_core"].isna().all() or table["workers"].nunique() < 2:
+        return None  # a curve against worker count needs two counts
     fig, (left, right) = _panels(["per core", "headroom"], height=3.6)
     for (mix, policy), group in table.groupby(["mix", "policy"], sort=True):
         ordered = group.sort_values("workers")
