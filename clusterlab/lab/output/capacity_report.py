@@ -44,6 +44,7 @@ def capacity_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
         out += [
             block("p", f"SLO: {found.slo.describe()}. {SEARCH_HELP}"),
             block("table", table=slo_table(found.table)),
+            *_generator_note(analysis, block),
         ]
     if not found.knees.empty:
         out += [
@@ -62,6 +63,24 @@ def capacity_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
             block("table", table=_efficiency_table(found.efficiency)),
         ]
     return out
+
+
+def _generator_note(analysis: Analysis, block: type[Block]) -> list[Block]:
+    """Say so where the load generator, not the target, was the limit of some points."""
+    measured = analysis.measured
+    limited = measured[measured["verdict"] == "generator"] if not measured.empty else measured
+    if limited.empty:
+        return []
+    listed = ", ".join(str(int(p) + 1) for p in limited["point"])
+    return [
+        block(
+            "p",
+            f"points {listed} were generator-bound: locust, not the target, was the limit "
+            "(on 2 cores it is, against /hello-like endpoints), so a miss there is not the "
+            "target's and the rate below it only a lower bound.",
+            lead="The generator was the limit:",
+        )
+    ]
 
 
 def slo_table(table: pd.DataFrame) -> pd.DataFrame:
