@@ -106,7 +106,7 @@ every = 2
 
 
 def test_a_slow_fault_takes_a_factor_and_a_length_and_sends_them(tmp_path):
-    extra = SLOW.format(kind="slow", options="factor = 8\nlength = 1.5\ntarget = \"slot:1\"")
+    extra = SLOW.format(kind="slow", options='factor = 8\nlength = 1.5\ntarget = "slot:1"')
     fault = load_scenario(write(tmp_path, extra=extra)).faults[0]
     assert (fault.kind, fault.factor, fault.length) == ("slow", 8, 1.5)
     command = PlannedFault(0, 0, 2.0, fault, 0.5).command()
@@ -201,3 +201,40 @@ def test_the_slow_factor_multiplies_the_cost_only_inside_its_window():
         assert endpoints._costs("/cpu", query) == (3.0, 0.0)
     finally:
         slow.factor, slow.until = 1.0, 0.0
+
+
+TWO_WORKLOADS = """
+[workloads]
+even = {{ "/cpu?dist=exp&mean=2" = 1 }}
+slowed = {{ "/cpu?ms=2" = 1 }}
+[[faults]]
+kind = "slow"
+every = 1
+workloads = {workloads}
+"""
+
+
+def two_workloads(tmp_path, workloads: str):
+    text = BASE.format(policies='["rr"]', extra="").replace(
+        '[workloads]\nhello = { "/hello" = 1 }', ""
+    )
+    path = tmp_path / "s.toml"
+    path.write_text(text + TWO_WORKLOADS.format(workloads=workloads))
+    return path
+
+
+def test_a_fault_stream_can_be_kept_to_some_workloads(tmp_path):
+    from clusterlab.lab.running.faults import schedule
+
+    scenario = load_scenario(two_workloads(tmp_path, '["slowed"]'))
+    assert scenario.faults[0].workloads == ("slowed",)
+    assert [p.offset for p in schedule(scenario.faults, 3.0, 0, "slowed")] == [1.0, 2.0]
+    assert schedule(scenario.faults, 3.0, 0, "even") == []
+
+
+def test_a_fault_for_an_unknown_workload_is_one_line(tmp_path):
+    with pytest.raises(
+        ScenarioError,
+        match=r"faults\[0\]\.workloads\[1\]: expected one of the workloads even, slowed, got \"hello\"$",
+    ):
+        load_scenario(two_workloads(tmp_path, '["slowed", "hello"]'))

@@ -140,6 +140,8 @@ class Fault:
     fatal: bool = False
     factor: float = 4.0
     length: float = 5.0
+    #: the workloads whose points get these faults (empty: every workload)
+    workloads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -282,9 +284,10 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         for name, mix in data["workloads"].items()
     )
     report = Report(**_with_tuples(data.get("report", {}), ("plots",)))
-    faults = tuple(Fault(**table) for table in data.get("faults", ()))
+    faults = tuple(Fault(**_with_tuples(t, ("workloads",))) for t in data.get("faults", ()))
     respawn = _respawn(data.get("respawn"))
     _check_faults(data.get("faults", []), faults, target, load, where)
+    _check_fault_workloads(faults, workloads, where)
     _check_respawn(data.get("respawn", {}), respawn, target, where)
     try:
         gates = parse_gates(data.get("gates", {}))
@@ -652,6 +655,19 @@ def _check_faults(
                 f"{at}.start: expected less than stop ({stop:g}), got {_got(fault.start)}"
             )
         _check_fault_for_target(fault, target, at)
+
+
+def _check_fault_workloads(
+    faults: tuple[Fault, ...], workloads: tuple[Workload, ...], where: str
+) -> None:
+    names = [w.name for w in workloads]
+    for i, fault in enumerate(faults):
+        for k, name in enumerate(fault.workloads):
+            if name not in names:
+                raise ScenarioError(
+                    f"{where}: faults[{i}].workloads[{k}]: expected one of the workloads "
+                    f"{', '.join(names)}, got {_got(name)}"
+                )
 
 
 def _need_cluster(name: str, target: Target, where: str) -> None:

@@ -71,12 +71,17 @@ def fault_times(fault: Fault, duration: float, rng: random.Random) -> list[float
     return times
 
 
-def schedule(faults: tuple[Fault, ...], duration: float, repeat: int) -> list[PlannedFault]:
-    """Every fault of one point in time order. The draws depend on each stream's seed and on the
-    repeat only, so all policies and workloads of a repeat get the same faults at the same
-    times (a fair comparison) while repeats differ."""
+def schedule(
+    faults: tuple[Fault, ...], duration: float, repeat: int, workload: str | None = None
+) -> list[PlannedFault]:
+    """Every fault of one point in time order (of ``workload``: only the streams that apply to
+    it). The draws depend on each stream's seed and on the repeat only, so all policies and
+    workloads of a repeat get the same faults at the same times (a fair comparison) while
+    repeats differ."""
     planned: list[tuple[float, int, Fault, float]] = []
     for stream, fault in enumerate(faults):
+        if workload is not None and fault.workloads and workload not in fault.workloads:
+            continue
         times = fault_times(fault, duration, random.Random(f"{fault.seed}:{stream}:{repeat}:t"))
         targets = random.Random(f"{fault.seed}:{stream}:{repeat}:w")
         planned += [(t, stream, fault, targets.random()) for t in times]

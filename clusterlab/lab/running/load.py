@@ -104,13 +104,16 @@ def start_load(
     count_every_failure: bool = False,
     cpus: tuple[int, ...] | None = None,
     engine: str = "locust",
+    spread_sources: bool = False,
 ) -> LoadRun:
     """Start the load against ``url`` (loopback only) for warm-up + duration seconds: locust,
     or (``engine`` "wrk") wrk's warm-up run, then its measured run.
 
     ``count_every_failure`` (runs with faults): the HTTP client does not silently re-send a GET
     whose connection closed before the answer, so a crash's in-flight requests count as failed.
-    ``cpus``: the CPUs the load is pinned to (None: not pinned).
+    ``cpus``: the CPUs the load is pinned to (None: not pinned). ``spread_sources``: each
+    locust user connects from a 127.0.0.0/8 address of its own (wrk cannot: the scenario check
+    refuses wrk with an address-hashing policy).
     """
     if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise LoadError(f"refusing to load {url}: the lab only loads loopback addresses")
@@ -132,6 +135,7 @@ def start_load(
         "rate_per_user": load.rate / load.users if load.rate else None,
         "worker_header": header,
         "count_every_failure": count_every_failure,
+        "spread_sources": spread_sources,
     }
     env = {**os.environ, LOAD_CONFIG_ENV: json.dumps(config), "PYTHONUNBUFFERED": "1"}
     commands = [pinned(c, cpus) for c in _locust_commands(load, url, processes, out_dir, run_time)]

@@ -93,6 +93,7 @@ def observe_point(
             count_every_failure=bool(scenario.faults),
             cpus=None if cpus.shared else cpus.load,
             engine=engine,
+            spread_sources="hash" in scenario.sweep.policies,
         )
     except LoadError as exc:  # the load never started (wrk's warm-up failed, say)
         return Observation(
@@ -148,7 +149,7 @@ def _injector(
     skipped: list[SkippedFault],
 ) -> FaultInjector:
     """The point's faults, each sent at its time (those it cannot send go to ``skipped``)."""
-    plan = schedule(scenario.faults, scenario.load.duration, point.repeat)
+    plan = schedule(scenario.faults, scenario.load.duration, point.repeat, point.workload)
     return FaultInjector(
         plan,
         _fault_sender(target),

@@ -20,6 +20,7 @@ from typing import Any
 import gevent
 import geventhttpclient.client
 from geventhttpclient._parser import HTTPParseError
+from geventhttpclient.connectionpool import ConnectionPool
 from geventhttpclient.response import HTTPConnectionClosed
 from hdrh.histogram import HdrHistogram
 from locust import FastHttpUser, between, constant, events, task
@@ -35,6 +36,8 @@ _WEIGHTS: list[float] = [w for _, w in _CONFIG.get("requests", [["/hello", 1]])]
 _HEADER: str | None = _CONFIG.get("worker_header")
 _RATE_PER_USER: float | None = _CONFIG.get("rate_per_user")
 _NEW_CONNECTION = _CONFIG.get("connection") == "new"
+#: Each user connects from an address of its own in 127.0.0.0/8 (for address-hashing policies).
+_SPREAD_SOURCES = bool(_CONFIG.get("spread_sources"))
 
 #: Width of an outcome bin, seconds (bins are aligned to the Unix epoch).
 BIN_S = 0.1
@@ -162,6 +165,34 @@ def cause(exception: BaseException) -> str:
     return "other"
 
 
+_sources: dict[Any, str] = {}  # a user's greenlet → the address its connections come from
+_users_started = [0]
+
+
+def source_address(process: int, user: int) -> str:
+    """The loopback address of the ``user``-th user started by locust process ``process``:
+    distinct for up to 254 processes of 64,516 users each."""
+    return f"127.{1 + process % 254}.{user // 254 % 254 + 1}.{1 + user % 254}"
+
+
+def _bound_tcp_socket(self: ConnectionPool, family: int, socktype: int, protocol: int) -> Any:
+    sock = _plain_tcp_socket(self, family, socktype, protocol)
+    address = _sources.get(gevent.getcurrent())
+    if address is not None:
+        sock.bind((address, 0))
+    return sock
+
+
+if _SPREAD_SOURCES:
+    _plain_tcp_socket = ConnectionPool._create_tcp_socket
+    ConnectionPool._create_tcp_socket = _bound_tcp_socket  # type: ignore[method-assign]
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    _phases["process"] = float(getattr(environment.runner, "worker_index", 0) or 0)
+
+
 class LabUser(FastHttpUser):
     """One simulated client: closed model (think time) or open model (paced, latency from the
     intended send time so that stalls are not hidden by coordinated omission)."""
@@ -174,6 +205,11 @@ class LabUser(FastHttpUser):
     _headers = {"Connection": "close"} if _NEW_CONNECTION else {}
 
     def on_start(self) -> None:
+        if _SPREAD_SOURCES:  # the user's requests run in this greenlet
+            _sources[gevent.getcurrent()] = source_address(
+                int(_phases.get("process", 0)), _users_started[0]
+            )
+            _users_started[0] += 1
         self._next_send = time.perf_counter()
         if _RATE_PER_USER:
             self._next_send += random.random() / _RATE_PER_USER
