@@ -35,6 +35,7 @@ PLOTS = (
     "timeline",
     "hockey",
     "efficiency",
+    "policies",
 )
 TargetKind = Literal["builtin", "asgi", "wsgi", "script", "command", "url"]
 FaultKind = Literal["sigkill", "sigterm", "exit", "exception", "hang", "slow"]

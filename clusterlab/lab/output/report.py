@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from clusterlab.lab.analysis.analysis import Analysis, analyze
 from clusterlab.lab.analysis.capacity import busiest_levels
 from clusterlab.lab.analysis.tables import load_results
-from clusterlab.lab.output import plots
+from clusterlab.lab.output import plots, policies
 from clusterlab.lab.output.sections import Block, report_blocks
 from clusterlab.lab.output.text import markdown_table
 
@@ -62,6 +62,7 @@ def draw_plots(analysis: Analysis) -> dict[str, str]:
             analysis.points, capacity.knees if capacity else pd.DataFrame(), p
         ),
         "efficiency": lambda p: plots.efficiency_plot(capacity.efficiency, p) if capacity else None,
+        "policies": lambda p: policies.plot(analysis, p),
     }
     # Against a url target there is no worker sweep: only the per-worker share applies.
     no_sweep = points.empty or bool((points["workers"] == 0).all())

@@ -10,7 +10,7 @@ import pandas as pd
 
 from clusterlab.lab.analysis.analysis import Analysis
 from clusterlab.lab.analysis.summary import NOISY_OTHER_CPU, SUMMARY_VERSION
-from clusterlab.lab.output import capacity_report, conclusions
+from clusterlab.lab.output import capacity_report, conclusions, policies
 from clusterlab.lab.output import report_tables as tables
 from clusterlab.lab.output.report_tables import verdict_label
 
@@ -37,6 +37,7 @@ PLOT_HELP = {
     "efficiency": "Left: successful req/s per core the target used; right: the share of the "
     "target's CPUs it left unused (headroom), against worker count, each count at its busiest "
     "load level.",
+    "policies": policies.PLOT_HELP,
     "timeline": "Each point with faults over time, one column per policy: successful requests/s "
     "(100 ms bins, faint; 0.5 s mean, solid) and failed requests/s (red bars, right axis). Red "
     "line: a fault takes effect (a signal at once; an armed exception or hang when a request "
@@ -97,6 +98,7 @@ def report_blocks(analysis: Analysis, drawn: dict[str, str]) -> list[Block]:
         *(_recovery(analysis) if analysis.scenario.get("faults") else []),
         *_verdicts(analysis),
         *_conclusions(analysis),
+        *policies.blocks(analysis, Block),
         *_noisy(analysis),
         *_scalability(analysis),
         *capacity_report.capacity_blocks(analysis, Block),
