@@ -26,8 +26,15 @@ duration = 3
 """
 
 
-def test_the_five_bundled_scenarios_exist_and_load():
-    assert {p.stem for p in BUNDLED} == {"quick", "policies", "capacity", "ci", "crash"}
+def test_the_six_bundled_scenarios_exist_and_load():
+    assert {p.stem for p in BUNDLED} == {
+        "quick",
+        "policies",
+        "capacity",
+        "ci",
+        "crash",
+        "scheduling",
+    }
     for path in BUNDLED:
         assert load_scenario(path).name == path.stem
 
@@ -79,7 +86,8 @@ CASES = [
     (
         'policies = ["rr", "none"]',
         'policies = ["rr", "fifo"]',
-        'sweep.policies[1]: expected one of "rr", "none", "reuseport", got "fifo"',
+        'sweep.policies[1]: expected one of "rr", "none", "reuseport", "least-conn", '
+        '"p2c", "jiq", "hash", "weighted", "random" or "module:Name", got "fifo"',
     ),
     (
         'policies = ["rr", "none"]',
