@@ -82,7 +82,7 @@ MISTAKES = [
     ('[faults]\nkind = "sigkill"\nevery = 1', "faults: expected a list of fault tables ([[faults]]), got a table"),
     ('[[faults]]\nkind = "sigkill"', "faults[0]: expected either every (seconds) or rate (per second), got neither"),
     ('[[faults]]\nkind = "sigkill"\nevery = 1\nrate = 1', "faults[0]: expected either every (seconds) or rate (per second), got both"),
-    ('[[faults]]\nkind = "boom"\nevery = 1', 'faults[0].kind: expected one of "sigkill", "sigterm", "exit", "exception", "hang", got "boom"'),
+    ('[[faults]]\nkind = "boom"\nevery = 1', 'faults[0].kind: expected one of "sigkill", "sigterm", "exit", "exception", "hang", "slow", got "boom"'),
     ('[[faults]]\nkind = "sigkill"\nevery = 0', "faults[0].every: expected a number of seconds in (0, 3600], got 0"),
     ('[[faults]]\nkind = "sigkill"\nrate = "often"', 'faults[0].rate: expected a number of faults per second in (0, 100], got "often"'),
     ('[[faults]]\nkind = "sigkill"\nevery = 1\nstop = 11', "faults[0].stop: expected at most load.duration (10), got 11"),
