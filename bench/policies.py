@@ -1,6 +1,6 @@
 """The scheduler rows of `make bench`: each built-in scheduler's hand-off rate against `rr` (one
-run, short samples), and `rr` against the tree before schedulers existed (a `git worktree` of that
-commit; another run, with the suite's sample length, as the `rr` row).
+run, short samples), and the server of the tree before schedulers existed (a `git worktree` of
+that commit), a peer in the `rr` row's run.
 
 Every server is `bench/clusterlab_hello.py` (2 workers, uvicorn), loaded by wrk with a new
 connection per request, so every request is a scheduling decision.
@@ -60,13 +60,10 @@ def scheduler_specs(workers: int) -> list[peers.ServerSpec]:
     ]
 
 
-def base_specs(workers: int, tree: Path) -> list[peers.ServerSpec]:
-    """rr on this tree and on the old `tree`."""
+def base_spec(workers: int, tree: Path) -> peers.ServerSpec:
+    """rr on the old `tree` (its own package first on the path; its workers follow it)."""
     template = _BASE_HELLO.replace("{tree}", str(tree))
-    return [
-        target_from_template("clusterlab-rr", _HELLO + "rr", workers, _READY),
-        target_from_template("clusterlab-rr-base", template, workers, _READY),
-    ]
+    return target_from_template("clusterlab-rr-base", template, workers, _READY)
 
 
 def _git(*args: str) -> str:

@@ -8,11 +8,12 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport):
 
 * ``rr``, ``none``, ``reuseport``: hello world, 2 workers, ``wrk -t1 -c50``, a new connection per
   request, vs Node.js's cluster SCHED_RR / SCHED_NONE (:mod:`bench.handoff`);
-* ``policies``: each built-in scheduler (least-conn, p2c, jiq, hash, weighted, random) with a new
-  connection per request, against clusterlab's ``rr`` in the same run; and ``rr`` against the
-  commit before schedulers (a ``git worktree`` of it, ``--rr-base``) (:mod:`bench.policies`);
+  ``rr`` also has the commit before schedulers as a peer (a ``git worktree`` of it, ``--rr-base``;
+  met when today's median is at least the old tree's slowest run);
 * ``keepalive``: the same with keep-alive; clusterlab's fastest worker server (uvicorn with
   uvloop and httptools through ``serve_asgi``, SCHED_NONE) vs ``uvicorn --workers 2`` and Node.js;
+* ``policies``: each built-in scheduler (least-conn, p2c, jiq, hash, weighted, random) with a new
+  connection per request, against clusterlab's ``rr`` in the same run (:mod:`bench.policies`);
 * ``ipc``: round trips and one-way messages, primary ↔ one worker (``bench/ipc.py`` vs
   ``node/ipc.js``), alternating runs;
 * ``respawn``: SIGKILL of a worker → replacement ``'listening'``, median of 20, per start method
@@ -53,7 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ipc, node_micro, peers, policies, report, respawn
+from bench import ipc, node_micro, peers, report, respawn
+from bench import policies as policy_rows
 from bench.handoff import run_handoff, summarize, target_from_template
 from bench.wrk import Stats, interleaved_rounds, run_wrk
 from clusterlab import available_parallelism
@@ -435,7 +437,11 @@ class Suite:
         node_names = [f"node-{p}" for p in policies if p in ("rr", "none")]
         node_specs, skipped = self._peers(node_names)
         specs = [self._hello(p) for p in policies] + node_specs
-        res = self._wrk_rounds("handoff", specs, "close")
+        with contextlib.ExitStack() as stack:
+            base = self._rr_base(stack) if "rr" in policies else None
+            if base is not None:  # today's RR beside the old tree's, in the same rounds
+                specs.append(policy_rows.base_spec(self.settings.workers, base[1]))
+            res = self._wrk_rounds("handoff", specs, "close")
         for p in policies:
             cl = res.get(f"clusterlab-{p}")
             figure = fmt_stats(cl, "req/s")
@@ -462,23 +468,22 @@ class Suite:
                     names[p], figure, peer, fmt_stats(node), ratio(_med(cl), _med(node)), TARGETS[p]
                 )
             )
+        if base is not None:
+            self._rr_base_row(res, base[0])
 
     def policies(self) -> None:
-        """Each built-in scheduler against rr; rr against the commit before schedulers."""
-        names = [f"{name} hand-off, new connection per request" for name in policies.SCHEDULERS]
-        if self._wrk_missing(_BASE_ROW, *names):
-            return
-        self._policies_base()
-        if self.interrupted is not None:
+        """Each built-in scheduler against rr, new connection per request, one run."""
+        names = [f"{name} hand-off, new connection per request" for name in policy_rows.SCHEDULERS]
+        if self._wrk_missing(*names):
             return
         s = self.settings
         duration, s.duration_s = s.duration_s, s.policy_duration_s
         try:
-            res = self._wrk_rounds("policies", policies.scheduler_specs(s.workers), "close")
+            res = self._wrk_rounds("policies", policy_rows.scheduler_specs(s.workers), "close")
         finally:
             s.duration_s = duration
         rr = res.get("clusterlab-rr")
-        for name, what in zip(policies.SCHEDULERS, names, strict=True):
+        for name, what in zip(policy_rows.SCHEDULERS, names, strict=True):
             figure = res.get(f"clusterlab-{name}")
             self.rows.append(
                 Row(
@@ -488,20 +493,23 @@ class Suite:
                     fmt_stats(rr),
                     ratio(_med(figure), _med(rr)),
                     TARGETS["policies"],
-                    note=policies.NOTES.get(name, ""),
+                    note=policy_rows.NOTES.get(name, ""),
                 )
             )
 
-    def _policies_base(self) -> None:
-        """rr beside rr of the commit before schedulers (a git worktree), same run."""
-        s = self.settings
+    def _rr_base(self, stack: contextlib.ExitStack) -> tuple[str, Path] | None:
+        """The commit before schedulers and a worktree of it (removed with `stack`); None,
+        with a skipped row, when there is none."""
         try:
-            base = s.rr_base or policies.baseline_commit()
+            base = self.settings.rr_base or policy_rows.baseline_commit()
+            return base, stack.enter_context(policy_rows.worktree(base))
         except ValueError as exc:
             self.rows.append(Row(_BASE_ROW, "skipped", note=f"no baseline tree: {exc}"))
-            return
-        with policies.worktree(base) as tree:
-            res = self._wrk_rounds("policies_base", policies.base_specs(s.workers, tree), "close")
+            return None
+
+    def _rr_base_row(self, res: dict[str, Any], base: str) -> None:
+        """Today's RR against the old tree's: met when its median is at least the old tree's
+        slowest run (no slower beyond the old tree's spread)."""
         rr, old = res.get("clusterlab-rr"), res.get("clusterlab-rr-base")
         within = None if _med(rr) is None or not old else _med(rr) >= old["min"]
         self.rows.append(
@@ -1266,7 +1274,7 @@ def _display(path: Path) -> str:
 # Where each step keeps its samples in Suite.raw (each sample records foreign_cpu_pct).
 STEP_RAW = {
     "handoff": ("handoff",),
-    "policies": ("policies_base", "policies"),
+    "policies": ("policies",),
     "keepalive": ("keepalive",),
     "scaling": ("scaling",),
     "ipc": ("ipc",),
