@@ -22,6 +22,7 @@ from clusterlab.lab.running.faults import FaultInjector, PlannedFault, schedule
 from clusterlab.lab.running.load import (
     LoadError,
     LoadOutcome,
+    LoadRun,
     read_load,
     start_load,
     stop_load,
@@ -83,18 +84,7 @@ def observe_point(
     before, supervised_before = target.snapshot(), target.supervision()
     load_started = time.time()  # before wrk's warm-up run, which start_load runs
     try:
-        run = start_load(
-            point_load(scenario, point),
-            next(w for w in scenario.workloads if w.name == point.workload),
-            target.url,
-            processes,
-            out,
-            scenario.target.worker_header,
-            count_every_failure=bool(scenario.faults),
-            cpus=None if cpus.shared else cpus.load,
-            engine=engine,
-            spread_sources="hash" in scenario.sweep.policies,
-        )
+        run = _start_load(scenario, point, target.url, processes, out, cpus, engine)
     except LoadError as exc:  # the load never started (wrk's warm-up failed, say)
         return Observation(
             point, processes, engine, started, load_started, [], before, error=str(exc)
@@ -129,6 +119,31 @@ def observe_point(
         outcome=outcome,
         error=error,
         skipped=skipped,
+    )
+
+
+def _start_load(
+    scenario: Scenario,
+    point: Point,
+    url: str,
+    processes: int,
+    out: Path,
+    cpus: CpuPlan,
+    engine: str,
+) -> LoadRun:
+    """The point's load: with faults every failure counts; with hash in the sweep each locust
+    user connects from its own address (for every policy alike)."""
+    return start_load(
+        point_load(scenario, point),
+        next(w for w in scenario.workloads if w.name == point.workload),
+        url,
+        processes,
+        out,
+        scenario.target.worker_header,
+        count_every_failure=bool(scenario.faults),
+        cpus=None if cpus.shared else cpus.load,
+        engine=engine,
+        spread_sources="hash" in scenario.sweep.policies,
     )
 
 
