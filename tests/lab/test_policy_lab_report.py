@@ -90,3 +90,35 @@ def test_a_generator_bound_case_is_not_compared_with_theory():
 def test_the_section_needs_a_scheduler_beyond_nodes_policies():
     assert not compares_policies(["rr", "none"]) and not compares_policies(["p2c"])
     assert compares_policies(["rr", "p2c"]) and compares_policies(["none", "mod:Mine"])
+
+
+def test_the_section_and_the_plot_are_made_from_the_same_table(tmp_path):
+    from types import SimpleNamespace
+
+    from clusterlab.lab.output import policies
+    from clusterlab.lab.output.sections import PLOT_HELP, Block
+
+    frame = pd.concat(
+        [
+            points({"rr": [30, 25, 40], "jiq": [10, 8, 11]}),
+            points({"rr": [60, 50, 70], "jiq": [20, 18, 22]}, workload="slowed"),
+        ]
+    )
+    scenario = {"sweep": {"policies": ["rr", "jiq"]}, "faults": [SLOW]}
+    analysis = SimpleNamespace(scenario=scenario, points=frame)
+    blocks = policies.blocks(analysis, Block)
+    assert [b.kind for b in blocks] == ["h2", "p", "table", "p", "p"]
+    assert blocks[2].table["fault"].tolist() == ["none", "none", *["slow ×4 for 5 s (slot:1)"] * 2]
+    assert blocks[4].text.startswith(
+        "slowed, 4 workers, fault slow ×4 for 5 s (slot:1): lowest p99 jiq"
+    )
+    drawn = policies.plot(analysis, tmp_path / "policies.png")
+    assert drawn is not None and drawn.stat().st_size > 10_000
+    assert "policies" in PLOT_HELP
+    node_only = SimpleNamespace(
+        scenario={**scenario, "sweep": {"policies": ["rr", "none"]}}, points=frame
+    )
+    assert (
+        policies.blocks(node_only, Block) == []
+        and policies.plot(node_only, tmp_path / "x.png") is None
+    )
