@@ -255,6 +255,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def _run(args: argparse.Namespace) -> int:
     from clusterlab.lab.ci.outputs import gates_terminal
     from clusterlab.lab.config.scenario import ScenarioError, load_scenario, resolve_scenario
+    from clusterlab.lab.output import policies as lab_policies
     from clusterlab.lab.output.report_tables import summary_table
     from clusterlab.lab.output.text import markdown_table
     from clusterlab.lab.pipeline import run_lab
@@ -297,6 +298,8 @@ def _run(args: argparse.Namespace) -> int:
         print(markdown_table(table))
     if lab.analysis.capacity is not None and not lab.analysis.measured.empty:
         print(lab.analysis.capacity.recommendation.text())
+    for line in lab_policies.closing_lines(lab.analysis):
+        print(line)
     state = "PARTIAL (interrupted) " if lab.outcome.interrupted else ""
     report = lab.report
     print(f"{state}report: {report} (and {report.with_suffix('.html').name}, plots, CSVs in {out})")

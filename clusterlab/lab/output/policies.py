@@ -97,6 +97,12 @@ def case_line(case: Case) -> str:
     return f"{lead}; {says}: {case.note}."
 
 
+def closing_lines(analysis: Analysis) -> list[str]:
+    """The cases in words, for the end of ``clusterlab run``'s output."""
+    frame = table(analysis)
+    return [case_line(c) for c in cases(frame)] if not frame.empty else []
+
+
 def blocks(analysis: Analysis, block: Callable[..., Any]) -> list[Any]:
     """The Policies section (nothing when the sweep compares no scheduler); its figure is
     among the plots."""
