@@ -15,7 +15,12 @@ from typing import Any
 import pandas as pd
 
 from clusterlab.lab.analysis import recovery
-from clusterlab.lab.analysis.capacity import CapacityFindings, find_capacity, little_flag
+from clusterlab.lab.analysis.capacity import (
+    CapacityFindings,
+    busiest_levels,
+    find_capacity,
+    little_flag,
+)
 from clusterlab.lab.analysis.metrics import aggregate, fairness_columns, usl_fits
 from clusterlab.lab.analysis.summary import clean, summary_dict
 from clusterlab.lab.analysis.tables import Results
@@ -74,7 +79,8 @@ def analyze(run: Results) -> Analysis:
     """Compute everything the outputs need from one run's tables."""
     points = derive_point_columns(run)
     aggregates = aggregate(points) if not points.empty else pd.DataFrame()
-    fits = usl_fits(points) if not points.empty else pd.DataFrame()
+    # with load levels, a worker count's capacity is its busiest level (not a fit per level)
+    fits = usl_fits(busiest_levels(points)) if not points.empty else pd.DataFrame()
     per_fault = recovery.faults(run.events, run.timeseries, points)
     per_point = recovery.points(run.events, per_fault, points)
     capacity = find_capacity(points, aggregates, run.meta["scenario"], target_cpus(run.meta))

@@ -1,6 +1,7 @@
 """The report's capacity blocks, read from ``Analysis.capacity``: the recommendation (at the
-top), the highest rate within the SLO per worker count and policy, the knees, the USL fits with
-intervals and predicted against measured, Little's law flags, efficiency and headroom."""
+top), the highest rate within the SLO per worker count and policy, the knees, Little's law
+flags, efficiency and headroom; and for the Scalability section the USL fits with intervals and
+predicted against measured."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from clusterlab.lab.analysis.capacity import LITTLE_TOLERANCE
-from clusterlab.lab.analysis.usl import TOO_FEW, Interval, UslConfidence
+from clusterlab.lab.analysis.usl import TOO_FEW, Interval
 from clusterlab.lab.output.text import fmt
 
 if TYPE_CHECKING:
     from clusterlab.lab.analysis.analysis import Analysis
     from clusterlab.lab.output.sections import Block
 
+#: Figures past this (N* with κ about 0) print as ∞.
+BEYOND = 1e6
 SEARCH_HELP = (
     "Each probe is locust's open model at one rate, measured for at least the [search] "
     "min_requests; a ramp ×factor until a probe misses, then bisection until the bracket is "
@@ -35,7 +38,7 @@ def recommendation_blocks(analysis: Analysis, block: type[Block]) -> list[Block]
 
 
 def capacity_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
-    """The capacity section: SLO answers, knees, USL with intervals, Little's law, efficiency."""
+    """The capacity section: SLO answers, knees, Little's law, efficiency."""
     found = analysis.capacity
     if found is None or analysis.measured.empty:
         return []
@@ -51,7 +54,6 @@ def capacity_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
             block("p", "Knees (Kneedle, p99 against the load level, 5+ levels):"),
             block("table", table=_knee_table(found.knees)),
         ]
-    out += _usl_blocks(found.usl, block)
     out += _little_blocks(analysis.points, block)
     if not found.efficiency.empty:
         out += [
@@ -125,12 +127,20 @@ def _knee_table(knees: pd.DataFrame) -> pd.DataFrame:
 def _interval(value: Interval | None, digits: int) -> str:
     if value is None:
         return "–"
-    return f"{fmt(value.estimate, digits)} [{fmt(value.low, digits)}–{fmt(value.high, digits)}]"
+    low, estimate, high = (_bounded(v, digits) for v in (value.low, value.estimate, value.high))
+    return f"{estimate} [{low}–{high}]"
 
 
-def _usl_blocks(fits: list[UslConfidence], block: type[Block]) -> list[Block]:
-    # too few counts is said by the Scalability section already
-    fits = [f for f in fits if f.refused != TOO_FEW]
+def _bounded(value: float, digits: int) -> str:
+    """A figure, or ∞ past BEYOND (N* when κ is about 0: no peak in sight)."""
+    return "∞" if value > BEYOND else fmt(value, digits)
+
+
+def usl_blocks(analysis: Analysis, block: type[Block]) -> list[Block]:
+    """The USL with the CPU cap and intervals, for the Scalability section (nothing when there
+    are fewer than 3 worker counts: that section says so)."""
+    found = analysis.capacity
+    fits = [f for f in (found.usl if found else []) if f.refused != TOO_FEW]
     if not fits:
         return []
     rows: list[dict[str, Any]] = []

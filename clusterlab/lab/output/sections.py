@@ -295,6 +295,9 @@ def _noisy(analysis: Analysis) -> list[Block]:
 
 def _scalability(analysis: Analysis) -> list[Block]:
     heading = Block("h2", "Scalability (USL)")
+    capped = capacity_report.usl_blocks(analysis, Block)
+    if analysis.fits.empty and capped:
+        return [heading, *capped]
     if analysis.fits.empty:
         points = analysis.points
         counts = points["workers"].nunique() if not points.empty else 0
@@ -306,7 +309,14 @@ def _scalability(analysis: Analysis) -> list[Block]:
                 f"run has {counts} worker counts).",
             ),
         ]
-    return [heading, Block("table", table=tables.fit_table(analysis.fits))]
+    uncapped = Block("table", table=tables.fit_table(analysis.fits))
+    if not capped:
+        return [heading, uncapped]
+    note = (
+        "Without the CPU cap or intervals (the fit earlier reports gave): past one worker per "
+        "CPU a flat line reads as coherency cost here."
+    )
+    return [heading, *capped, Block("p", note), uncapped]
 
 
 def _every_point(analysis: Analysis) -> list[Block]:
