@@ -76,6 +76,7 @@ def describe_fault(fault: dict[str, Any]) -> str:
         "exit": f"exit {fault['code']}",
         "exception": "exception" + (" (fatal)" if fault["fatal"] else " (answered 500)"),
         "hang": "hang" + (" in a handler" if fault["hang"] == "handler" else " (SIGSTOP)"),
+        "slow": f"slow ×{fault.get('factor', 4.0):g} for {fault.get('length', 5.0):g} s",
     }.get(fault["kind"], fault["kind"].upper())
     if fault["every"] is not None:
         start = fault["every"] if fault["start"] is None else fault["start"]
