@@ -64,6 +64,7 @@ def test_informed_policies_clearly_ahead_of_blind_ones_match_theory():
         "matches",
     )
     assert "jiq p99 10.0 ms vs rr 30.0 ms" in case_line(case)
+    assert "none (a shared accept queue the free workers pull from) 50.0 ms" in case.note
     assert "lowest p99 jiq (its range overlaps p2c's); matches queueing theory" in case_line(case)
 
 

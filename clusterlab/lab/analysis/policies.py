@@ -16,9 +16,14 @@ FIGURES = ("p50_ms", "p99_ms", "p999_ms", "max_ms", "jain_requests")
 #: Policies that look at the workers' load (open connections, requests in flight, idleness)
 #: against those that do not: under heterogeneous service times or a slow worker, theory puts
 #: the first ahead (join-the-shortest-queue and its approximations: Mitzenmacher's two choices,
-#: Lu et al.'s join-idle-queue) of blind assignment (round robin, the kernel's accept queue).
+#: Lu et al.'s join-idle-queue) of blind assignment (round robin; SO_REUSEPORT's hash of the
+#: connection onto one worker's own accept queue).
 INFORMED = ("least-conn", "p2c", "jiq")
-BLIND = ("rr", "none", "reuseport")
+BLIND = ("rr", "reuseport")
+#: ``none``: one accept queue shared by every worker, each accepting when its loop is free: a
+#: central queue the workers pull from (M/G/k), which theory puts level with or ahead of any
+#: dispatching policy: reported beside the call, not on either side of it.
+PULL = "none"
 #: Schedulers beyond Node's own policies: their presence in a sweep turns the comparison on.
 NODE_POLICIES = ("rr", "none", "reuseport")
 
@@ -129,6 +134,11 @@ def _theory(ranked: list[dict[str, Any]]) -> tuple[str, str]:
         return "untrusted", f"limited by the load or the machine under {', '.join(limited)}"
     a, b = informed[0], blind[0]  # each side's lowest median p99
     pair = f"{a['policy']} p99 {a['p99_ms']:.1f} ms vs {b['policy']} {b['p99_ms']:.1f} ms"
+    pair += "".join(
+        f"; none (a shared accept queue the free workers pull from) {r['p99_ms']:.1f} ms"
+        for r in ranked
+        if r["policy"] == PULL
+    )
     if min(a["repeats"], b["repeats"]) < 2:
         return "tie", pair + " (one repeat: not tested)"
     if a["p99_ms_max"] < b["p99_ms_min"]:

@@ -31,9 +31,12 @@ HELP = (
     "repeats, [min–max]) and Jain's index of per-worker requests. Queueing theory: under "
     "heterogeneous service times, or with one slow worker, policies that see the workers' load "
     "(least-conn, p2c, jiq) keep short requests from waiting behind long ones and should show "
-    "a lower p99 than blind assignment (rr, and the kernel's none/reuseport). A case is called "
-    "only when the two sides' p99 ranges over repeats do not overlap and no repeat was limited "
-    "by the load generator or the machine."
+    "a lower p99 than blind assignment (rr; reuseport, which hashes each connection onto one "
+    "worker's accept queue). A case is called only when the two sides' p99 ranges over repeats "
+    "do not overlap and no repeat was limited by the load generator or the machine. none is "
+    "beside the call: one accept queue shared by all workers, each accepting when its loop is "
+    "free, is a central queue the workers pull from, which theory puts level with or ahead of "
+    "any dispatching policy."
 )
 PLOT_HELP = (
     "p50 (circle), p99 (square), p99.9 (triangle) and max (cross) latency per policy, one panel "
