@@ -123,3 +123,16 @@ def test_the_section_and_the_plot_are_made_from_the_same_table(tmp_path):
         policies.blocks(node_only, Block) == []
         and policies.plot(node_only, tmp_path / "x.png") is None
     )
+
+
+def test_a_limited_policy_is_left_out_of_the_call_and_named():
+    frame = pd.concat(
+        [
+            points({"rr": [30, 25, 40], "jiq": [10, 8, 11]}),
+            points({"p2c": [5, 4, 6]}, verdict="machine"),
+        ]
+    )
+    [case] = cases(policy_table(frame, []))
+    assert case.best == "p2c" and case.theory == "matches"
+    assert case.note.startswith("jiq p99 10.0 ms vs rr 30.0 ms")
+    assert case.note.endswith("(p2c left out: limited by the load or the machine)")

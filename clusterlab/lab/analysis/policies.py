@@ -125,14 +125,24 @@ def cases(table: pd.DataFrame) -> list[Case]:
 
 
 def _theory(ranked: list[dict[str, Any]]) -> tuple[str, str]:
-    informed = [r for r in ranked if r["policy"] in INFORMED]
-    blind = [r for r in ranked if r["policy"] in BLIND]
-    if not informed or not blind:
+    """The best informed policy against the best blind one, among the groups no repeat of
+    which was limited by the load or the machine (those are named and left out)."""
+    if not any(r["policy"] in INFORMED for r in ranked) or not any(
+        r["policy"] in BLIND for r in ranked
+    ):
         return "n/a", "needs an informed and a blind policy"
     limited = [r["policy"] for r in ranked if r["limited"]]
-    if limited:
+    left_out = f" ({', '.join(limited)} left out: limited by the load or the machine)"
+    informed = [r for r in ranked if r["policy"] in INFORMED and not r["limited"]]
+    blind = [r for r in ranked if r["policy"] in BLIND and not r["limited"]]
+    if not informed or not blind:
         return "untrusted", f"limited by the load or the machine under {', '.join(limited)}"
-    a, b = informed[0], blind[0]  # each side's lowest median p99
+    theory, note = _call(informed[0], blind[0], ranked)
+    return theory, note + (left_out if limited else "")
+
+
+def _call(a: dict[str, Any], b: dict[str, Any], ranked: list[dict[str, Any]]) -> tuple[str, str]:
+    """``a`` (informed) against ``b`` (blind), each its side's lowest median p99."""
     pair = f"{a['policy']} p99 {a['p99_ms']:.1f} ms vs {b['policy']} {b['p99_ms']:.1f} ms"
     pair += "".join(
         f"; none (a shared accept queue the free workers pull from) {r['p99_ms']:.1f} ms"
