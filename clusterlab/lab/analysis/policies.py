@@ -79,7 +79,11 @@ def policy_table(points: pd.DataFrame, faults: list[dict[str, Any]]) -> pd.DataF
                 }
             )
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    order = {name: i for i, name in enumerate(dict.fromkeys(frame["workload"]))}
+    return frame.sort_values(
+        "workload", key=lambda w: w.map(order), kind="stable", ignore_index=True
+    )
 
 
 @dataclass(frozen=True)
