@@ -107,3 +107,28 @@ def test_a_slow_fault_for_no_such_worker_is_skipped(tmp_path, where):
         assert slow(target, 0, where, factor=4, length=1.0)["event"] == "fault_skipped"
     finally:
         target.stop()
+
+
+def test_the_target_takes_a_scheduler_as_module_name(tmp_path):
+    config = TargetConfig(
+        Target(kind="builtin"),
+        workers=2,
+        policy="clusterlab.cluster._policies:JoinIdleQueue",
+        log_path=tmp_path / "t.log",
+        port=free_port(),
+    )
+    target = start_target(config)
+    assert isinstance(target, ClusterTarget)
+    try:
+        wait_for(target, lambda e: e["event"] == "ready")
+        served = set()
+        for _ in range(8):
+            conn = http.client.HTTPConnection(target.url.removeprefix("http://"), timeout=10)
+            conn.request("GET", "/hello")
+            response = conn.getresponse()
+            assert response.read() == b"hello world\n"
+            served.add(response.getheader("X-Worker-Id"))
+            conn.close()
+    finally:
+        target.stop()
+    assert served <= {"1", "2"} and served
