@@ -167,6 +167,7 @@ def cause(exception: BaseException) -> str:
 
 _sources: dict[Any, str] = {}  # a user's greenlet → the address its connections come from
 _users_started = [0]
+_process = [0]  # this locust process's index among the workers (0 alone)
 
 
 def source_address(process: int, user: int) -> str:
@@ -190,7 +191,7 @@ if _SPREAD_SOURCES:
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
-    _phases["process"] = float(getattr(environment.runner, "worker_index", 0) or 0)
+    _process[0] = int(getattr(environment.runner, "worker_index", 0) or 0)
 
 
 class LabUser(FastHttpUser):
@@ -206,9 +207,7 @@ class LabUser(FastHttpUser):
 
     def on_start(self) -> None:
         if _SPREAD_SOURCES:  # the user's requests run in this greenlet
-            _sources[gevent.getcurrent()] = source_address(
-                int(_phases.get("process", 0)), _users_started[0]
-            )
+            _sources[gevent.getcurrent()] = source_address(_process[0], _users_started[0])
             _users_started[0] += 1
         self._next_send = time.perf_counter()
         if _RATE_PER_USER:
