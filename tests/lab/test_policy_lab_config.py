@@ -238,3 +238,29 @@ def test_a_fault_for_an_unknown_workload_is_one_line(tmp_path):
         match=r"faults\[0\]\.workloads\[1\]: expected one of the workloads even, slowed, got \"hello\"$",
     ):
         load_scenario(two_workloads(tmp_path, '["slowed", "hello"]'))
+
+
+def test_an_empty_workloads_list_on_a_fault_is_one_line(tmp_path):
+    with pytest.raises(ScenarioError, match=r"faults\[0\]\.workloads: expected a non-empty list"):
+        load_scenario(two_workloads(tmp_path, "[]"))
+
+
+def test_the_endpoint_answers_400_with_the_reason_for_a_bad_distribution():
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/cpu", "query_string": b"dist=zipf"}
+    asyncio.run(endpoints.builtin_app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert sent[1]["body"].startswith(b"dist: expected one of const, exp")
+    sent.clear()
+    scope = {"type": "http", "path": "/io", "query_string": b"dist=bimodal&fast=0&slow=0"}
+    asyncio.run(endpoints.builtin_app(scope, receive, send))
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"io\n"
