@@ -153,8 +153,10 @@ def fit_with_confidence(
 
 
 def _bootstrap(n: np.ndarray, fitted: np.ndarray, residuals: np.ndarray, cpus: int) -> np.ndarray:
-    """Refits on the fitted curve plus resampled residuals (seeded)."""
+    """Refits on the fitted curve plus resampled residuals (seeded). The residuals are centred
+    and scaled by √(n / (n − 3)): a fit of 3 parameters leaves them smaller than the errors."""
     rng = np.random.default_rng(0)
+    residuals = (residuals - residuals.mean()) * math.sqrt(residuals.size / (residuals.size - 3))
     found = []
     for _ in range(RESAMPLES):
         again = _fit(n, fitted + rng.choice(residuals, size=residuals.size), cpus)
