@@ -75,6 +75,8 @@ def test_a_planned_fault_becomes_the_primarys_command():
         "code": 1,
         "hang": "sigstop",
         "fatal": True,
+        "factor": None,
+        "length": None,
     }
 
 

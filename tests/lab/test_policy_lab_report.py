@@ -79,6 +79,7 @@ def test_overlapping_ranges_are_a_tie_and_one_repeat_is_not_tested():
     assert case.theory == "tie" and "ranges over repeats overlap" in case.note
     [once] = cases(policy_table(points({"rr": [10], "p2c": [9]}), []))
     assert once.theory == "tie" and "one repeat: not tested" in once.note
+    assert not once.separated and "p2c (one repeat: not tested against rr)" in case_line(once)
 
 
 def test_a_generator_bound_case_is_not_compared_with_theory():

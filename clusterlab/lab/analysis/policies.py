@@ -96,6 +96,7 @@ class Case:
     best: str
     runner_up: str
     separated: bool  # the best's p99 range over repeats lies below every other policy's
+    repeats: int  # the fewest repeats of a policy in this case
     theory: str  # "matches", "contradicts", "tie", "untrusted" or "n/a"
     note: str
 
@@ -111,7 +112,8 @@ def cases(table: pd.DataFrame) -> list[Case]:
             continue
         ranked = group.sort_values("p99_ms").to_dict("records")
         best, others = ranked[0], ranked[1:]
-        separated = all(best["p99_ms_max"] < o["p99_ms_min"] for o in others)
+        repeats = int(group["repeats"].min())
+        separated = repeats > 1 and all(best["p99_ms_max"] < o["p99_ms_min"] for o in others)
         theory, note = _theory(ranked)
         found.append(
             Case(
@@ -121,6 +123,7 @@ def cases(table: pd.DataFrame) -> list[Case]:
                 str(best["policy"]),
                 str(others[0]["policy"]),
                 separated,
+                repeats,
                 theory,
                 note,
             )

@@ -85,11 +85,12 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
 def case_line(case: Case) -> str:
     """A case in words: the lowest p99 (clear or within the spread) and theory's call."""
     lead = f"{case.workload}, {case.workers} workers, fault {case.fault}: lowest p99 {case.best}"
-    lead += (
-        " (below every other policy's range)"
-        if case.separated
-        else f" (its range overlaps {case.runner_up}'s)"
-    )
+    if case.repeats < 2:
+        lead += f" (one repeat: not tested against {case.runner_up})"
+    elif case.separated:
+        lead += " (below every other policy's range)"
+    else:
+        lead += f" (its range overlaps {case.runner_up}'s)"
     says = {
         "matches": "matches queueing theory",
         "contradicts": "does NOT match queueing theory",
