@@ -125,8 +125,7 @@ class RoundRobinSocket(ClusterSocket):
     def accept_nowait(self) -> tuple[socket.socket, Any]:
         fd = self._take()
         self._ack(1)
-        conn = HandedSocket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
-        conn._cluster_load = self._cluster_load
+        conn = self._adopt(fd)
         if socket.getdefaulttimeout() is None and self.gettimeout():
             conn.setblocking(True)
         try:
@@ -143,16 +142,22 @@ class RoundRobinSocket(ClusterSocket):
         conns: list[socket.socket] = []
         try:
             while len(conns) < limit:
-                fd = self._take()
-                conn = HandedSocket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
-                conn._cluster_load = self._cluster_load
-                conns.append(conn)
+                conns.append(self._adopt(self._take()))
         except (BlockingIOError, InterruptedError):
             pass
         finally:
             if conns:
                 self._ack(len(conns))
         return conns
+
+    def _adopt(self, fd: int) -> socket.socket:
+        """A handed-over connection; its close is counted when a scheduler reads the counts."""
+        load = self._cluster_load
+        if load is None:
+            return socket.socket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
+        conn = HandedSocket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
+        conn._cluster_load = load
+        return conn
 
     def _take(self) -> int:
         """One handed-over descriptor; BlockingIOError when none is waiting."""

@@ -208,9 +208,10 @@ class HandleRegistry:
 
     def worker_stats(self) -> dict[int, dict[str, int | None]]:
         """Per worker id: handed and taken over all its hand-off handles (also those it left),
-        and now: pending, open and in_flight (None when its servers do not count requests)."""
+        and now: pending, open (None under Node's round robin: nothing counts closes) and
+        in_flight (None when its servers do not count requests)."""
         result: dict[int, dict[str, int | None]] = {
-            wid: {**counts, "pending": 0, "open": 0, "in_flight": None}
+            wid: {**counts, "pending": 0, "open": None, "in_flight": None}
             for wid, counts in self._retired_workers.items()
         }
         for handle in self.all():
@@ -220,7 +221,7 @@ class HandleRegistry:
                     {
                         **dict.fromkeys(_WORKER_FIELDS, 0),
                         "pending": 0,
-                        "open": 0,
+                        "open": None,
                         "in_flight": None,
                     },
                 )
@@ -228,9 +229,10 @@ class HandleRegistry:
                     ("handed", state.handed),
                     ("taken", state.taken),
                     ("pending", state.pending),
-                    ("open", state.open),
                 ):
                     row[name] = (row[name] or 0) + value
+                if state.load is not None:
+                    row["open"] = (row["open"] or 0) + state.open
                 busy = state.in_flight
                 if busy is not None:
                     row["in_flight"] = (row["in_flight"] or 0) + busy

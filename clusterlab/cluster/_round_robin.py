@@ -6,14 +6,15 @@ byte carrying the connection's descriptor; the worker answers each connection it
 byte back, so the primary knows exactly how many are handed but untaken (never more than
 `window` per worker). The primary keeps the worker's end of the pair open: connections a worker
 never took (it died, or closed its listener) are read back from that end and given to another
-worker, never dropped. A page of shared memory per worker (`_load`) carries its closes and
-requests in flight to the scheduler without a message.
+worker, never dropped. Under a scheduler, a page of shared memory per worker (`_load`) carries
+its closes and requests in flight to the scheduler without a message.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -45,11 +46,12 @@ class _Slot(WorkerState):
 
     __slots__ = ("handle", "ours", "theirs", "sendmsg", "memfd")
 
-    def __init__(self, handle: RoundRobinHandle, link: Any) -> None:
-        try:
-            load, self.memfd = LoadCounters.create()
-        except (AttributeError, OSError):  # no memfd here: the scheduler sees no closes
-            load, self.memfd = None, -1
+    def __init__(self, handle: RoundRobinHandle, link: Any, shared: bool) -> None:
+        load: LoadCounters | None = None
+        self.memfd = -1
+        if shared:  # a scheduler reads them (Node's round robin does not: nothing to count)
+            with contextlib.suppress(AttributeError, OSError):  # no memfd: closes unseen
+                load, self.memfd = LoadCounters.create()
         super().__init__(link, handle.key, load)
         self.handle = handle
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -118,7 +120,7 @@ class RoundRobinHandle:
     def add(self, link: Any) -> tuple[dict[str, Any], list[int]]:
         """Register a worker; returns the reply fields and the descriptors to send it (its end
         of the hand-off pair and, where there is one, its shared load counters)."""
-        slot = _Slot(self, link)
+        slot = _Slot(self, link, shared=self._scheduler is not None)
         self._slots.append(slot)
         self._loop.add_reader(slot.ours.fileno(), self._on_taken, slot)
         if self._scheduler is not None:
