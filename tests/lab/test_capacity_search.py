@@ -76,16 +76,32 @@ def test_nothing_met_nothing_confirmed():
     assert [p.rate for p in result.probes] == [50.0, 25.0, 12.5, 6.25]
 
 
-def test_a_confirmation_that_misses_is_reported():
-    calls = {"n": 0}
+def test_an_answer_whose_confirmation_misses_is_a_miss_and_the_search_goes_below_it():
+    confirms: list[float] = []
 
     def flaky(rate: float, step: str) -> Probe:
-        calls["n"] += 1
+        if step == CONFIRM:
+            confirms.append(rate)
+            # the first answer misses when run again; the ones after it hold
+            return Probe(rate, step, len(confirms) > 1 and rate <= 400, "target")
+        return Probe(rate, step, rate <= 400, "target")
+
+    result = search(flaky, Search(start=100.0, precision=0.05, max_probes=30))
+    assert len(confirms) == 2 and confirms[1] < confirms[0]
+    assert result.confirmed is True
+    assert result.met == confirms[1] and result.missed is not None
+    assert result.met < result.missed <= confirms[0]
+
+
+def test_confirmations_that_always_miss_end_unconfirmed_within_the_budget():
+    def never_twice(rate: float, step: str) -> Probe:
         return Probe(rate, step, rate <= 400 and step != CONFIRM, "target")
 
-    result = search(flaky, Search(start=100.0, precision=0.05, max_probes=20))
+    result = search(never_twice, Search(start=100.0, precision=0.05, max_probes=12))
+    assert len(result.probes) <= 12
     assert result.confirmed is False
-    assert result.met is not None and result.met <= 400 < (result.missed or 0)
+    confirmed_rates = {p.rate for p in result.probes if p.step == CONFIRM}
+    assert result.met is None or result.met not in confirmed_rates
 
 
 def _rows(result, workers: int, verdict_above: str = "target") -> list[dict]:
@@ -141,3 +157,17 @@ def test_a_probe_that_fell_behind_its_rate_meets_nothing():
         {**row, "rps": 995.0, "failure_ratio": 0.5},
         parse_slo({"p99_ms": 50, "failure_ratio": "< 0.1%"}),
     )
+
+
+def test_the_analysis_counts_a_rate_met_only_if_it_met_every_time_it_ran():
+    slo = parse_slo({"p99_ms": 50})
+    probes = [
+        Probe(100.0, RAMP, True),
+        Probe(200.0, RAMP, True),
+        Probe(400.0, RAMP, False),
+        Probe(200.0, CONFIRM, False),
+    ]
+    result = type("R", (), {"probes": probes})()
+    table = capacity_table(capacities(pd.DataFrame(_rows(result, 1)), slo))
+    assert (table.loc[0, "met"], table.loc[0, "missed"]) == (100.0, 200.0)
+    assert table.loc[0, "confirmed"] is None

@@ -68,17 +68,21 @@ class Capacity:
 
 def capacities(points: pd.DataFrame, slo: Slo) -> list[Capacity]:
     """Per mix × policy × workers × repeat, from every finished point (a sweep's levels or a
-    search's probes): the bracket of the highest rate that met the SLO."""
+    search's probes): the bracket of the highest rate that met the SLO every time it ran, and
+    whether a confirmation at that rate was run (None: not run)."""
     done = points[points["status"] == "ok"]
     out = []
     for (mix, policy, workers, repeat), group in done.groupby([*GROUP, "repeat"], sort=True):
         rows = group.to_dict("records")
         scored = [(point_rate(r), probe_met(r, slo), r) for r in rows]
-        tried = [s for s in scored if s[2].get("search_step") != "confirm"]
-        met = max((rate for rate, ok, _ in tried if ok), default=None)
-        above = [(rate, r) for rate, ok, r in tried if not ok and (met is None or rate > met)]
+        # a rate met the SLO only if it met it every time it ran (a confirmation included)
+        failed = {rate for rate, ok, _ in scored if not ok}
+        met = max((rate for rate, ok, _ in scored if ok and rate not in failed), default=None)
+        above = [(rate, r) for rate, ok, r in scored if not ok and (met is None or rate > met)]
         missed = min(above, key=lambda s: s[0], default=None)
-        confirms = [ok for _, ok, r in scored if r.get("search_step") == "confirm"]
+        confirms = [
+            ok for rate, ok, r in scored if r.get("search_step") == "confirm" and rate == met
+        ]
         out.append(
             Capacity(
                 str(mix),

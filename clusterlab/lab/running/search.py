@@ -3,7 +3,8 @@ adaptive load, scored by the scenario's ``[slo]``).
 
 Open-model probes climb a geometric ramp (``start`` × ``factor``…) until one misses, then
 bisection halves the bracket until it is within ``precision`` (or ``max_probes`` are spent), and
-the highest rate that met the SLO is run once more to confirm it. ``search`` is the pure
+the highest rate that met the SLO is run once more to confirm it (if it misses, it counts as a
+miss: bisection goes on below it and the new answer is confirmed in turn, within the budget). ``search`` is the pure
 algorithm; ``SearchRun`` runs its probes against one started target. Each probe is a row of
 results.csv (``offered_rps``, ``search_step``); the analysis reads the answer from them.
 """
@@ -66,7 +67,35 @@ def search(probe: Callable[[float, str], Probe], settings: Search) -> SearchResu
         return found
 
     met, missed = _ramp(take, settings, budget, taken)
-    while met is not None and missed is not None and len(taken) < budget:
+    confirmed: bool | None = None
+    while met is not None:
+        met, missed = _bisect(take, settings, budget, taken, met, missed)
+        if not settings.confirm or len(taken) >= settings.max_probes:
+            break
+        confirmed = take(met, CONFIRM).met
+        if confirmed:
+            break
+        # the answer missed when run again: it is a miss, the answer lies below it
+        missed = met
+        met = max((p.rate for p in taken if p.rate < missed and _held(p.rate, taken)), default=None)
+    return SearchResult(tuple(taken), met, missed, confirmed)
+
+
+def _held(rate: float, taken: list[Probe]) -> bool:
+    """Every probe at ``rate`` met the SLO."""
+    return all(p.met for p in taken if p.rate == rate)
+
+
+def _bisect(
+    take: Callable[[float, str], Probe],
+    settings: Search,
+    budget: int,
+    taken: list[Probe],
+    met: float,
+    missed: float | None,
+) -> tuple[float, float | None]:
+    """Halve the bracket (met, missed) until it is within ``precision`` or the budget is spent."""
+    while missed is not None and len(taken) < budget:
         if (missed - met) / met <= settings.precision:
             break
         middle = (met + missed) / 2
@@ -74,8 +103,7 @@ def search(probe: Callable[[float, str], Probe], settings: Search) -> SearchResu
             met = middle
         else:
             missed = middle
-    confirmed = take(met, CONFIRM).met if settings.confirm and met is not None else None
-    return SearchResult(tuple(taken), met, missed, confirmed)
+    return met, missed
 
 
 def _ramp(
