@@ -170,7 +170,7 @@ def _past_cpus(rows: list[dict[str, Any]], key: str, cpus: int) -> str:
     low, high = f"{key}_min", f"{key}_max"
     change = f"({_n(base[key])} req/s at {base['workers']} → {_n(last[key])} at {last['workers']})"
     if min(base["repeats"], last["repeats"]) < 2:
-        moved = "fell" if last[key] < base[key] else "rose"
+        moved = "fell" if last[key] < base[key] else "rose" if last[key] > base[key] else "held"
         return f"Past one worker per CPU, throughput {moved} {change} in one repeat: not tested."
     if last[high] < base[low]:
         return f"Past one worker per CPU, throughput falls {change}."
