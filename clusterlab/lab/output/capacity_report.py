@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from clusterlab.lab.analysis.analysis import Analysis
     from clusterlab.lab.output.sections import Block
 
-#: Figures past this (N* with κ about 0) print as ∞.
-BEYOND = 1e6
+#: Figures past this (N* with κ about 0: thousands of workers) print as ∞.
+BEYOND = 1e4
 SEARCH_HELP = (
     "Each probe is locust's open model at one rate, measured for at least the [search] "
     "min_requests; a ramp ×factor until a probe misses, then bisection until the bracket is "
