@@ -4,23 +4,13 @@ event; real processes, real sockets, no load generator."""
 
 import http.client
 import json
-import time
 
 import pytest
+from target_events import wait_for
 
 from clusterlab.lab.config.scenario import Respawn, Target
 from clusterlab.lab.running.processes import free_port
 from clusterlab.lab.running.targets import ClusterTarget, TargetConfig, start_target
-
-
-def wait_for(target: ClusterTarget, predicate, timeout=15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in target.events():
-            if predicate(event):
-                return event
-        time.sleep(0.02)
-    raise AssertionError(f"no such event; got {[e['event'] for e in target.events()]}")
 
 
 def fault(target: ClusterTarget, n: int, kind: str, where: str, **options) -> dict:

@@ -9,22 +9,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from target_events import wait_for
 
 from clusterlab.lab.config.scenario import Target
 from clusterlab.lab.running.processes import free_port
 from clusterlab.lab.running.targets import ClusterTarget, TargetConfig, start_target
 
 HERE = Path(__file__).parent
-
-
-def wait_for(target: ClusterTarget, predicate, timeout=15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in target.events():
-            if predicate(event):
-                return event
-        time.sleep(0.02)
-    raise AssertionError(f"no such event; got {[e['event'] for e in target.events()]}")
 
 
 def slow(target: ClusterTarget, n: int, where: str, factor: float, length: float) -> dict:
