@@ -91,6 +91,25 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="rebuild plots, summary.json and reports from a run's tables"
     )
     report.add_argument("directory", type=Path, help="a run's directory (with meta.json)")
+    _serve_parser(sub)
+    scenarios = sub.add_parser(
+        "scenarios",
+        help="list the bundled scenarios, or validate scenario files (invalid ones on stderr, "
+        "exit 2)",
+    )
+    scenarios.add_argument(
+        "files", nargs="*", type=Path, help="scenario files (default: the bundled ones)"
+    )
+    sub.add_parser("info", help="machine facts as the lab records them")
+    _ci_parsers(sub)
+    _history_parser(sub)
+    _plan_parser(sub)
+    _describe_commands(parser)
+    return parser
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    """`clusterlab serve`: the built-in target, and its metrics when asked."""
     serve = sub.add_parser(
         "serve",
         help="serve the built-in target for curl or wrk (/hello, /cpu?ms=N, /io?ms=N, "
@@ -110,20 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=8000, help="port, 0 to 65535 (0: any free)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    scenarios = sub.add_parser(
-        "scenarios",
-        help="list the bundled scenarios, or validate scenario files (invalid ones on stderr, "
-        "exit 2)",
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="also serve Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md)",
     )
-    scenarios.add_argument(
-        "files", nargs="*", type=Path, help="scenario files (default: the bundled ones)"
-    )
-    sub.add_parser("info", help="machine facts as the lab records them")
-    _ci_parsers(sub)
-    _history_parser(sub)
-    _plan_parser(sub)
-    _describe_commands(parser)
-    return parser
 
 
 def _describe_commands(parser: argparse.ArgumentParser) -> None:
@@ -511,6 +521,10 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    if args.metrics is not None:
+        status = _serve_metrics(args.metrics)
+        if status != EXIT_OK:
+            return status
     return target.main(
         [
             "--workers",
@@ -523,6 +537,30 @@ def _serve(args: argparse.Namespace) -> int:
             args.host,
         ]
     )
+
+
+def _serve_metrics(address: str) -> int:
+    """Start the primary's /metrics endpoint before any worker: a bad address or a failed
+    bind is one line."""
+    from clusterlab import cluster
+
+    primary = cluster._primary
+    assert primary is not None  # the command's process is the primary
+    try:
+        primary.serve_metrics(address)
+    except ValueError:
+        print(
+            f"clusterlab: serve: --metrics expects HOST:PORT (e.g. 127.0.0.1:9464), "
+            f"got {address!r}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"clusterlab: serve: --metrics: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    assert primary.metrics is not None
+    print(f"metrics on {primary.metrics.url}", flush=True)
+    return EXIT_OK
 
 
 def _scenarios(args: argparse.Namespace) -> int:

@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 from . import cluster
 from .cluster import EventEmitter, Worker
+from .cluster._counts import watch_supervisor
 from .cluster._primary import _register_exit_hook
 
 __all__ = [
@@ -352,6 +353,7 @@ class Supervisor(EventEmitter):
         if self.state != "new":
             raise RuntimeError("this Supervisor was already started")
         self.state = "running"
+        watch_supervisor(self.stats)  # its restarts, refusals and hangs on /metrics
         self._bind_running_loop()
         for slot in range(self.size):
             self._attempts[slot] = 0

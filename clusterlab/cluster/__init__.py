@@ -140,6 +140,11 @@ def setup_primary(settings: Mapping[str, Any] | None = None, **kw: Any) -> None:
     "weighted", "random"; also "none" or "reuseport"), a `Scheduler` subclass or instance, or
     "package.module:Name". ValueError for an unknown name, ImportError for a "module:Name" that
     does not import; frozen after the first fork().
+
+    ``metrics=`` (an addition to Node, not kept in `settings`): "HOST:PORT" ("[::1]:PORT" for
+    IPv6; port 0: any free one) to serve GET /metrics in Prometheus text format from this
+    primary (docs/metrics.md); before the first fork(). ValueError for another form, OSError
+    naming the address when it cannot be bound.
     """
     given = dict(settings or {})
     given.update(kw)

@@ -5,10 +5,11 @@ chooses one per endpoint, and the registry that owns them and their counters.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._endpoint import Endpoint
+from ._load import LoadCounters
 from ._policies import SCHED_REUSEPORT, SCHED_RR, Policy
 from ._reuseport_handle import ReusePortHandle
 from ._round_robin import HANDOFF_FIELDS, RoundRobinHandle
@@ -68,6 +69,7 @@ def _round_robin(key: str, endpoint: Endpoint, registry: HandleRegistry) -> Hand
         scheduler=scheduler,
         on_error=registry.on_error,
         on_retire=registry.retire_worker,
+        count=registry.count_load,
     )
 
 
@@ -109,16 +111,23 @@ class HandleRegistry:
         # Handles whose listener closed while disconnecting workers still drain them.
         self._draining: dict[str, list[Handle]] = {}
         self._retired = dict.fromkeys(HANDOFF_FIELDS, 0)
+        self._retired_by_endpoint: dict[tuple[str, str], dict[str, int]] = {}
         self._retired_workers: dict[int, dict[str, int]] = {}
+        # The load counters of workers that left an endpoint, read until the worker is gone.
+        self._retired_loads: dict[int, list[LoadCounters]] = {}
+        #: Shared load counters under Node's round robin too (the metrics endpoint reads them).
+        self.count_load = False
 
     @property
     def policy(self) -> Policy:
         return self._policy()
 
-    def all(self) -> Iterator[Handle]:
-        yield from self.handles.values()
-        for draining in self._draining.values():
-            yield from draining
+    def all(self) -> list[Handle]:
+        """Every handle, live and draining (a copy: the metrics thread may read it)."""
+        found = list(self.handles.values())
+        for draining in list(self._draining.values()):
+            found += draining
+        return found
 
     # --- workers joining and leaving -------------------------------------------------------
 
@@ -185,15 +194,35 @@ class HandleRegistry:
     # --- counters --------------------------------------------------------------------------
 
     def _retire(self, handle: Handle) -> None:
-        for name, value in handle.stats().items():
+        stats = handle.stats()
+        if not stats:
+            return
+        assert isinstance(handle, RoundRobinHandle)
+        by_endpoint = self._retired_by_endpoint.setdefault(
+            (handle.label(), handle.policy), dict.fromkeys(HANDOFF_FIELDS, 0)
+        )
+        for name, value in stats.items():
             if name in self._retired:
                 self._retired[name] += value
+                by_endpoint[name] += value
 
     def retire_worker(self, state: WorkerState) -> None:
         """A worker left a hand-off handle: keep its counters."""
         counts = self._retired_workers.setdefault(state.id, dict.fromkeys(_WORKER_FIELDS, 0))
         counts["handed"] += state.handed
         counts["taken"] += state.taken
+        if state.load is not None:  # its servers may finish requests until it exits
+            self._retired_loads.setdefault(state.id, []).append(state.load)
+
+    def worker_gone(self, worker_id: int) -> None:
+        """The worker exited: its request counts are final (kept as numbers from now on)."""
+        for load in self._retired_loads.pop(worker_id, []):
+            served = load.requests
+            if served is not None:
+                counts = self._retired_workers.setdefault(
+                    worker_id, dict.fromkeys(_WORKER_FIELDS, 0)
+                )
+                counts["requests"] = counts.get("requests", 0) + served
 
     def stats(self) -> dict[str, int]:
         """Hand-off counters over every handle this primary has had, and ``queued`` now."""
@@ -206,37 +235,59 @@ class HandleRegistry:
             queued += handle.queued()
         return {**totals, "queued": queued}
 
-    def worker_stats(self) -> dict[int, dict[str, int | None]]:
-        """Per worker id: handed and taken over all its hand-off handles (also those it left),
-        and now: pending, open (None under Node's round robin: nothing counts closes) and
-        in_flight (None when its servers do not count requests)."""
-        result: dict[int, dict[str, int | None]] = {
-            wid: {**counts, "pending": 0, "open": None, "in_flight": None}
-            for wid, counts in self._retired_workers.items()
+    def endpoint_stats(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Hand-off counters per (endpoint, policy), closed handles included, and ``queued``."""
+        result = {
+            labels: {**counts, "queued": 0} for labels, counts in self._retired_by_endpoint.items()
         }
         for handle in self.all():
-            for state in handle.workers():
-                row = result.setdefault(
-                    state.id,
-                    {
-                        **dict.fromkeys(_WORKER_FIELDS, 0),
-                        "pending": 0,
-                        "open": None,
-                        "in_flight": None,
-                    },
-                )
-                for name, value in (
-                    ("handed", state.handed),
-                    ("taken", state.taken),
-                    ("pending", state.pending),
-                ):
-                    row[name] = (row[name] or 0) + value
-                if state.load is not None:
-                    row["open"] = (row["open"] or 0) + state.open
-                busy = state.in_flight
-                if busy is not None:
-                    row["in_flight"] = (row["in_flight"] or 0) + busy
+            if not isinstance(handle, RoundRobinHandle):
+                continue
+            row = result.setdefault(
+                (handle.label(), handle.policy), {**dict.fromkeys(HANDOFF_FIELDS, 0), "queued": 0}
+            )
+            for name, value in handle.stats().items():
+                row[name] += value
+            row["queued"] += handle.queued()
         return result
+
+    def worker_stats(self) -> dict[int, dict[str, int | None]]:
+        """Per worker id: handed and taken over all its hand-off handles (also those it left),
+        requests served (None when its servers do not count them, or when nothing counts:
+        Node's round robin without metrics), and now: pending, open (None when nothing counts
+        closes) and in_flight (None when its servers do not count requests)."""
+        result: dict[int, dict[str, int | None]] = {}
+        for wid, counts in self._retired_workers.items():
+            row = _row(result, wid)
+            for name in ("handed", "taken", "requests"):
+                _add(row, name, counts.get(name))
+        for wid, loads in self._retired_loads.items():
+            row = _row(result, wid)
+            for load in loads:
+                _add(row, "requests", load.requests)
+        for handle in self.all():
+            for state in handle.workers():
+                row = _row(result, state.id)
+                _add(row, "handed", state.handed)
+                _add(row, "taken", state.taken)
+                _add(row, "pending", state.pending)
+                if state.load is not None:
+                    _add(row, "open", state.open)
+                    _add(row, "in_flight", state.in_flight)
+                    _add(row, "requests", state.load.requests)
+        return result
+
+
+def _row(rows: dict[int, dict[str, int | None]], worker_id: int) -> dict[str, int | None]:
+    return rows.setdefault(
+        worker_id,
+        {"handed": 0, "taken": 0, "pending": 0, "open": None, "in_flight": None, "requests": None},
+    )
+
+
+def _add(row: dict[str, int | None], name: str, value: int | None) -> None:
+    if value is not None:
+        row[name] = (row[name] or 0) + value
 
 
 _WORKER_FIELDS = ("handed", "taken")

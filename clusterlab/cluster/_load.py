@@ -65,6 +65,12 @@ class LoadCounters:
         return max(0, view[_STARTED] - view[_FINISHED])
 
     @property
+    def requests(self) -> int | None:
+        """Requests served (finished), or None when the worker's server does not count them."""
+        view = self._view
+        return int(view[_FINISHED]) if view[_FLAGS] & _REQUESTS else None
+
+    @property
     def closed(self) -> int:
         return int(self._view[_CLOSED])
 

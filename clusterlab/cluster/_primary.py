@@ -21,10 +21,11 @@ import time
 import traceback
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _channel, _settings
 from ._channel import ChannelError, FrameReader
+from ._counts import COUNTS
 from ._endpoint import Address, Endpoint
 from ._events import EventEmitter
 from ._forkserver import (
@@ -40,6 +41,9 @@ from ._policies import SCHED_NONE, SCHED_REUSEPORT, SCHED_RR, Policy
 from ._policies import from_env as policy_from_env
 from ._policies import resolve as resolve_policy
 from ._worker import Worker
+
+if TYPE_CHECKING:
+    from ._metrics import MetricsServer
 
 __all__ = ["SCHED_NONE", "SCHED_REUSEPORT", "SCHED_RR", "Primary"]
 
@@ -162,6 +166,7 @@ class _Link:
             if callback is not None:
                 loop.call_soon(self.primary.guard(callback), ChannelClosed())
             return False
+        COUNTS.frames_sent += 1
         self._out.append((memoryview(data), fds, callback))
         if not self._writing:
             self._flush()
@@ -254,7 +259,9 @@ class _Link:
             return False
         self.reader.feed(data, fds)
         try:
-            for kind, payload, frame_fds in self.reader.frames():
+            frames = self.reader.frames()
+            COUNTS.frames_received += len(frames)
+            for kind, payload, frame_fds in frames:
                 self.primary.dispatch(self, kind, payload, frame_fds)
         except ChannelError as exc:
             self.primary.channel_error(self, exc, fatal=True)
@@ -346,6 +353,7 @@ class Primary:
         self._shutdown_started = False
         self._shutdown_started_at = 0.0
         self._forkserver: ForkServer | None = None
+        self.metrics: MetricsServer | None = None  # setup_primary(metrics=...)
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -562,19 +570,37 @@ class Primary:
 
     def setup_primary(self, given: dict[str, Any]) -> None:
         policy = None
+        given = dict(given)
         if "scheduler" in given:
-            given = dict(given)
             if self._forked:
                 raise RuntimeError("the scheduler is frozen after the first fork()")
             policy = resolve_policy(given.pop("scheduler"))
+        metrics = given.pop("metrics", None)
         merged = _settings.merge(self.settings, given)
         self._ensure_loop()
+        if metrics is not None:
+            self.serve_metrics(metrics)
         if policy is not None:
             self._policy = policy
         self.settings = merged
         self.frozen = True
         snapshot = MappingProxyType(dict(merged))
         self.later(self.events.emit, "setup", snapshot)
+
+    def serve_metrics(self, address: str) -> None:
+        """`setup_primary(metrics=)`: serve GET /metrics on "HOST:PORT" from now on; before the
+        first fork (so every worker's servers count their requests). ValueError for an address
+        that is not HOST:PORT, OSError naming it when it cannot be bound."""
+        if self.metrics is not None:
+            if address == self.metrics.given:
+                return
+            raise RuntimeError(f"metrics are already served on {self.metrics.given}")
+        if self._forked:
+            raise RuntimeError("setup_primary(metrics=) comes before the first fork()")
+        from ._metrics import MetricsServer  # prometheus_client only when asked for
+
+        self.metrics = MetricsServer.start(address, self)
+        self.handles.count_load = True
 
     # --- fork ------------------------------------------------------------------------------
 
@@ -608,6 +634,7 @@ class Primary:
         worker._link = link
         self._links[worker_id] = link
         self.workers[worker_id] = worker
+        COUNTS.forks += 1
         self._install_signals()
         self.later(self.events.emit, "fork", worker)
         return worker
@@ -825,6 +852,8 @@ class Primary:
         if not link.connected:
             self.remove_handles(link)
             self._remove(link)
+        COUNTS.exited(code, sig)
+        self.handles.worker_gone(worker.id)
         worker.exited_after_disconnect = bool(worker.exited_after_disconnect)
         worker.state = "dead"
         try:

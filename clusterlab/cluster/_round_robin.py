@@ -49,7 +49,7 @@ class _Slot(WorkerState):
     def __init__(self, handle: RoundRobinHandle, link: Any, shared: bool) -> None:
         load: LoadCounters | None = None
         self.memfd = -1
-        if shared:  # a scheduler reads them (Node's round robin does not: nothing to count)
+        if shared:  # a scheduler or the metrics read them (else nothing is counted)
             with contextlib.suppress(AttributeError, OSError):  # no memfd: closes unseen
                 load, self.memfd = LoadCounters.create()
         super().__init__(link, handle.key, load)
@@ -81,6 +81,7 @@ class RoundRobinHandle:
         scheduler: Scheduler | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         on_retire: Callable[[WorkerState], None] | None = None,
+        count: bool = False,
     ) -> None:
         self.key = key
         self.endpoint = endpoint
@@ -98,6 +99,11 @@ class RoundRobinHandle:
         self._resume_timer: asyncio.TimerHandle | None = None
         # None: Node's round robin, inline; otherwise every accepted connection asks it.
         self._scheduler = scheduler
+        #: The policy's name for metrics: "rr" (Node's), else the scheduler's.
+        self.policy = "rr" if scheduler is None else scheduler_name(scheduler)
+        # Shared load counters for every worker: a scheduler reads them, and so does the
+        # metrics endpoint (under Node's round robin, only when it is served).
+        self._count = scheduler is not None or count
         self._on_readable = self._accept_in_turn if scheduler is None else self._accept_picked
         self._on_error = on_error
         self._on_retire = on_retire
@@ -114,13 +120,21 @@ class RoundRobinHandle:
     def workers(self) -> list[WorkerState]:
         return list(self._slots)
 
+    def label(self) -> str:
+        """The endpoint as metrics name it: HOST:PORT (the bound port) or the socket's path."""
+        endpoint = self.endpoint
+        if endpoint.path is not None:
+            return str(endpoint.path)
+        host = endpoint.address or "*"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
     def stats(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in HANDOFF_FIELDS}
 
     def add(self, link: Any) -> tuple[dict[str, Any], list[int]]:
         """Register a worker; returns the reply fields and the descriptors to send it (its end
         of the hand-off pair and, where there is one, its shared load counters)."""
-        slot = _Slot(self, link, shared=self._scheduler is not None)
+        slot = _Slot(self, link, shared=self._count)
         self._slots.append(slot)
         self._loop.add_reader(slot.ours.fileno(), self._on_taken, slot)
         if self._scheduler is not None:
