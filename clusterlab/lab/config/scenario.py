@@ -70,6 +70,8 @@ class Target:
     #: url targets: the server's process (and its descendants) to sample, by pid or pid file.
     pid: int | None = None
     pidfile: str | None = None
+    #: url targets: a clusterlab primary's /metrics, scraped for per-worker counts.
+    metrics: str | None = None
 
     @property
     def is_cluster(self) -> bool:
@@ -463,7 +465,13 @@ def _check_policy_imports(sweep: Sweep, where: str) -> None:
 def _check_readiness(target: Target, where: str) -> None:
     """ready_line/ready_count only for commands (a url target prints nothing to the lab);
     pid/pidfile only for url targets (the lab knows the processes it starts)."""
-    only = {"ready_line": "command", "ready_count": "command", "pid": "url", "pidfile": "url"}
+    only = {
+        "ready_line": "command",
+        "ready_count": "command",
+        "pid": "url",
+        "pidfile": "url",
+        "metrics": "url",
+    }
     for name, kind in only.items():
         if getattr(target, name) is not None and target.kind != kind:
             raise ScenarioError(
