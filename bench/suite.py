@@ -77,6 +77,8 @@ ALIASES = {"handoff": ("rr", "none", "reuseport"), "all": ROWS}
 POLICY_NAMES = {"rr": "SCHED_RR", "none": "SCHED_NONE", "reuseport": "SCHED_REUSEPORT"}
 HELLO = "{python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy "
 READY = " listening on "
+#: The same target with the primary's /metrics served (the rr-metrics row, docs/metrics.md).
+METRICS_HELLO = HELLO.replace("clusterlab_hello.py", "clusterlab_hello_metrics.py")
 SCENARIO = peers.BENCH / "scenarios" / "overhead.toml"
 # Start methods of the respawn row, one row each ("clusterlab (exec)", ...); a method is passed
 # to bench/respawn.py as CLUSTERLAB_START_METHOD. Add "forkserver" here once the core ships it.
@@ -437,6 +439,12 @@ class Suite:
         node_names = [f"node-{p}" for p in policies if p in ("rr", "none")]
         node_specs, skipped = self._peers(node_names)
         specs = [self._hello(p) for p in policies] + node_specs
+        if "rr" in policies:  # the same hand-off with metrics on, in the same rounds
+            specs.append(
+                target_from_template(
+                    "clusterlab-rr-metrics", METRICS_HELLO + "rr", self.settings.workers, READY
+                )
+            )
         with contextlib.ExitStack() as stack:
             base = self._rr_base(stack) if "rr" in policies else None
             if base is not None:  # today's RR beside the old tree's, in the same rounds
@@ -470,6 +478,8 @@ class Suite:
             )
         if base is not None:
             self._rr_base_row(res, base[0])
+        if "rr" in policies:
+            self._rr_metrics_row(res)
 
     def policies(self) -> None:
         """Each built-in scheduler against rr, new connection per request, one run."""
@@ -522,6 +532,24 @@ class Suite:
                 "no slower beyond its spread",
                 met=within,
                 note="median ≥ the old tree's slowest run" if within else "",
+            )
+        )
+
+    def _rr_metrics_row(self, res: dict[str, Any]) -> None:
+        """RR with the primary's /metrics on against off: met when its median is at least the
+        slowest run with metrics off (no slower beyond rr's spread)."""
+        rr, on = res.get("clusterlab-rr"), res.get("clusterlab-rr-metrics")
+        within = None if _med(on) is None or not rr else _med(on) >= rr["min"]
+        self.rows.append(
+            Row(
+                "RR hand-off, metrics on (docs/metrics.md)",
+                fmt_stats(on, "req/s"),
+                "clusterlab rr, metrics off",
+                fmt_stats(rr),
+                ratio(_med(on), _med(rr)),
+                "no slower beyond rr's spread",
+                met=within,
+                note="median ≥ rr's slowest run" if within else "",
             )
         )
 
