@@ -31,26 +31,31 @@ class RoundRobin(Scheduler):
         return workers[self._turn % len(workers)]
 
 
-class LeastConnections(Scheduler):
-    """The worker with the fewest open connections; ties in turn (NGINX `least_conn`)."""
-
-    name = "least-conn"
+class _InTurn(Scheduler):
+    """A scheduler that breaks ties in turn: each pick looks at the workers from one further on."""
 
     def __init__(self) -> None:
         self._turn = 0
 
-    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+    def _in_turn(self, workers: Sequence[WorkerState]) -> list[WorkerState]:
+        """The workers, starting from this pick's turn and wrapping around."""
         n = len(workers)
         start = self._turn % n
         self._turn += 1
-        best = workers[start]
-        fewest = best.open
-        for step in range(1, n):
-            candidate = workers[(start + step) % n]
-            count = candidate.open
-            if count < fewest:
-                best, fewest = candidate, count
-        return best
+        return [workers[(start + step) % n] for step in range(n)]
+
+
+class LeastConnections(_InTurn):
+    """The worker with the fewest open connections; ties in turn (NGINX `least_conn`)."""
+
+    name = "least-conn"
+
+    def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
+        return min(self._in_turn(workers), key=_open)
+
+
+def _open(worker: WorkerState) -> int:
+    return worker.open
 
 
 class TwoChoices(Scheduler):
@@ -76,20 +81,14 @@ class TwoChoices(Scheduler):
         return a if a.open <= b.open else b
 
 
-class JoinIdleQueue(Scheduler):
+class JoinIdleQueue(_InTurn):
     """A worker with nothing in flight, else one with no open connection, else the least
     loaded; idle ones in turn (join-idle-queue, Lu et al. 2011, with the primary's view)."""
 
     name = "jiq"
 
-    def __init__(self) -> None:
-        self._turn = 0
-
     def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
-        n = len(workers)
-        start = self._turn % n
-        self._turn += 1
-        order = [workers[(start + step) % n] for step in range(n)]
+        order = self._in_turn(workers)
         for worker in order:
             if worker.in_flight == 0 and worker.pending == 0:
                 return worker
