@@ -6,6 +6,7 @@ One function per figure; each takes the tables and metrics, writes one file and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,21 +105,44 @@ def _verdict_legend(fig: Figure) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
 
 
+def _series_figure(
+    done: pd.DataFrame,
+    column: str,
+    labels: tuple[str, str],
+    path: Path,
+    extra: Callable[[plt.Axes, dict[str, pd.DataFrame]], None] | None = None,
+) -> Path:
+    """One panel per workload: ``column`` vs workers per policy (median line, min–max band over
+    repeats, verdict markers), and ``extra`` drawing more on the panel from the policies' tables;
+    ``labels``: the y axis's and the figure's title. The verdict legend below the panels."""
+    ylabel, title = labels
+    workloads = sorted(done["workload"].unique())
+    fig, axes = _panels(workloads)
+    for ax, workload in zip(axes, workloads, strict=True):
+        tables = _by_policy(done[done["workload"] == workload], column)
+        for policy, table in tables.items():
+            _draw_series(ax, policy, table)
+        if extra is not None:
+            extra(ax, tables)
+        ax.set(title=workload, xlabel="workers", ylabel=ylabel)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title} (marker: the verdict, legend below)", fontsize=10)
+    _verdict_legend(fig)
+    return _save(fig, path)
+
+
 def throughput(results: pd.DataFrame, parallelism: int, path: Path) -> Path | None:
     """Successful requests/s vs workers per policy: median line, min–max band over repeats,
     dashed ideal linear scaling from the smallest worker count, dotted line at the CPU count."""
     done = _ok(results)
     if done.empty:
         return None
-    workloads = sorted(done["workload"].unique())
-    fig, axes = _panels(workloads)
-    for ax, workload in zip(axes, workloads, strict=True):
-        tables = _by_policy(done[done["workload"] == workload], "rps")
-        for policy, table in tables.items():
-            _draw_series(ax, policy, table)
-        n0 = float(done["workers"].min())
+    n0 = float(done["workers"].min())
+    measured = np.array(sorted(done["workers"].unique()), dtype=float)
+
+    def ideal_and_cpus(ax: plt.Axes, tables: dict[str, pd.DataFrame]) -> None:
         x0 = max(float(t.loc[t["workers"] == n0, "median"].max()) for t in tables.values())
-        measured = np.array(sorted(done["workers"].unique()), dtype=float)
         # linear scaling is the ideal only while each worker has a CPU of its own
         xs = measured[measured <= max(n0, parallelism)]
         ax.plot(xs, x0 * xs / n0, "--", color="gray", linewidth=1, label="ideal linear")
@@ -130,12 +154,9 @@ def throughput(results: pd.DataFrame, parallelism: int, path: Path) -> Path | No
             linewidth=1,
             label=f"available_parallelism() = {parallelism}",
         )
-        ax.set(title=workload, xlabel="workers", ylabel="successful requests/s")
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=7)
-    fig.suptitle("Throughput vs workers (marker: the verdict, legend below)", fontsize=10)
-    _verdict_legend(fig)
-    return _save(fig, path)
+
+    labels = ("successful requests/s", "Throughput vs workers")
+    return _series_figure(done, "rps", labels, path, ideal_and_cpus)
 
 
 def fairness(results: pd.DataFrame, path: Path) -> Path | None:
@@ -173,17 +194,7 @@ def latency(results: pd.DataFrame, path: Path) -> Path | None:
     done = _ok(results)
     if done.empty:
         return None
-    workloads = sorted(done["workload"].unique())
-    fig, axes = _panels(workloads)
-    for ax, workload in zip(axes, workloads, strict=True):
-        for policy, table in _by_policy(done[done["workload"] == workload], "p99_ms").items():
-            _draw_series(ax, policy, table)
-        ax.set(title=workload, xlabel="workers", ylabel="p99 latency (ms)")
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=7)
-    fig.suptitle("p99 latency vs workers (marker: the verdict, legend below)", fontsize=10)
-    _verdict_legend(fig)
-    return _save(fig, path)
+    return _series_figure(done, "p99_ms", ("p99 latency (ms)", "p99 latency vs workers"), path)
 
 
 def share(results: pd.DataFrame, workers: pd.DataFrame, path: Path) -> Path | None:
