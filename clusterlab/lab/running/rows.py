@@ -201,12 +201,7 @@ def timeseries_rows(
                 add(t, "locust", "", series, float(value))
     for t, key, series, count in outcome_rows(outcome.outcomes):
         add(t, "locust", key, series, count)
-    by_worker: dict[str, list[tuple[float, float]]] = {}
-    for report in reports:
-        by_worker.setdefault(str(report["worker"]), []).append(
-            (float(report["sent"]), float(report["requests"]))
-        )
-    for worker, points in by_worker.items():
+    for worker, points in counter_series({}, reports, {}, "requests").items():
         for t, rate in per_second(points, origin):
             add(t, "worker", worker, "rps", rate)
     for (role, key), group in samples.groupby(["role", "key"], sort=False):
