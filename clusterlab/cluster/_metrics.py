@@ -38,7 +38,7 @@ _SUPERVISOR = (
 )
 #: Per-worker figures: name, stats key, kind, help.
 _PER_WORKER = (
-    ("requests", "requests", "counter", "requests served (by the servers of clusterlab.servers)"),
+    ("requests", "requests", "counter", "requests received (by the servers of clusterlab.servers)"),
     ("requests_in_flight", "in_flight", "gauge", "requests being served now"),
     ("open_connections", "open", "gauge", "connections handed to the worker and not yet closed"),
     ("connections_handed", "handed", "counter", "connections handed to the worker"),
