@@ -315,10 +315,17 @@ class UrlTarget:
         return _descendants(self.primary_pid) if self.primary_pid is not None else {}
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {}
+        """Per-worker counts from ``target.metrics`` when given (else none: the header's)."""
+        return self._scrape().workers if self.config.target.metrics else {}
 
     def supervision(self) -> Supervision:
-        return Supervision(rr=None, stats=None)
+        rr = self._scrape().handoff if self.config.target.metrics else None
+        return Supervision(rr=rr, stats=None)
+
+    def _scrape(self) -> Any:
+        from clusterlab.lab.running.metrics_scrape import scrape
+
+        return scrape(self.config.target.metrics or "")
 
     def stop(self) -> None:
         return None
