@@ -98,3 +98,18 @@ def test_a_worker_count_is_whole_and_unheadered_requests_belong_to_no_worker():
     assert float(rows[0]["requests"]).is_integer()
     # a server that sets no worker header: the tally's "unknown" is not a worker
     assert worker_rows({}, {}, [], {}, _outcome(0, 1, {"unknown": 40}), empty) == []
+
+
+def test_workers_csv_writes_counts_as_whole_numbers_and_a_missing_one_as_empty(tmp_path):
+    from clusterlab.lab.analysis.tables import RunTables
+
+    tables = RunTables(tmp_path)
+    keys = {"point": 0, "repeat": 0, "workload": "w", "policy": "rr", "workers": 2}
+    tables.add(
+        "workers", [{**keys, "worker": "1", "pid": 10, "requests": 193.0, "connections": 4.0}]
+    )
+    tables.add("workers", [{**keys, "worker": "2", "pid": 11, "requests": math.nan}])
+    tables.write()
+    lines = (tmp_path / "workers.csv").read_text().splitlines()
+    assert lines[1].split(",")[5:9] == ["1", "10", "193", "4"]
+    assert lines[2].split(",")[5:8] == ["2", "11", ""]

@@ -98,7 +98,10 @@ DERIVED_COLUMNS = (
     *(f"{m}_{q}" for q in ("requests", "connections") for m in ("jain", "cv", "max_mean")),
 )
 
-INTEGER_COLUMNS = {"events": ("pid", "slot", "code")}
+INTEGER_COLUMNS = {
+    "events": ("pid", "slot", "code"),
+    "workers": ("pid", "requests", "connections", "requests_seen_by_locust"),
+}
 TEXT_COLUMNS = (
     "error",
     "search_step",

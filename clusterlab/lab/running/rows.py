@@ -136,11 +136,18 @@ def result_row(
         "gen_cpu_pct": ours["generator"],
         "gen_cpu_max_pct": gen_max,
         "machine_cpu_pct": machine / cpus,
-        # what the machine did besides this run (the runner itself included in "this run")
-        "other_cpu_pct": machine
-        - sum(_zero(v) for v in ours.values())
-        - _zero(role_cpu_pct(usage, "runner")),
+        # what the machine did besides this run (the runner itself included in "this run"); the
+        # machine's and the processes' samples are taken apart, so a quiet machine can come out
+        # a little below zero: that is none
+        "other_cpu_pct": _not_below_zero(
+            machine - sum(_zero(v) for v in ours.values()) - _zero(role_cpu_pct(usage, "runner"))
+        ),
     }
+
+
+def _not_below_zero(value: float) -> float:
+    """0 for a negative value; NaN (not measured) stays NaN."""
+    return 0.0 if value < 0 else value
 
 
 def failure_rows(keys: dict[str, Any], outcome: LoadOutcome) -> list[dict[str, Any]]:
