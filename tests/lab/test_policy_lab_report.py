@@ -107,7 +107,7 @@ def test_the_section_and_the_plot_are_made_from_the_same_table(tmp_path):
         ]
     )
     scenario = {"sweep": {"policies": ["rr", "jiq"]}, "faults": [SLOW]}
-    analysis = SimpleNamespace(scenario=scenario, points=frame)
+    analysis = SimpleNamespace(scenario=scenario, points=frame, meta={})
     blocks = policies.blocks(analysis, Block)
     assert [b.kind for b in blocks] == ["h2", "p", "table", "p", "p"]
     assert blocks[2].table["fault"].tolist() == ["none", "none", *["slow ×4 for 5 s (slot:1)"] * 2]
@@ -136,4 +136,4 @@ def test_a_limited_policy_is_left_out_of_the_call_and_named():
     [case] = cases(policy_table(frame, []))
     assert case.best == "p2c" and case.theory == "matches"
     assert case.note.startswith("jiq p99 10.0 ms vs rr 30.0 ms")
-    assert case.note.endswith("(p2c left out: limited by the load or the machine)")
+    assert case.note.endswith("(p2c left out: limited by the load or the machine, or not faithful)")

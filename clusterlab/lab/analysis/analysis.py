@@ -22,6 +22,7 @@ from clusterlab.lab.analysis.capacity import (
     little_flag,
 )
 from clusterlab.lab.analysis.metrics import aggregate, fairness_columns, usl_fits
+from clusterlab.lab.analysis.policies import policy_summary
 from clusterlab.lab.analysis.summary import clean, summary_dict
 from clusterlab.lab.analysis.tables import Results
 from clusterlab.lab.analysis.verdicts import Verdict, point_verdict
@@ -86,6 +87,7 @@ def analyze(run: Results) -> Analysis:
     capacity = find_capacity(points, aggregates, run.meta["scenario"], target_cpus(run.meta))
     summary = summary_dict(run, points, aggregates, fits, per_fault, per_point)
     summary["capacity"] = clean(capacity.to_dict())
+    summary.update(clean(policy_summary(points, run.meta)))
     return Analysis(run, points, aggregates, fits, per_fault, per_point, summary, capacity)
 
 

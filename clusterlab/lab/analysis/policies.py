@@ -4,12 +4,13 @@ gave the lowest p99, and whether that is what queueing theory predicts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
 
 from clusterlab.lab.analysis.metrics import group_verdict
+from clusterlab.lab.analysis.open_faithful import faithful
 
 #: The figures compared, each as its median and min/max over repeats.
 FIGURES = ("p50_ms", "p99_ms", "p999_ms", "max_ms", "jain_requests")
@@ -67,7 +68,7 @@ def policy_table(points: pd.DataFrame, faults: list[dict[str, Any]]) -> pd.DataF
             "policy": policy,
             "repeats": len(group),
             "verdict": group_verdict(group["verdict"]),
-            "limited": bool(group["verdict"].isin(["generator", "machine"]).any()),
+            **_faithful_counts(group),
         }
         for figure in FIGURES:
             values = pd.to_numeric(group[figure], errors="coerce").astype(float)
@@ -84,6 +85,38 @@ def policy_table(points: pd.DataFrame, faults: list[dict[str, Any]]) -> pd.DataF
     return frame.sort_values(
         "workload", key=lambda w: w.map(order), kind="stable", ignore_index=True
     )
+
+
+def _faithful_counts(group: pd.DataFrame) -> dict[str, Any]:
+    """``limited``: a repeat's latencies are not the target's (a closed-model repeat limited by
+    the load generator or the machine; an open-model one not faithful); ``open``: the group's
+    open-model repeats; ``faithful``: those that ran the asked load (``open_faithful``);
+    ``unfaithful``: why the others did not, "; "-joined."""
+    records = group.to_dict("records")
+    checks = [faithful(row) for row in records]
+    judged = [(ok, why) for ok, why in checks if ok is not None]
+    # an open-model point below capacity is unsaturated (or, on shared CPUs, machine-bound) by
+    # design: whether it ran the asked load decides; a closed-model point's verdict does
+    limits = [
+        ok is False if ok is not None else row["verdict"] in ("generator", "machine")
+        for (ok, _), row in zip(checks, records, strict=True)
+    ]
+    return {
+        "limited": any(limits),
+        "open": len(judged),
+        "faithful": sum(1 for ok, _ in judged if ok),
+        "unfaithful": "; ".join(why for ok, why in judged if not ok),
+    }
+
+
+def policy_records(table: pd.DataFrame) -> dict[str, Any]:
+    """The comparison as summary.json keeps it: the table's rows and the cases."""
+    if table.empty:
+        return {"table": [], "cases": []}
+    return {
+        "table": table.to_dict("records"),
+        "cases": [asdict(case) for case in cases(table)],
+    }
 
 
 @dataclass(frozen=True)
@@ -139,7 +172,9 @@ def _theory(ranked: list[dict[str, Any]]) -> tuple[str, str]:
     ):
         return "n/a", "needs an informed and a blind policy"
     limited = [r["policy"] for r in ranked if r["limited"]]
-    left_out = f" ({', '.join(limited)} left out: limited by the load or the machine)"
+    left_out = (
+        f" ({', '.join(limited)} left out: limited by the load or the machine, or not faithful)"
+    )
     informed = [r for r in ranked if r["policy"] in INFORMED and not r["limited"]]
     blind = [r for r in ranked if r["policy"] in BLIND and not r["limited"]]
     if not informed or not blind:
@@ -163,3 +198,15 @@ def _call(a: dict[str, Any], b: dict[str, Any], ranked: list[dict[str, Any]]) ->
     if b["p99_ms_max"] < a["p99_ms_min"]:
         return "contradicts", pair
     return "tie", pair + " (ranges over repeats overlap)"
+
+
+def policy_summary(points: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's ``policies`` (when the sweep compares schedulers) and
+    ``capacity_probes`` (when load.rate was a share of capacity)."""
+    scenario = meta["scenario"]
+    found: dict[str, Any] = {}
+    if compares_policies(list(scenario["sweep"]["policies"])):
+        found["policies"] = policy_records(policy_table(points, scenario.get("faults") or []))
+    if meta.get("capacity_probes") is not None:
+        found["capacity_probes"] = meta["capacity_probes"]
+    return found

@@ -44,6 +44,8 @@ CLUSTER_KINDS = ("builtin", "asgi", "wsgi", "script")
 #: Seconds an asgi/wsgi app gets to import at validation (in a child process: imports can have
 #: side effects, and one that hangs must not hang the lab).
 APP_IMPORT_TIMEOUT = 30.0
+#: Seconds instead of APP_IMPORT_TIMEOUT (for tests of an import that hangs).
+IMPORT_TIMEOUT_ENV = "CLUSTERLAB_LAB_IMPORT_TIMEOUT"
 #: The most workers a point may run: an absolute count (the schema's maximum) or a multiple.
 MAX_WORKERS = 256
 
@@ -113,6 +115,10 @@ class Load:
     #: then hold them; with a sweep they hold the first level).
     users_levels: tuple[int, ...] = ()
     rate_levels: tuple[float, ...] = ()
+    #: ``rate = "75%"``: the open model's rate as a share of capacity (0.75), measured per
+    #: workload and worker count by a closed-model probe before the points (``rate`` is None
+    #: until then: each point carries its own rate).
+    rate_share: float | None = None
 
     @property
     def sweeps(self) -> bool:
@@ -398,7 +404,7 @@ def _check_app_imports(target: Target, where: str) -> None:
     APP_IMPORT_TIMEOUT seconds."""
     if target.kind not in ("asgi", "wsgi") or not target.app:
         return
-    timeout = APP_IMPORT_TIMEOUT
+    timeout = import_timeout()
     child = subprocess.Popen(
         [sys.executable, "-B", "-c", _IMPORT_APP, target.app_dir or ".", target.app],
         stdin=subprocess.DEVNULL,
@@ -433,9 +439,21 @@ resolve(sys.argv[1])
 """
 
 
+def import_timeout() -> float:
+    """APP_IMPORT_TIMEOUT, or the seconds in $CLUSTERLAB_LAB_IMPORT_TIMEOUT when it holds a
+    positive number."""
+    try:
+        seconds = float(os.environ.get(IMPORT_TIMEOUT_ENV, APP_IMPORT_TIMEOUT))
+    except ValueError:
+        return APP_IMPORT_TIMEOUT
+    return seconds if seconds > 0 else APP_IMPORT_TIMEOUT
+
+
 def _check_policy_imports(sweep: Sweep, where: str) -> None:
     """Each ``"module:Name"`` policy imports (and is a Scheduler) as the target's primary will
-    import it: from this working directory, in a child process (imports run code)."""
+    import it: from this working directory, in a child process (imports run code), within
+    ``import_timeout()`` seconds."""
+    timeout = import_timeout()
     for i, policy in enumerate(sweep.policies):
         if ":" not in policy:
             continue
@@ -445,13 +463,13 @@ def _check_policy_imports(sweep: Sweep, where: str) -> None:
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
-                timeout=APP_IMPORT_TIMEOUT,
+                timeout=timeout,
                 check=False,
             )
         except subprocess.TimeoutExpired:
             raise ScenarioError(
                 f"{where}: sweep.policies[{i}]: expected a Scheduler that imports within "
-                f"{APP_IMPORT_TIMEOUT:g} s, got {_got(policy)} still importing"
+                f"{timeout:g} s, got {_got(policy)} still importing"
             ) from None
         if child.returncode != 0:
             lines = [line.strip() for line in child.stderr.splitlines() if line.strip()]
@@ -554,7 +572,9 @@ def _check_load(load: Load, where: str) -> None:
             f"{where}: load.users: expected a single value when load.rate is a list (one load "
             f"axis at a time), got {_got(list(load.users_levels))}"
         )
-    if load.model == "open" and load.rate is None:
+    if load.rate_share is not None:
+        _check_rate_share(load, where)
+    if load.model == "open" and load.rate is None and load.rate_share is None:
         raise ScenarioError(
             f"{where}: load.rate: expected a rate when load.model = 'open', got nothing"
         )
@@ -565,10 +585,33 @@ def _check_load(load: Load, where: str) -> None:
         )
 
 
+def _check_rate_share(load: Load, where: str) -> None:
+    """A share of capacity: above 0 and at most 100 %, for the open model only (the probe that
+    measures the capacity is closed-model; a share of it paces the points)."""
+    share = load.rate_share or 0.0
+    got = _got(f"{100 * share:g}%")
+    if not 0 < share <= 1:
+        raise ScenarioError(
+            f"{where}: load.rate: expected a share of capacity above 0% and at most 100%, got {got}"
+        )
+    if load.model != "open":
+        raise ScenarioError(
+            f"{where}: load.rate: expected a share of capacity only when load.model = 'open' "
+            f"(the closed model has no rate), got {got}"
+        )
+    if load.users_levels:
+        raise ScenarioError(
+            f"{where}: load.users: expected a single value when load.rate is a share of "
+            f"capacity, got {_got(list(load.users_levels))}"
+        )
+
+
 def _load(table: dict[str, Any]) -> Load:
     """The ``[load]`` table as a Load; a list of users or rates becomes the sweep's levels."""
     values = dict(table)
     users, rate = values["users"], values.get("rate")
+    if isinstance(rate, str):
+        values.update(rate=None, rate_share=float(rate[:-1]) / 100)
     if isinstance(users, list):
         values.update(users=users[0], users_levels=tuple(users))
     if isinstance(rate, list):

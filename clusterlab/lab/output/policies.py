@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from clusterlab.lab.analysis.analysis import Analysis  # noqa: E402
+from clusterlab.lab.analysis.open_faithful import LATE_MAX, RATE_TOLERANCE  # noqa: E402
 from clusterlab.lab.analysis.policies import (  # noqa: E402
     Case,
     cases,
@@ -79,7 +80,54 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "verdict": verdict_label(r["verdict"]),
             }
         )
+        if r.get("open"):
+            rows[-1]["faithful"] = f"{r['faithful']}/{r['open']}"
     return pd.DataFrame(rows)
+
+
+FAITHFUL_LINE = (
+    "Verdicts: the open-model points run below capacity, so each is unsaturated by design; the "
+    "target-bound verdict is the capacity probe's, and each point is instead checked as "
+    "faithful (arrivals within {tol:g}% of the asked rate, at most {late:g}% sent late, the load "
+    "generator not at its CPU limit): {faithful} of {open} faithful."
+)
+
+
+def probe_lines(analysis: Analysis) -> list[str]:
+    """The capacity probes (load.rate as a share of capacity) in words, one per case."""
+    lines = []
+    for probe in analysis.meta.get("capacity_probes") or []:
+        case = f"Capacity probe, {probe['workload']}, {probe['workers']} workers"
+        if probe.get("error"):
+            lines.append(f"{case}: FAILED ({probe['error']}); its points did not run.")
+            continue
+        lines.append(
+            f"{case} ({probe['policy']}, closed model, {probe['users']} users, no fault): "
+            f"{probe['capacity_rps']:.0f} req/s, {verdict_label(probe['verdict'])} "
+            f"({probe['why']}); its points ran at {100 * probe['share']:g}% of it, "
+            f"{probe['rate']:.0f} req/s."
+        )
+    return lines
+
+
+def faithful_line(frame: pd.DataFrame) -> str | None:
+    """The one line on open-model points' verdicts and their faithfulness (None: no
+    open-model point), with the reasons of the points that were not faithful."""
+    opened = int(frame["open"].sum()) if "open" in frame else 0
+    if not opened:
+        return None
+    line = FAITHFUL_LINE.format(
+        tol=100 * RATE_TOLERANCE,
+        late=100 * LATE_MAX,
+        faithful=int(frame["faithful"].sum()),
+        open=opened,
+    )
+    misses = [
+        f"{r['workload']} · {r['policy']}: {r['unfaithful']}"
+        for r in frame.to_dict("records")
+        if r.get("unfaithful")
+    ]
+    return line + (" Not faithful: " + "; ".join(misses) + "." if misses else "")
 
 
 def case_line(case: Case) -> str:
@@ -104,7 +152,10 @@ def case_line(case: Case) -> str:
 def closing_lines(analysis: Analysis) -> list[str]:
     """The cases in words, for the end of ``clusterlab run``'s output."""
     frame = table(analysis)
-    return [case_line(c) for c in cases(frame)] if not frame.empty else []
+    if frame.empty:
+        return []
+    said = faithful_line(frame)
+    return [*probe_lines(analysis), *([said] if said else []), *map(case_line, cases(frame))]
 
 
 def blocks(analysis: Analysis, block: Callable[..., Any]) -> list[Any]:
@@ -116,8 +167,11 @@ def blocks(analysis: Analysis, block: Callable[..., Any]) -> list[Any]:
     out = [
         block("h2", "Policies compared"),
         block("p", HELP),
+        *[block("p", line) for line in probe_lines(analysis)],
         block("table", table=comparison_table(frame)),
     ]
+    if said := faithful_line(frame):
+        out.append(block("p", said))
     out += [block("p", case_line(c)) for c in cases(frame)]
     return out
 

@@ -92,8 +92,17 @@ def run_scenario(
     done = 0
     interrupted = False
     try:
+        todo = points
+        if scenario.load.rate_share is not None:  # rate = "75%": each case's capacity first
+            from clusterlab.lab.running import capacity_probe
+
+            todo, probes, failed = capacity_probe.pace_points(
+                scenario, points, cpus, tables, progress
+            )
+            meta["capacity_probes"] = capacity_probe.probe_records(probes)
+            done = len(points) - len(todo)
         indexes = itertools.count()
-        for group in group_by_target(points, fresh=bool(scenario.faults)):
+        for group in group_by_target(todo, fresh=bool(scenario.faults)):
             run = group_run(scenario, group, total, cpus, tables, progress, indexes)
             for row in run.measure():
                 if row["status"] != "ok":
