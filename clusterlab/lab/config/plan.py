@@ -131,4 +131,8 @@ def estimate_seconds(scenario: Scenario, points: list[Point]) -> float:
     per_target = 3.0
     targets = group_by_target(points, fresh=bool(scenario.faults))
     probes = scenario.search.max_probes if scenario.search else 1
-    return per_point * len(points) * probes + per_target * len(targets)
+    # load.rate = "75%": one capacity probe (its own target) per workload × worker count first
+    cases = len({(p.workload, p.workers) for p in points}) if scenario.load.rate_share else 0
+    return (per_point * len(points) * probes + per_target * len(targets)) + (
+        (per_point + per_target) * cases
+    )
