@@ -4,12 +4,11 @@ the same run; the faithfulness check of open-model points; the policy table in s
 
 import json
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
+from clusterlab import cli
 from clusterlab.lab.analysis.open_faithful import LATE_MAX, RATE_TOLERANCE, faithful
 from clusterlab.lab.analysis.policies import policy_summary, policy_table
 from clusterlab.lab.config.scenario import IMPORT_TIMEOUT_ENV, ScenarioError, load_scenario
@@ -72,43 +71,24 @@ def test_a_bad_share_of_capacity_is_one_line_naming_the_field(tmp_path, extra, u
     assert says in refused(tmp_path, extra=extra, users=users)
 
 
-def test_a_bad_share_exits_two_and_writes_nothing(tmp_path):
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clusterlab.cli",
-            "run",
-            str(write(tmp_path, 'rate = "75%"')),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "load.rate" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert not out.exists()
-
-
-def test_a_policy_whose_import_hangs_hits_the_timeout_exits_two_and_writes_nothing(tmp_path):
+def test_a_policy_whose_import_hangs_hits_the_timeout_exits_two_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    # the check imports in a child process from the working directory, killed at the timeout
     (tmp_path / "stuck_sched.py").write_text(
         "import time\ntime.sleep(3)\nfrom clusterlab.cluster._policies import TwoChoices as Stuck\n"
     )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(IMPORT_TIMEOUT_ENV, "1")
+    monkeypatch.setattr("clusterlab.cli.signal.signal", lambda *args: None)
     path = write(tmp_path, "", policies='["rr", "stuck_sched:Stuck"]')
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "clusterlab.cli", "run", str(path), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**__import__("os").environ, IMPORT_TIMEOUT_ENV: "1"},
-    )
-    assert done.returncode == 2, done.stderr
-    line = done.stderr.strip()
+    try:
+        status = cli.main(["run", str(path), "--out", str(out)])
+    except SystemExit as exc:
+        status = exc.code
+    line = capsys.readouterr().err.strip()
+    assert status == 2, line
     assert "\n" not in line and "sweep.policies[1]" in line
     assert "imports within 1 s" in line and "still importing" in line
     assert not out.exists()
