@@ -3,6 +3,7 @@ the same run; the faithfulness check of open-model points; the policy table in s
 "module:Name" policy whose import hangs."""
 
 import json
+import re
 import math
 
 import pandas as pd
@@ -196,3 +197,12 @@ def test_a_run_paces_its_points_at_the_share_of_the_probed_capacity(tmp_path):
     }
     assert [r["policy"] for r in summary["policies"]["table"]] == ["rr", "least-conn"]
     assert "Capacity probe, cpu, 2 workers" in lab.report_md
+
+
+def test_summary_points_take_every_cluster_policy_and_module_name():
+    from clusterlab.cluster._policies import NAMES
+    from clusterlab.lab.analysis.summary import schema
+
+    policy = schema()["properties"]["points"]["items"]["properties"]["policy"]
+    assert set(policy["anyOf"][0]["enum"]) == {*NAMES, "n/a"}
+    assert re.fullmatch(policy["anyOf"][1]["pattern"], "mypkg.sched:Mine")
