@@ -3,8 +3,8 @@ the same run; the faithfulness check of open-model points; the policy table in s
 "module:Name" policy whose import hangs."""
 
 import json
-import re
 import math
+import re
 
 import pandas as pd
 import pytest
