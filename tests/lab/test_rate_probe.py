@@ -50,6 +50,7 @@ def test_a_share_of_capacity_is_kept_as_a_share_with_no_rate_yet(tmp_path):
     assert load.rate_share == pytest.approx(0.725) and load.rate is None
     probe = probe_scenario(load_scenario(write(tmp_path))).load
     assert (probe.model, probe.rate, probe.rate_share, probe.wait) == ("closed", None, None, 0.0)
+    assert probe.engine == "locust"  # the points' engine, also where wrk could run the probe
 
 
 @pytest.mark.parametrize(
@@ -96,9 +97,11 @@ def test_a_policy_whose_import_hangs_hits_the_timeout_exits_two_and_writes_nothi
 
 
 def test_capacity_counts_the_requests_completed_inside_the_window():
-    row = {"window_s": 4.0, "latency_samples": 1443, "failures": 3, "rps": 385.0}
+    row = {"window_s": 4.0, "latency_samples": 1443, "failures": 3, "requests": 1539, "rps": 385.0}
     assert capacity_of(row) == pytest.approx(1440 / 4)
     assert capacity_of({"window_s": 4.0, "rps": 385.0}) == 385.0
+    # a count that is no part of locust's own is not trusted
+    assert capacity_of({**row, "latency_samples": 5e10}) == 385.0
 
 
 def point(asked, arrivals, late=0, verdict="unsaturated", window=4.0, status="ok"):

@@ -57,19 +57,29 @@ class CapacityProbe:
 
 
 def probe_scenario(scenario: Scenario) -> Scenario:
-    """The scenario a probe runs: closed model, no think time, no rate, no faults."""
+    """The scenario a probe runs: closed model, no think time, no rate, no faults, and the
+    points' engine (locust: the open model's; wrk would take less of a shared machine than the
+    points' load will, and measure more than they can get)."""
     load = replace(
-        scenario.load, model="closed", rate=None, rate_share=None, wait=0.0, rate_levels=()
+        scenario.load,
+        model="closed",
+        rate=None,
+        rate_share=None,
+        wait=0.0,
+        rate_levels=(),
+        engine="locust",
     )
     return replace(scenario, load=load, faults=(), search=None)
 
 
 def capacity_of(row: dict[str, Any]) -> float:
     """Successful requests completed inside the measured window, per second: the histogram's
-    count (``latency_samples``) less the failures; locust's ``rps`` when there is none."""
+    count (``latency_samples``) less the failures; locust's ``rps`` when there is none (or it
+    is not a part of locust's request count)."""
     window = float(row.get("window_s") or math.nan)
     samples = float(row.get("latency_samples") or math.nan)
-    if math.isnan(samples) or not window > 0:
+    requests = float(row.get("requests") or math.nan)
+    if math.isnan(samples) or not window > 0 or not samples <= requests:
         return float(row.get("rps") or math.nan)
     return max(0.0, samples - float(row.get("failures") or 0)) / window
 
