@@ -20,6 +20,7 @@ from clusterlab.lab.ci.gates import GateResult, check_gates, groups, point_value
 from clusterlab.lab.config.gates import GROUP_KEYS, canonical_metric
 from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.output.report import write_outputs
+from clusterlab.lab.running import phases
 from clusterlab.lab.running.cpus import plan_cpus, usable_cpus
 from clusterlab.lab.running.runner import Progress, RunOutcome, run_scenario
 
@@ -91,13 +92,16 @@ def run_lab(scenario: Scenario, out_dir: Path, progress: Progress) -> LabRun:
     """Run every point of ``scenario`` into ``out_dir`` (which must not exist), analyse it,
     write its outputs and check its gates. ``CpuSplitError`` (before anything is written) when
     the scenario asks for a CPU split this machine cannot give."""
+    log = phases.begin()
     cpus = plan_cpus(scenario.cpus, usable_cpus())
     outcome = run_scenario(scenario, out_dir, progress, cpus)
-    analysis = analyze(load_results(out_dir))
-    report = write_outputs(analysis)
-    results = check_gates(scenario.gates, analysis.summary) if scenario.gates else []
-    if results:
-        (out_dir / "gates.json").write_text(outputs.to_json(None, results))
-        (out_dir / "gates.md").write_text(outputs.gates_markdown(results))
-        (out_dir / "gates.xml").write_text(outputs.junit(None, results))
+    with log.timed("report"):
+        analysis = analyze(load_results(out_dir))
+        report = write_outputs(analysis)
+        results = check_gates(scenario.gates, analysis.summary) if scenario.gates else []
+        if results:
+            (out_dir / "gates.json").write_text(outputs.to_json(None, results))
+            (out_dir / "gates.md").write_text(outputs.gates_markdown(results))
+            (out_dir / "gates.xml").write_text(outputs.junit(None, results))
+    log.write(out_dir / "phases.csv")
     return LabRun(outcome, analysis, report, results)

@@ -43,6 +43,8 @@ class LoadRun:
     deadline: float
     _logs: list[IO[bytes]] = field(default_factory=list)
     engine: str = "locust"
+    #: When the measured run was started (monotonic; for wrk, after its warm-up run).
+    launched: float = field(default_factory=time.monotonic)
 
     def pids(self) -> dict[tuple[str, str], int]:
         return {("generator", str(i)): p.pid for i, p in enumerate(self.processes)}
@@ -50,6 +52,14 @@ class LoadRun:
     @property
     def log(self) -> Path:
         return self.out_dir / f"{self.engine}-0.log"
+
+    def marks(self) -> dict[str, float]:
+        """locust's own marks of its start, the window's start and its stop (``phases.json``;
+        none for wrk, or when locust wrote none)."""
+        try:
+            return dict(json.loads((self.out_dir / LoadFile.PHASES).read_text()))
+        except (OSError, ValueError):
+            return {}
 
     def start(self, command: list[str], env: dict[str, str]) -> None:
         """One more load process, in its own session, its output to ``<engine>-<n>.log``."""

@@ -17,6 +17,7 @@ import pandas as pd
 from clusterlab.lab.config.plan import Point, point_load
 from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.protocol import Event, FaultCommand
+from clusterlab.lab.running import phases
 from clusterlab.lab.running.cpus import CpuPlan
 from clusterlab.lab.running.faults import FaultInjector, PlannedFault, schedule
 from clusterlab.lab.running.load import (
@@ -81,8 +82,10 @@ def observe_point(
 ) -> Observation:
     """Load the running target with the point's workload, sampling and injecting faults."""
     started = time.time()
-    before, supervised_before = target.snapshot(), target.supervision()
+    with phases.timed("counts", point.index):
+        before, supervised_before = target.snapshot(), target.supervision()
     load_started = time.time()  # before wrk's warm-up run, which start_load runs
+    launched = time.monotonic()
     try:
         run = _start_load(scenario, point, target.url, processes, out, cpus, engine)
     except LoadError as exc:  # the load never started (wrk's warm-up failed, say)
@@ -96,13 +99,17 @@ def observe_point(
     try:
         with Sampler(lambda: {**_sources(target), **run.pids()}) as sampler, injector:
             wait_load(run)
-        outcome = read_load(run.out_dir, run.engine, scenario.load.connection)
-        outcome.latency.to_csv(out / "latency.csv", index=False)
+        stop_load(run)
+        _load_phases(run, point.index, launched)
+        with phases.timed("collect", point.index):
+            outcome = read_load(run.out_dir, run.engine, scenario.load.connection)
+            outcome.latency.to_csv(out / "latency.csv", index=False)
     except LoadError as exc:
         error = str(exc)
     finally:
         stop_load(run)
-    after, supervised_after = (target.snapshot(), target.supervision()) if outcome else ({}, None)
+    with phases.timed("collect", point.index):
+        after, supervised = (target.snapshot(), target.supervision()) if outcome else ({}, None)
     return Observation(
         point=point,
         processes=processes,
@@ -114,12 +121,33 @@ def observe_point(
         after=after,
         reports=[e for e in target.events() if e["event"] == Event.COUNTS and e["t"] >= started],
         rr_before=supervised_before.get("rr"),
-        rr_after=supervised_after.get("rr") if supervised_after else None,
+        rr_after=supervised.get("rr") if supervised else None,
         samples=sampler.frame(),
         outcome=outcome,
         error=error,
         skipped=skipped,
     )
+
+
+def _load_phases(run: LoadRun, point: int, launched: float) -> None:
+    """The load's phases from locust's own marks (same clock): its start, warm-up, window, and
+    the drain to its processes reaped; wrk's warm-up run and measured run as warm-up and
+    window."""
+    ended = time.monotonic()
+    marks = run.marks()
+    keys = ("start_monotonic", "measure_start_monotonic", "stop_monotonic")
+    if not all(k in marks for k in keys):
+        phases.add("warm-up", launched, run.launched, point)
+        phases.add("window", run.launched, ended, point)
+        return
+    start, measure, stop = (marks[k] for k in keys)
+    for name, begin, end in (
+        ("locust start", launched, start),
+        ("warm-up", start, measure),
+        ("window", measure, stop),
+        ("drain", stop, ended),
+    ):
+        phases.add(name, begin, end, point)
 
 
 def _start_load(

@@ -26,6 +26,7 @@ from clusterlab.lab.config.plan import (
 )
 from clusterlab.lab.config.scenario import Scenario
 from clusterlab.lab.protocol import Event
+from clusterlab.lab.running import phases
 from clusterlab.lab.running.cpus import CpuPlan
 from clusterlab.lab.running.machine import machine_facts
 from clusterlab.lab.running.observe import observe_point
@@ -154,7 +155,8 @@ class _GroupRun:
         results: list[dict[str, Any]] = []
         try:
             self.progress.point_started(first, self.total)
-            target = start_target(config)
+            with phases.timed("target start"):
+                target = start_target(config)
             if target.primary_pid is not None:
                 kind = config.target.kind
                 started = started_row(first, Event.TARGET_STARTED, target.primary_pid, kind)
@@ -165,7 +167,8 @@ class _GroupRun:
                 results.append(self._record_failure(point, str(exc)))
         finally:
             if target is not None:
-                target.stop()
+                with phases.timed("target stop"):
+                    target.stop()
                 events = target.events()
                 self.tables.add("events", target_event_rows(self.group, results, events))
                 (raw / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))

@@ -78,6 +78,7 @@ def _end_warmup(environment: Environment) -> None:
     _sent_histogram.reset()
     _arrivals.clear()
     _phases["measure_start"] = time.time()
+    _phases["measure_start_monotonic"] = time.monotonic()
     if not _is_worker(environment):
         # tells the runner's fault injector where the measured window starts
         _write_json(LoadFile.MEASURING, {"measure_start": _phases["measure_start"]})
@@ -89,6 +90,7 @@ def _end_measurement(environment: Environment) -> None:
     # quits at once; a master quits only after the workers' last reports (every 3 s) arrived
     # and its CSV writer (once a second) has written the numbers they make.
     _phases["stop"] = time.time()
+    _phases["stop_monotonic"] = time.monotonic()
     if environment.runner is not None:
         environment.runner.stop()
         gevent.spawn_later(float(_CONFIG.get("grace", 0.0)), environment.runner.quit)
@@ -111,12 +113,14 @@ def _write_totals(environment: Environment) -> None:
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
     _phases["start"] = time.time()
+    _phases["start_monotonic"] = time.monotonic()
     gevent.spawn_later(float(_CONFIG.get("warmup", 0.0)), _end_warmup, environment)
 
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     _phases.setdefault("stop", time.time())
+    _phases.setdefault("stop_monotonic", time.monotonic())
     if not isinstance(environment.runner, MasterRunner):
         if _HEADER:
             _write_json(LoadFile.TALLY.of(os.getpid()), dict(_tally))
