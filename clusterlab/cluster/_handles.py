@@ -253,7 +253,7 @@ class HandleRegistry:
 
     def worker_stats(self) -> dict[int, dict[str, int | None]]:
         """Per worker id: handed and taken over all its hand-off handles (also those it left),
-        requests served (None when its servers do not count them, or when nothing counts:
+        requests received (None when its servers do not count them, or when nothing counts:
         Node's round robin without metrics), and now: pending, open (None when nothing counts
         closes) and in_flight (None when its servers do not count requests)."""
         result: dict[int, dict[str, int | None]] = {}

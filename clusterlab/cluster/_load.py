@@ -66,9 +66,10 @@ class LoadCounters:
 
     @property
     def requests(self) -> int | None:
-        """Requests served (finished), or None when the worker's server does not count them."""
+        """Requests received (started: exact once the load stopped, whatever is still being
+        answered), or None when the worker's server does not count them."""
         view = self._view
-        return int(view[_FINISHED]) if view[_FLAGS] & _REQUESTS else None
+        return int(view[_STARTED]) if view[_FLAGS] & _REQUESTS else None
 
     @property
     def closed(self) -> int:
