@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +39,13 @@ from clusterlab.lab.running.rows import (
     started_row,
     target_event_rows,
 )
-from clusterlab.lab.running.targets import TargetConfig, TargetError, TargetHandle, start_target
+from clusterlab.lab.running.targets import (
+    ClusterTarget,
+    TargetConfig,
+    TargetError,
+    TargetHandle,
+    start_target,
+)
 from clusterlab.lab.running.wrk import choose_engine
 
 SCHEMA_VERSION = 1
@@ -90,8 +98,7 @@ def run_scenario(
     total = len(points) * (scenario.search.max_probes if scenario.search else 1)
     progress.started(total, estimate_seconds(scenario, points), out_dir)
     failed: dict[str, list[int]] = {}
-    done = 0
-    interrupted = False
+    done, interrupted, stopper = 0, False, TargetStopper()
     try:
         todo = points
         if scenario.load.rate_share is not None:  # rate = "75%": each case's capacity first
@@ -105,13 +112,14 @@ def run_scenario(
         indexes = itertools.count()
         for group in group_by_target(todo, fresh=bool(scenario.faults)):
             run = group_run(scenario, group, total, cpus, tables, progress, indexes)
-            for row in run.measure():
+            for row in run.measure(stopper):
                 if row["status"] != "ok":
                     failed.setdefault(str(row["error"]), []).append(int(row["point"]) + 1)
             done += len(group)
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        stopper.join()
         measured = len(tables.rows["results"])
         planned = max(len(points), measured) if scenario.search else len(points)
         meta.update(
@@ -137,8 +145,10 @@ class _GroupRun:
     tables: RunTables
     progress: Progress
 
-    def measure(self) -> list[dict[str, Any]]:
-        """Start the target, observe every point, stop it; return the points' results rows."""
+    def measure(self, stopper: TargetStopper | None = None) -> list[dict[str, Any]]:
+        """Start the target, observe every point, stop it; return the points' results rows.
+        With a ``stopper``, the lab's own target is stopped on its thread while the next group's
+        target starts."""
         first = self.group[0]
         raw = self.tables.directory / "raw" / f"target-{first.index:03d}"
         raw.mkdir()
@@ -157,6 +167,8 @@ class _GroupRun:
             self.progress.point_started(first, self.total)
             with phases.timed("target start"):
                 target = start_target(config)
+            if stopper is not None:
+                stopper.join()  # the previous target is gone before this one is loaded
             if target.primary_pid is not None:
                 kind = config.target.kind
                 started = started_row(first, Event.TARGET_STARTED, target.primary_pid, kind)
@@ -166,14 +178,22 @@ class _GroupRun:
             for point in self.group[len(results) :]:
                 results.append(self._record_failure(point, str(exc)))
         finally:
+            if stopper is not None and target is None:
+                stopper.join()
             if target is not None:
-                with phases.timed("target stop"):
-                    target.stop()
-                events = target.events()
-                self.tables.add("events", target_event_rows(self.group, results, events))
-                (raw / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+                stopped = partial(self._record_stop, target, raw, results)
+                if stopper is not None and isinstance(target, ClusterTarget):
+                    stopper.stop(target, stopped)
+                else:
+                    _stop(target)
+                    stopped()
             self.tables.write()
         return results
+
+    def _record_stop(self, target: TargetHandle, raw: Path, results: list[dict[str, Any]]) -> None:
+        events = target.events()
+        self.tables.add("events", target_event_rows(self.group, results, events))
+        (raw / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
 
     def _measure_points(
         self, target: TargetHandle, first: Point, results: list[dict[str, Any]]
@@ -211,6 +231,33 @@ class _GroupRun:
         self.tables.add("results", [row])
         self.progress.point_finished(point, self.total, row)
         return row
+
+
+def _stop(target: TargetHandle) -> None:
+    with phases.timed("target stop"):
+        target.stop()
+
+
+class TargetStopper:
+    """Stops a group's target on a thread of its own while the next group's target starts;
+    ``join`` waits for it and records its events (on the caller's thread), before any load."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._stopped: Callable[[], None] | None = None
+
+    def stop(self, target: TargetHandle, stopped: Callable[[], None]) -> None:
+        self.join()
+        self._thread = threading.Thread(target=_stop, args=(target,), name="target-stop")
+        self._stopped = stopped
+        self._thread.start()
+
+    def join(self) -> None:
+        thread, stopped = self._thread, self._stopped
+        self._thread = self._stopped = None
+        if thread is not None and stopped is not None:
+            thread.join()
+            stopped()
 
 
 def group_run(
