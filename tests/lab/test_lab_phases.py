@@ -10,7 +10,10 @@ import sys
 import time
 
 import pytest
+from hdrh.histogram import HdrHistogram
 
+from clusterlab.lab.protocol import HISTOGRAM_RANGE_US
+from clusterlab.lab.running.load import GRID, latency_points
 from clusterlab.lab.running.phases import PHASES, PhaseLog, totals
 
 TWO_POINTS = """
@@ -92,3 +95,14 @@ def test_the_first_target_has_stopped_before_the_second_points_load_starts(two_p
     load_start = json.loads((out / "raw" / "point-001" / "phases.json").read_text())["start"]
     assert stopped and stopped[0] < load_start
     assert (out / "raw" / "target-001" / "events.jsonl").exists()
+
+
+def test_the_latency_grid_read_in_one_pass_is_each_percentile_read_alone():
+    # a point's collect phase reads ~1,000 percentiles: one pass over the histogram, same values
+    histogram = HdrHistogram(*HISTOGRAM_RANGE_US)
+    for i in range(1, 20_000):
+        histogram.record_value((i * 7919) % 250_000 + 1)
+    points = latency_points(histogram)
+    alone = [histogram.get_value_at_percentile(p) / 1000.0 for p in GRID[:-1]]
+    assert points["ms"].tolist()[:-1] == alone
+    assert points["ms"].iloc[-1] == histogram.get_max_value() / 1000.0
