@@ -106,3 +106,11 @@ def test_the_latency_grid_read_in_one_pass_is_each_percentile_read_alone():
     alone = [histogram.get_value_at_percentile(p) / 1000.0 for p in GRID[:-1]]
     assert points["ms"].tolist()[:-1] == alone
     assert points["ms"].iloc[-1] == histogram.get_max_value() / 1000.0
+
+
+def test_the_bench_row_prints_each_phase_the_report_apart_and_the_unaccounted_exit():
+    from bench.suite import phase_line
+
+    sums = dict.fromkeys(PHASES, 0.0) | {"start-up": 2.0, "window": 10.0, "report": 1.5}
+    line = phase_line([{"wall_s": 14.0, "phases": sums}])
+    assert line == "per phase (s): start-up 2.00, window 10.00; exit 0.50; report 1.50"
