@@ -2,10 +2,15 @@
 tally against the workers' own counters, the scenarios it refuses, auto's choice; locust's
 per-process HDR histograms merged; the order-statistics interval's coverage."""
 
+import math
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -13,11 +18,15 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from clusterlab.lab import analyze, load_results
+from clusterlab.lab.analysis.capacity import little_flag
 from clusterlab.lab.config.scenario import ScenarioError, parse_scenario
+from clusterlab.lab.output.sections import WRK_LATENCY_NOTE
 from clusterlab.lab.protocol import HISTOGRAM_RANGE_US, LoadFile
 from clusterlab.lab.running.latency import interval
 from clusterlab.lab.running.load import GRID, _histogram, latency_points
-from clusterlab.lab.running.wrk import choose_engine
+from clusterlab.lab.running.processes import free_port, stop_process
+from clusterlab.lab.running.wrk import choose_engine, lua_script, read_wrk
+from clusterlab.lab.running.wrk import stats as wrk_stats
 
 BASE = {
     "target": {"kind": "builtin"},
@@ -109,7 +118,8 @@ connection = "new"
     assert bins.groupby("point")["value"].sum().tolist() == pytest.approx(
         list(points["requests"] - points["failures"]), rel=0.02
     )
-    assert "Load: wrk" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Load: wrk" in report and WRK_LATENCY_NOTE in report
 
 
 def test_histograms_of_two_locust_processes_merge_to_the_pooled_percentiles(tmp_path):
@@ -197,3 +207,58 @@ rate = 200
     assert row["p50_sent_ms"] <= row["p99_sent_ms"]
     assert row["p99_ms"] > 3 * row["p99_sent_ms"]
     assert "arrivals were sent late" in (out / "report.md").read_text()
+
+
+@needs_wrk
+@pytest.mark.timeout(60)
+def test_wrk_latency_carries_wrks_coordinated_omission_correction_and_little_knows_it(tmp_path):
+    # wrk adds synthetic samples for every answer slower than twice its mean interval per
+    # connection before its Lua done() sees the statistics. Independent checks: the tally
+    # counts every answer once; by Little's law 8 keep-alive connections, each always waiting
+    # for its answer, hold the answers' own mean at 8 / req/s, and wrk's mean is never below it
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clusterlab.cli", "serve", "--workers", "1", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_answering(url + "/hello")
+        env = {
+            **os.environ,
+            "CLUSTERLAB_WRK_OUT": str(tmp_path / "wrk.out"),
+            "CLUSTERLAB_WRK_PATHS": "1 /cpu?ms=0.3",
+            "CLUSTERLAB_WRK_HEADER": "X-Worker-Id",
+        }
+        argv = ["wrk", "-t1", "-c8", "-d2s", "--timeout", "10s", "-s", str(lua_script()), url]
+        subprocess.run(argv, env=env, capture_output=True, timeout=30, check=True)
+    finally:
+        stop_process(server, grace=5.0, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGKILL))
+    data = read_wrk(tmp_path)
+    stats, _, _, _ = wrk_stats(data, close=False)
+    assert stats["samples"] == stats["requests"] == sum(data["tally"].values()) > 0
+    rps = stats["requests"] / (int(data["fields"]["duration_us"][0]) / 1e6)
+    assert rps * stats["avg_ms"] / 1e3 >= 0.95 * 8
+    assert stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+    # Little's law flags time lost, but not the correction's excess, on a wrk point
+    row = {"status": "ok", "users": 8, "rps": rps, "offered_rps": math.nan}
+    excess = {**row, "avg_ms": 1.3 * 8 / rps * 1e3}
+    assert little_flag({**excess, "engine": "wrk"}, 0.0) == ""
+    assert "more in flight than users" in little_flag({**excess, "engine": "locust"}, 0.0)
+    lost = {**row, "avg_ms": 0.7 * 8 / rps * 1e3, "engine": "wrk"}
+    assert "time lost" in little_flag(lost, 0.0)
+
+
+def wait_until_answering(url: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -195,6 +195,16 @@ def _open_model_note(analysis: Analysis) -> str:
     )
 
 
+#: wrk's latency figures are not the answers' own times (wrk.c: stats_correct before its report
+#: and the Lua done()); Debian's wrk gives its Lua script no buckets to undo it with.
+WRK_LATENCY_NOTE = (
+    "wrk's latency figures are corrected for coordinated omission by wrk itself: each answer "
+    "slower than twice the mean time per connection adds synthetic samples below it, so wrk's "
+    "mean and percentiles sit above the answers' own times when the tail is long (Little's law "
+    "is not checked against them); for the answers' own latency use the locust engine."
+)
+
+
 def _summary_notes(analysis: Analysis) -> list[Block]:
     """What the summary's figures can and cannot say: spread, sample counts, the model."""
     aggregates, load = analysis.aggregates, analysis.scenario["load"]
@@ -214,6 +224,8 @@ def _summary_notes(analysis: Analysis) -> list[Block]:
             "includes queueing behind the clients' own requests, and a stall slows the senders "
             "instead of showing in the tail."
         )
+    if (analysis.measured["engine"] == "wrk").any():
+        notes.append(WRK_LATENCY_NOTE)
     return [Block("p", " ".join(notes))]
 
 

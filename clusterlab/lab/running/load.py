@@ -236,7 +236,7 @@ def _read_wrk(out_dir: Path, close: bool) -> LoadOutcome:
     bins = data["bins"]
     assert isinstance(bins, list)
     return LoadOutcome(
-        stats={**stats, "samples": float(int(data["fields"]["requests"][0]))},  # type: ignore[index]
+        stats=stats,
         measure_start=start,
         measure_end=end,
         failures=failures,

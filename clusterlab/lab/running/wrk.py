@@ -162,6 +162,9 @@ def stats(
         "p99_ms": _at(points, 99.0),
         "p999_ms": _at(points, 99.9),
         "max_ms": float(fields["latency"][1]) / 1000.0,
+        # the answers behind the percentiles (wrk's coordinated-omission correction adds
+        # synthetic samples on top; counting only the real ones keeps the intervals wide)
+        "samples": float(answered),
     }
     read_kind = "read (connection closed after its answer: not counted)" if close else "read"
     errors = {
