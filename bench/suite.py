@@ -236,8 +236,10 @@ def render_markdown(
     when: str = "",
     wall_s: float | None = None,
     raw: str = "",
+    row_seconds: dict[str, float] | None = None,
 ) -> str:
-    """The table as Markdown, headed by the machine it came from and how it was made."""
+    """The table as Markdown, headed by the machine it came from, how it was made, and where its
+    wall time went (``row_seconds``: seconds per step, in run order)."""
     lines = []
     if machine:
         lines.append(f"Machine: {machine_line(machine)}.")
@@ -249,12 +251,23 @@ def render_markdown(
     ]
     if any(made):
         lines.append("Run: " + ", ".join(m for m in made if m) + ".")
+    if row_seconds:
+        lines.append(f"Time per row: {time_line(row_seconds, wall_s)}.")
     if lines:
         lines.append("")
     lines.append(report.table(HEADER, [[_md_cell(c) for c in r.cells()] for r in rows], True))
     if notes:
         lines += ["", *[f"* {_md_cell(n)}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def time_line(row_seconds: dict[str, float], wall_s: float | None = None) -> str:
+    """``'handoff 130 s, primary 305 s; total 435 s (other 0 s)'``: seconds per step in run
+    order, their total, and the wall time no step accounts for (start-up, writing results)."""
+    parts = [f"{name} {secs:.0f} s" for name, secs in row_seconds.items()]
+    total = sum(row_seconds.values())
+    rest = f" (rest of the run {wall_s - total:.0f} s)" if wall_s is not None else ""
+    return f"{', '.join(parts)}; total {total:.0f} s{rest}"
 
 
 def machine_line(m: dict[str, Any]) -> str:
@@ -384,6 +397,8 @@ class Suite:
     raw: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     interrupted: BaseException | None = None
+    #: Wall seconds of each step run so far, in run order (the raw results' ``row_seconds``).
+    row_seconds: dict[str, float] = field(default_factory=dict)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -1242,6 +1257,7 @@ def _run_steps(suite: Suite, steps: Sequence[tuple[str, Callable[[], None]]]) ->
     for name, step in steps:
         spent_before = report.QUIET.left()
         first_row = len(suite.rows)
+        t0 = time.monotonic()
         try:
             step()
             if suite.interrupted is not None:
@@ -1258,6 +1274,8 @@ def _run_steps(suite: Suite, steps: Sequence[tuple[str, Callable[[], None]]]) ->
             suite.raw.setdefault("errors", {})[name] = str(exc)
             status = 1
         finally:
+            suite.row_seconds[name] = round(time.monotonic() - t0, 1)
+            print(f"row {name}: {suite.row_seconds[name]:.0f} s", flush=True)
             _mark_disturbed(suite, name, first_row, spent_before)
     return status
 
@@ -1292,6 +1310,7 @@ def _print_outcome(suite: Suite, wall: float) -> None:
         )
         suite.notes.append(warning)
         print(f"warning: {warning}")
+    print(f"time per row: {time_line(suite.row_seconds, wall)}")
     print(f"suite: {wall:.0f} s")
 
 
@@ -1304,6 +1323,7 @@ def _write_results(out: Path, suite: Suite, run: dict[str, Any]) -> None:
         **run,
         "settings": asdict(suite.settings),
         "quiet_spent_s": round(report.QUIET.spent_s, 1),
+        "row_seconds": suite.row_seconds,
         "notes": suite.notes,
         "table": [r.as_dict() for r in suite.rows],
         "raw": suite.raw,
@@ -1320,6 +1340,7 @@ def _write_results(out: Path, suite: Suite, run: dict[str, Any]) -> None:
         when,
         run["wall_s"],
         _display(json_path),
+        suite.row_seconds,
     )
     md_path = report.write_text(out / f"{name}.md", md)
     print(f"wrote {_display(json_path)} and {_display(md_path)}")

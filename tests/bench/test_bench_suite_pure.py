@@ -70,8 +70,12 @@ def test_markdown_has_machine_header_table_and_notes() -> None:
         "2026-11-28 05:00 UTC",
         150.4,
         "bench/results/x.json",
+        {"handoff": 80.4, "primary": 65.2},
     )
     lines = md.splitlines()
+    assert (
+        lines[2] == "Time per row: handoff 80 s, primary 65 s; total 146 s (rest of the run 5 s)."
+    )
     assert lines[0].startswith("Machine: AMD EPYC, 2 CPUs (available_parallelism 2)")
     assert "load average at start 0.25" in lines[0]
     assert "`python -m bench.suite --quick`" in lines[1] and "150 s" in lines[1]
@@ -85,6 +89,29 @@ def test_markdown_has_machine_header_table_and_notes() -> None:
     # The terminal table carries the same cells.
     text = suite.render_text(rows)
     assert "0.50×" in text and "met?" in text.splitlines()[0]
+
+
+def test_time_line_sums_the_rows_and_shows_the_rest() -> None:
+    line = suite.time_line({"engines": 61.6, "ipc": 30.0, "scaling": 0.4}, 100.0)
+    assert line == "engines 62 s, ipc 30 s, scaling 0 s; total 92 s (rest of the run 8 s)"
+    assert suite.time_line({"ipc": 3.0}) == "ipc 3 s; total 3 s"
+    no_rows = suite.render_markdown([Row("a", "1")], when="now", wall_s=5.0)
+    assert "Time per row" not in no_rows
+
+
+def test_every_step_gets_its_wall_time_also_when_it_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def fails() -> None:
+        raise RuntimeError("no server")
+
+    s = suite.Suite(suite.Settings())
+    status = suite._run_steps(s, [("fine", lambda: None), ("broken", fails)])
+    assert status == 1 and list(s.row_seconds) == ["fine", "broken"]
+    assert all(secs >= 0 for secs in s.row_seconds.values())
+    out = capsys.readouterr().out.splitlines()
+    assert "row fine: 0 s" in out and "row broken: 0 s" in out
+    assert [r.what for r in s.rows] == ["broken"] and s.rows[0].clusterlab == "failed"
 
 
 def test_rss_trend_slope_and_flatness() -> None:
