@@ -2,6 +2,7 @@
 tally against the workers' own counters, the scenarios it refuses, auto's choice; locust's
 per-process HDR histograms merged; the order-statistics interval's coverage."""
 
+import json
 import math
 import os
 import random
@@ -262,3 +263,43 @@ def wait_until_answering(url: str, seconds: float = 20.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+@pytest.mark.timeout(120)
+def test_answers_after_the_windows_stop_are_not_counted_in_it(tmp_path):
+    # 60 open-model users paced at 2 requests/s each: at the stop most are asleep until their
+    # next send, and in-flight requests end after it. Counting those would add up to 60 to the
+    # ~240 arrivals sent in the window; the requests counted must match the arrivals, and the
+    # worker-header tally the answered ones
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        """
+[target]
+kind = "builtin"
+[sweep]
+workers = [2]
+[workloads]
+io = { "/io?ms=20" = 1 }
+[load]
+users = 60
+warmup = 0.5
+duration = 2
+model = "open"
+rate = 120
+"""
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "clusterlab.cli", "run", str(path), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    run = load_results(out)
+    row = run.results.iloc[0]
+    assert row["arrivals"] >= 200
+    assert abs(row["requests"] - row["arrivals"]) <= 0.03 * row["arrivals"] + 2
+    assert run.workers["requests_seen_by_locust"].sum() == row["requests"] - row["failures"]
+    totals = json.loads((out / "raw" / "point-000" / LoadFile.TOTALS).read_text())
+    assert totals["after_stop"] > 0  # there were answers after the stop, and they were left out

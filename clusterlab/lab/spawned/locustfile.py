@@ -26,6 +26,7 @@ from hdrh.histogram import HdrHistogram
 from locust import FastHttpUser, between, constant, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import StatsError
 
 from clusterlab.lab.protocol import HISTOGRAM_RANGE_US, LOAD_CONFIG_ENV, LoadFile
 
@@ -57,6 +58,11 @@ _arrivals: Counter[str] = Counter()
 _tally: Counter[str] = Counter()
 _phases: dict[str, float] = {}
 _outcomes: Counter[tuple[int, str]] = Counter()
+#: Answers after the window's stop (a request in flight at the stop, or an open-model user
+#: waking from its pacing): locust's own stats count them, the window does not. Known where the
+#: stop is (a lone locust; a master's workers learn of it only when their users have stopped).
+_after_stop: Counter[str] = Counter()
+_after_stop_failures: Counter[tuple[str, str, str]] = Counter()
 
 
 def _write_json(name: str, data: object) -> None:
@@ -106,7 +112,14 @@ def _write_totals(environment: Environment) -> None:
         | {"Occurrences": e.occurrences}
         for e in stats.errors.values()
     ]
-    totals = {"requests": stats.total.num_requests, "failures": stats.total.num_failures}
+    for row in failures:
+        row["Occurrences"] -= _after_stop_failures[(row["Method"], row["Name"], row["Error"])]
+    totals = {
+        "requests": stats.total.num_requests - _after_stop["requests"],
+        "failures": stats.total.num_failures - _after_stop["failures"],
+        "after_stop": _after_stop["requests"],
+    }
+    failures = [row for row in failures if row["Occurrences"] > 0]
     _write_json(LoadFile.TOTALS, {**totals, "failure_table": failures})
 
 
@@ -138,11 +151,21 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
 
 @events.request.add_listener
 def _on_request(
-    response_time: float = 0.0, response: Any = None, exception: Any = None, **_: Any
+    request_type: str = "",
+    name: str = "",
+    response_time: float = 0.0,
+    response: Any = None,
+    exception: Any = None,
+    **_: Any,
 ) -> None:
     _outcomes[(int(time.time() / BIN_S), "ok" if exception is None else cause(exception))] += 1
-    if "stop" not in _phases:
-        _histogram.record_value(max(1, round(response_time * 1000.0)))
+    if "stop" in _phases:
+        _after_stop["requests"] += 1
+        if exception is not None:
+            _after_stop["failures"] += 1
+            _after_stop_failures[(request_type, name, StatsError.parse_error(exception))] += 1
+        return
+    _histogram.record_value(max(1, round(response_time * 1000.0)))
     if _HEADER and exception is None and response is not None:
         _tally[response.headers.get(_HEADER) or "unknown"] += 1
 
@@ -228,6 +251,8 @@ class LabUser(FastHttpUser):
         delay = intended - time.perf_counter()
         if delay > 0:
             gevent.sleep(delay)
+        if "stop" in _phases:  # woke after the window: this arrival is not the run's
+            return
         measuring = "measure_start" in _phases and "stop" not in _phases
         _arrivals["arrivals"] += measuring
         _arrivals["late"] += measuring and delay < 0
