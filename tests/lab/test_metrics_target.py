@@ -107,3 +107,25 @@ def test_metrics_is_for_url_targets_on_loopback_only(tmp_path: Path, target: str
     with pytest.raises(ScenarioError) as caught:
         load_scenario(scenario)
     assert "target.metrics" in str(caught.value) and why in str(caught.value)
+
+
+def test_a_lab_run_on_a_url_target_counts_its_workers_from_metrics_and_says_so(served, tmp_path):
+    url, metrics = served
+    scenario = tmp_path / "url.toml"
+    scenario.write_text(
+        f'[target]\nkind = "url"\nurl = "{url}"\nmetrics = "{metrics}"\n'
+        '[sweep]\nworkers = [2]\npolicies = ["rr"]\n[workloads]\nhello = { "/hello" = 1 }\n'
+        '[load]\nusers = 4\nwarmup = 0.5\nduration = 1\nengine = "wrk"\n'
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "clusterlab.cli", "run", str(scenario), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    results = (out / "results.csv").read_text().splitlines()
+    columns = results[0].split(",")
+    assert results[1].split(",")[columns.index("counts_source")] == "metrics"
+    assert f"from the target's metrics endpoint, {metrics}" in (out / "report.md").read_text()

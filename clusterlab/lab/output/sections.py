@@ -137,6 +137,14 @@ def _header(analysis: Analysis) -> list[Block]:
         )
     )
     target = scenario["target"]
+    if target["kind"] == "url" and target.get("metrics"):
+        blocks.append(
+            Block(
+                "p",
+                f"Per-worker counts come from the target's metrics endpoint, {target['metrics']} "
+                "(scraped before and after each window; docs/metrics.md).",
+            )
+        )
     if target["kind"] == "url" and not (target.get("pid") or target.get("pidfile")):
         blocks.append(
             Block(

@@ -316,7 +316,9 @@ def point_rows(scenario: Scenario, seen: Observation, cpus: CpuPlan) -> PointRow
     outcome = seen.outcome
     usage = window_usage(seen.samples, outcome.measure_start, outcome.measure_end)
     workers = worker_rows(keys, seen.before, seen.reports, seen.after, outcome, usage)
-    source = "channel" if seen.before else ("header" if outcome.tally else "none")
+    # the workers' own counts: over the lab's channel, or scraped from a url target's metrics
+    counted = "metrics" if scenario.target.kind == "url" else "channel"
+    source = counted if seen.before else ("header" if outcome.tally else "none")
     result = {
         **result_row(keys, outcome, workers, usage, source),
         "status": "ok",
