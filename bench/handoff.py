@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import peers, report
-from bench.wrk import Stats, interleaved_rounds, run_wrk
+from bench.wrk import Stats, interleaved_rounds, run_wrk, wrk_argv
 
 MODES = {"close": True, "keepalive": False}
 
@@ -100,7 +100,8 @@ def run_handoff(
     quiet: tuple[float, float] = (5.0, 0.0),
     results: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Start every server, measure each mode over interleaved rounds, stop everything.
+    """Start every server (at once), warm each up (at once), measure each mode over interleaved
+    rounds, stop everything.
 
     ``quiet = (max foreign CPU %, max wait s)``: before each sample wait until other processes
     use less than that share of the CPUs (no wait when max wait is 0); each run records the
@@ -108,10 +109,11 @@ def run_handoff(
     measured if the run is interrupted."""
     results = {} if results is None else results
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(peers.start(s)) for s in specs]
+        servers = peers.start_all(specs)  # their start-ups overlap
         for srv in servers:
-            for mode in modes:
-                run_wrk(srv.spec.url, threads, connections, warmup_s, MODES[mode])
+            stack.callback(srv.stop)
+        for mode in modes:
+            warm_up([srv.spec.url for srv in servers], threads, connections, warmup_s, MODES[mode])
         pids = [srv.pid for srv in servers]
         load = {"threads": threads, "connections": connections, "duration_s": duration_s}
         for mode in modes:
@@ -127,6 +129,31 @@ def run_handoff(
             if srv.proc.poll() is not None:
                 raise RuntimeError(f"{srv.spec.name} died during the run:\n{srv.log_tail()}")
     return summarize(results)
+
+
+def warm_up(
+    urls: Sequence[str], threads: int, connections: int, seconds: float, close: bool
+) -> None:
+    """One wrk run per URL, all at once (the servers' first connections and code paths before
+    any sample; nothing is measured); each wrk is killed if it outlives its run by 15 s."""
+    procs = [
+        subprocess.Popen(
+            wrk_argv(url, threads, connections, seconds, close),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for url in urls
+    ]
+    deadline = time.monotonic() + seconds + 15
+    try:
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 COST_KEYS = ("cpu_pct", "primary_cpu_pct", "primary_rss_mib", "server_cpu_pct")

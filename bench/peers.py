@@ -3,7 +3,8 @@
 A :class:`ServerSpec` says how to launch one server (argv, extra env, port, readiness text, the
 path to load). :func:`start` launches it in its own session with output to a log file, waits until
 the readiness text has been printed ``ready_count`` times (if given) and ``GET <path>`` answers 200,
-and returns a :class:`Server` context manager. Ports come from the lab's ``free_port``, and a
+and returns a :class:`Server` context manager; :func:`start_all` launches several at once and then
+waits for each, so their start-ups overlap. Ports come from the lab's ``free_port``, and a
 server's whole process tree is stopped by pid with the lab's ``stop_tree`` (both in
 :mod:`clusterlab.lab.running.processes`: SIGTERM, then SIGKILL after a grace period); every started
 server is also stopped at interpreter exit, so exceptions and Ctrl-C leave nothing behind.
@@ -118,6 +119,30 @@ def _http_ok(port: int, path: str = "/") -> bool:
 
 def start(spec: ServerSpec, timeout: float = 30.0) -> Server:
     """Launch ``spec`` and wait until it is ready; raise RuntimeError (with the log) if it is not."""
+    server = _launch(spec)
+    _wait_ready(server, time.monotonic() + timeout)
+    return server
+
+
+def start_all(specs: Sequence[ServerSpec], timeout: float = 30.0) -> list[Server]:
+    """Launch every spec at once, then wait until each is ready: their start-ups (interpreters,
+    imports, workers) overlap instead of queueing. If one is not ready within ``timeout`` (from
+    the launch), all are stopped and RuntimeError names it."""
+    servers: list[Server] = []
+    deadline = time.monotonic() + timeout
+    try:
+        for spec in specs:
+            servers.append(_launch(spec))
+        for server in servers:
+            _wait_ready(server, deadline)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
+def _launch(spec: ServerSpec) -> Server:
     fd, log_name = tempfile.mkstemp(prefix=f"bench-{spec.name}-", suffix=".log")
     with os.fdopen(fd, "wb") as log_file:
         proc = subprocess.Popen(
@@ -129,8 +154,13 @@ def start(spec: ServerSpec, timeout: float = 30.0) -> Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(spec, proc, Path(log_name))
-    deadline = time.monotonic() + timeout
+    return Server(spec, proc, Path(log_name))
+
+
+def _wait_ready(server: Server, deadline: float) -> None:
+    """Until ``deadline``: the readiness text printed ``ready_count`` times and ``GET path``
+    answering 200; else the server is stopped and RuntimeError carries its log's tail."""
+    spec, proc = server.spec, server.proc
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -138,9 +168,9 @@ def start(spec: ServerSpec, timeout: float = 30.0) -> Server:
             text = server.log.read_text(errors="replace") if spec.ready_text else ""
             ready = not spec.ready_text or text.count(spec.ready_text) >= spec.ready_count
             if ready and _http_ok(spec.port, spec.path):
-                return server
+                return
             time.sleep(0.05)
-        raise RuntimeError(f"{spec.name} not ready after {timeout:.0f} s")
+        raise RuntimeError(f"{spec.name} not ready within the start-up timeout")
     except BaseException as exc:
         tail = server.log_tail()
         server.stop()

@@ -1,5 +1,5 @@
-"""The scheduler rows of `make bench`: each built-in scheduler's hand-off rate against `rr` (one
-run, short samples), and the server of the tree before schedulers existed (a `git worktree` of
+"""The scheduler rows of `make bench`: each built-in scheduler's hand-off rate against `rr` (in
+the hand-off rows' run when those run too, else a run of their own; short samples), and the server of the tree before schedulers existed (a `git worktree` of
 that commit), a peer in the `rr` row's run.
 
 Every server is `bench/clusterlab_hello.py` (2 workers, uvicorn), loaded by wrk with a new
@@ -52,11 +52,12 @@ def worktree(rev: str) -> Iterator[Path]:
             _git("worktree", "remove", "--force", str(path))
 
 
-def scheduler_specs(workers: int) -> list[peers.ServerSpec]:
-    """rr and every built-in scheduler on this tree."""
+def scheduler_specs(workers: int, with_rr: bool = True) -> list[peers.ServerSpec]:
+    """rr (unless ``with_rr`` is false: the caller measures it already) and every built-in
+    scheduler on this tree."""
     return [
         target_from_template(f"clusterlab-{name}", _HELLO + name, workers, _READY)
-        for name in ("rr", *SCHEDULERS)
+        for name in (("rr",) if with_rr else ()) + SCHEDULERS
     ]
 
 

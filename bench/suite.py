@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.suite --quick --only scaling,lab-overhead
     .venv/bin/python -m bench.suite --scaling-workers 1,2,4,8,16      # a 16-core machine
 
-Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport):
+Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport; without it, every row but
+``reuseport``, which has no target):
 
 * ``rr``, ``none``, ``reuseport``: hello world, 2 workers, ``wrk -t1 -c50``, a new connection per
   request, vs Node.js's cluster SCHED_RR / SCHED_NONE (:mod:`bench.handoff`);
@@ -13,7 +14,9 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport):
 * ``keepalive``: the same with keep-alive; clusterlab's fastest worker server (uvicorn with
   uvloop and httptools through ``serve_asgi``, SCHED_NONE) vs ``uvicorn --workers 2`` and Node.js;
 * ``policies``: each built-in scheduler (least-conn, p2c, jiq, hash, weighted, random) with a new
-  connection per request, against clusterlab's ``rr`` in the same run (:mod:`bench.policies`);
+  connection per request, against clusterlab's ``rr`` in the same rounds (:mod:`bench.policies`;
+  in the hand-off rows' rounds when ``rr`` runs too and ``--policy-duration`` equals
+  ``--duration``);
 * ``ipc``: round trips and one-way messages, primary ↔ one worker (``bench/ipc.py`` vs
   ``node/ipc.js``), alternating runs;
 * ``respawn``: SIGKILL of a worker → replacement ``'listening'``, median of 20, per start method
@@ -26,11 +29,14 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport):
   request, hello, 2 workers), sampled every second for ``--primary-seconds`` (5 min; 20 s with
   ``--quick``): RSS start/end/max and slope; Node.js's primary from the RR rounds beside it;
 * ``lab-overhead``: ``clusterlab run bench/scenarios/overhead.toml`` timed from launch to exit, ÷
-  the sum of its points' load durations read back from its ``summary.json``.
+  the sum of its points' load durations read back from its ``summary.json``;
+* ``engines``: the lab's wrk and locust engines on the built-in target, one ``clusterlab run``
+  per workload and engine with its point repeated ``--rounds`` times (1 + ``--duration`` s each).
 
 Servers measured against each other run at once and are measured in rotated order over rounds
-(A/B); figures are medians with min–max. A peer that is not installed (node, uvicorn, gunicorn,
-wrk) is skipped with a note, never faked. Writes ``<out>/<UTC YYYYMMDD-HHMMSS>.json`` (settings,
+(A/B); figures are medians with min–max. Each row's wall time is printed as it ends and kept
+(``row_seconds`` in the JSON, a line in the Markdown's header). A peer that is not installed
+(node, uvicorn, gunicorn, wrk) is skipped with a note, never faked. Writes ``<out>/<UTC YYYYMMDD-HHMMSS>.json`` (settings,
 machine facts, every raw run, medians, spread) and the same table as Markdown beside it (``.md``).
 Every process started is stopped by pid, also on failure and Ctrl-C.
 """
@@ -76,6 +82,9 @@ ROWS = (
     "engines",
 )
 ALIASES = {"handoff": ("rr", "none", "reuseport"), "all": ROWS}
+#: What runs without --only: every row with a target (SCHED_REUSEPORT has none: --only handoff
+#: or all adds it), so that `make bench` stays under 10 minutes on 2 cores.
+DEFAULT_ROWS = tuple(r for r in ROWS if r != "reuseport")
 POLICY_NAMES = {"rr": "SCHED_RR", "none": "SCHED_NONE", "reuseport": "SCHED_REUSEPORT"}
 HELLO = "{python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy "
 READY = " listening on "
@@ -91,6 +100,7 @@ RSS_FLAT_MIB_PER_MIN = 0.2
 FLAT_JUDGED_S = 290.0
 SCALING_EFFICIENCY = 0.9
 _BASE_ROW = "RR hand-off vs the commit before schedulers"
+POLICY_ROWS = tuple(f"{n} hand-off, new connection per request" for n in policy_rows.SCHEDULERS)
 
 
 # --- targets, rows and rendering (pure) --------------------------------------------------------
@@ -133,6 +143,7 @@ ENGINE_SCENARIO = """
 kind = "builtin"
 [sweep]
 workers = [2]
+repeats = {repeats}
 [workloads]
 {name} = {{ "{path}" = 1 }}
 [load]
@@ -324,9 +335,10 @@ def scaling_ideal(workers: int, parallelism: int, generator_cores: float) -> flo
 
 
 def parse_only(text: str | None) -> list[str]:
-    """``'scaling,lab-overhead'`` → rows in table order; ``handoff`` and ``all`` expand."""
+    """``'scaling,lab-overhead'`` → rows in table order; ``handoff`` and ``all`` expand; none
+    given → :data:`DEFAULT_ROWS`."""
     if not text:
-        return list(ROWS)
+        return list(DEFAULT_ROWS)
     wanted: set[str] = set()
     for name in (n.strip() for n in text.split(",")):
         if not name:
@@ -354,14 +366,15 @@ def parse_workers(text: str | None, parallelism: int) -> list[int]:
 @dataclass
 class Settings:
     rounds: int = 3
-    duration_s: float = 5.0
+    duration_s: float = 2.0
     connections: int = 50
     workers: int = 2
-    ipc_seconds: float = 1.5
+    ipc_seconds: float = 1.0
     micro_rounds: int = 3
     forks: int = 20
     respawn_start_methods: tuple[str, ...] = RESPAWN_START_METHODS
-    keepalive_peers: tuple[str, ...] = ("uvicorn", "node-rr", "gunicorn-gthread")
+    #: Peers with a target; gunicorn-gthread (none) by --keepalive-peers.
+    keepalive_peers: tuple[str, ...] = ("uvicorn", "node-rr")
     scaling_workers: tuple[int, ...] = ()
     scaling_ms: float = 2.0
     scaling_policy: str = "rr"
@@ -371,7 +384,7 @@ class Settings:
     lab_runs: int = 1
     wait_quiet_s: float = 0.0
     quiet_pct: float = 5.0
-    quiet_budget_s: float = 20.0
+    quiet_budget_s: float = 10.0
 
     @property
     def quiet(self) -> tuple[float, float]:
@@ -379,12 +392,11 @@ class Settings:
 
 
 QUICK = {
-    "duration_s": 2.0,
+    "duration_s": 1.0,
     "ipc_seconds": 1.0,
     "micro_rounds": 2,
     "primary_seconds": 20.0,
     "policy_duration_s": 1.0,
-    "quiet_budget_s": 15.0,
 }
 
 
@@ -449,14 +461,17 @@ class Suite:
             self.interrupted = exc
         return dict(results.get(mode, {}))
 
-    def handoff(self, policies: Sequence[str]) -> None:
-        """RR, NONE, REUSEPORT, new connection per request, vs Node.js's cluster."""
+    def handoff(self, policies: Sequence[str], schedulers: bool = False) -> None:
+        """RR, NONE, REUSEPORT, new connection per request, vs Node.js's cluster; with
+        ``schedulers`` (and rr), every built-in scheduler in the same rounds (the policies rows):
+        one start of the servers and one rr for all the rows that compare against it."""
         names = {
             "rr": "RR hand-off, new connection per request",
             "none": "SCHED_NONE, same load",
             "reuseport": "SCHED_REUSEPORT, same load",
         }
-        if self._wrk_missing(*(names[p] for p in policies)):
+        schedulers = schedulers and "rr" in policies
+        if self._wrk_missing(*(names[p] for p in policies), *(POLICY_ROWS if schedulers else ())):
             return
         node_names = [f"node-{p}" for p in policies if p in ("rr", "none")]
         node_specs, skipped = self._peers(node_names)
@@ -467,6 +482,8 @@ class Suite:
                     "clusterlab-rr-metrics", METRICS_HELLO + "rr", self.settings.workers, READY
                 )
             )
+        if schedulers:
+            specs += policy_rows.scheduler_specs(self.settings.workers, with_rr=False)
         with contextlib.ExitStack() as stack:
             base = self._rr_base(stack) if "rr" in policies else None
             if base is not None:  # today's RR beside the old tree's, in the same rounds
@@ -502,11 +519,13 @@ class Suite:
             self._rr_base_row(res, base[0])
         if "rr" in policies:
             self._rr_metrics_row(res)
+        if schedulers:
+            self._policy_rows(res)
 
     def policies(self) -> None:
-        """Each built-in scheduler against rr, new connection per request, one run."""
-        names = [f"{name} hand-off, new connection per request" for name in policy_rows.SCHEDULERS]
-        if self._wrk_missing(*names):
+        """Each built-in scheduler against rr, new connection per request, a run of their own
+        (when the hand-off rows do not take them into theirs)."""
+        if self._wrk_missing(*POLICY_ROWS):
             return
         s = self.settings
         duration, s.duration_s = s.duration_s, s.policy_duration_s
@@ -514,8 +533,12 @@ class Suite:
             res = self._wrk_rounds("policies", policy_rows.scheduler_specs(s.workers), "close")
         finally:
             s.duration_s = duration
+        self._policy_rows(res)
+
+    def _policy_rows(self, res: dict[str, Any]) -> None:
+        """A row per built-in scheduler against clusterlab-rr of the same rounds (``res``)."""
         rr = res.get("clusterlab-rr")
-        for name, what in zip(policy_rows.SCHEDULERS, names, strict=True):
+        for name, what in zip(policy_rows.SCHEDULERS, POLICY_ROWS, strict=True):
             figure = res.get(f"clusterlab-{name}")
             self.rows.append(
                 Row(
@@ -702,9 +725,15 @@ class Suite:
     # -- IPC and respawn --
 
     def _alternate(
-        self, key: str, jobs: dict[str, Callable[[], dict[str, Any]]], rounds: int
+        self,
+        key: str,
+        jobs: dict[str, Callable[[], dict[str, Any]]],
+        rounds: int,
+        retake: bool = True,
     ) -> dict[str, list[dict[str, Any]]]:
-        """Run every job once per round, rotating the order; each run guarded by the quiet check."""
+        """Run every job once per round, rotating the order; each run guarded by the quiet check
+        (without ``retake``: a wait for a quiet machine before it, its foreign CPU % recorded,
+        never retaken)."""
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in jobs}
         self.raw[key] = {"runs": runs}
         s = self.settings
@@ -712,7 +741,10 @@ class Suite:
 
         def once(name: str) -> Callable[[], float]:
             def run() -> float:
-                runs[name].append(node_micro.guarded(jobs[name], s.quiet_pct, s.wait_quiet_s))
+                wait = s.wait_quiet_s if retake else 0.0
+                if s.wait_quiet_s and not retake:
+                    report.wait_quiet([], s.quiet_pct, s.wait_quiet_s)
+                runs[name].append(node_micro.guarded(jobs[name], s.quiet_pct, wait))
                 return 0.0
 
             return run
@@ -776,7 +808,9 @@ class Suite:
             jobs["node"] = lambda: node_micro.run_node("respawn.js", s.forks, 150)
         else:
             self.note("node-respawn: skipped, node not on PATH")
-        runs = self._alternate("respawn", jobs, s.micro_rounds)
+        # Never retaken: its own workers (killed, forked, a fork server) count as others in the
+        # check, so a retake meets the same figure again and spends the run's quiet budget.
+        runs = self._alternate("respawn", jobs, s.micro_rounds, retake=False)
         peer = stats([r["fork_listening_ms"] for r in runs.get("node", [])])
         summary = self.raw["respawn"]["summary"] = {
             "node": {
@@ -885,18 +919,25 @@ class Suite:
     def engines(self) -> None:
         """wrk's and locust's req/s per core of load CPU on /hello; their rates on /cpu?ms=2."""
         s = self.settings
+        duration = max(1, round(s.duration_s))
         runs: dict[str, list[dict[str, float]]] = {}
         self.raw["engines"] = runs
-        for r in range(s.rounds):
-            for name, path in (("hello", "/hello"), ("cpu", "/cpu?ms=2")):
-                for engine in ("wrk", "locust") if r % 2 == 0 else ("locust", "wrk"):
-                    print(f"engines: {name} with {engine} ({r + 1}/{s.rounds})", flush=True)
-                    if s.wait_quiet_s:
-                        report.wait_quiet([], s.quiet_pct, s.wait_quiet_s)
-                    found = _engine_run(
-                        name, path, engine, max(1, round(s.duration_s)), split=name == "cpu"
-                    )
-                    runs.setdefault(f"{name}-{engine}", []).append(found)
+        # One `clusterlab run` per workload and engine, its point repeated `rounds` times (one
+        # start-up, target and report per run); the engines' order turns between the workloads.
+        for name, path, order in (
+            ("hello", "/hello", ("wrk", "locust")),
+            ("cpu", "/cpu?ms=2", ("locust", "wrk")),
+        ):
+            for engine in order:
+                print(
+                    f"engines: {name} with {engine}, {s.rounds} repeats of 1 + {duration} s",
+                    flush=True,
+                )
+                if s.wait_quiet_s:
+                    report.wait_quiet([], s.quiet_pct, s.wait_quiet_s)
+                runs[f"{name}-{engine}"] = _engine_run(
+                    name, path, engine, duration, s.rounds, split=name == "cpu"
+                )
         per_core = {
             e: stats([x["rps"] / (x["load_cpu_pct"] / 100) for x in runs[f"hello-{e}"]])
             for e in ("wrk", "locust")
@@ -963,28 +1004,44 @@ class Suite:
         )
 
 
-def engine_figures(summary: dict[str, Any]) -> dict[str, float]:
-    """One engine point's req/s and the load's CPU (% of one core) from its summary.json."""
-    point = next(p for p in summary["points"] if p.get("status") == "ok")
-    load_cpu = float(point["cpu_pct"]["generator"] or math.nan)
-    return {"rps": float(point["rps"]), "load_cpu_pct": load_cpu, "verdict": point.get("verdict")}
+def engine_figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each measured engine point's (one per repeat) req/s and the load's CPU (% of one core)
+    from its summary.json."""
+    return [
+        {
+            "rps": float(point["rps"]),
+            "load_cpu_pct": float(point["cpu_pct"]["generator"] or math.nan),
+            "verdict": point.get("verdict"),
+            "repeat": point.get("repeat"),
+        }
+        for point in summary["points"]
+        if point.get("status") == "ok"
+    ]
 
 
 def _engine_run(
-    name: str, path: str, engine: str, duration: float, split: bool
-) -> dict[str, float]:
+    name: str, path: str, engine: str, duration: float, repeats: int, split: bool
+) -> list[dict[str, Any]]:
     cpus = len(os.sched_getaffinity(0))
     split_table = ENGINE_CPU_SPLIT.format(load=cpus - 1) if split and cpus >= 2 else ""
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         scenario = Path(tmp) / f"{name}-{engine}.toml"
         text = ENGINE_SCENARIO.format(
-            name=name, path=path, duration=duration, engine=engine, cpus=split_table
+            name=name,
+            path=path,
+            duration=duration,
+            engine=engine,
+            repeats=repeats,
+            cpus=split_table,
         )
         scenario.write_text(text)
         out = Path(tmp) / "run"
         argv = [*_clusterlab_argv(), "run", str(scenario), "--out", str(out), "-q"]
-        peers.run_in_session(argv, 120, grace=3.0, stderr=subprocess.STDOUT)
-        return engine_figures(json.loads((out / "summary.json").read_text()))
+        peers.run_in_session(argv, 60 + 20 * repeats, grace=3.0, stderr=subprocess.STDOUT)
+        found = engine_figures(json.loads((out / "summary.json").read_text()))
+    if not found:
+        raise RuntimeError(f"engines: the {name} run with {engine} measured no point")
+    return found
 
 
 def _med(st: dict[str, Any] | None) -> float | None:
@@ -1132,9 +1189,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="wrk runs of 2 s, IPC phases of 1 s, 2 IPC/respawn rounds, a 20 s primary run",
+        help="wrk runs of 1 s, 2 IPC/respawn rounds, a 20 s primary run",
     )
-    ap.add_argument("--only", help=f"comma list of {','.join(ROWS)} (handoff = rr,none,reuseport)")
+    ap.add_argument(
+        "--only",
+        help=f"comma list of {','.join(ROWS)} (handoff = rr,none,reuseport; all); "
+        "default: all but reuseport",
+    )
     ap.add_argument("--out", type=Path, default=report.RESULTS, help="results directory")
     _add_row_options(ap)
     _add_quiet_options(ap)
@@ -1145,9 +1206,9 @@ def _parser() -> argparse.ArgumentParser:
 def _add_row_options(ap: argparse.ArgumentParser) -> None:
     """How long, how often and against what each row measures."""
     ap.add_argument("--rounds", type=int, help="wrk A/B rounds (3)")
-    ap.add_argument("--duration", dest="duration_s", type=float, help="seconds per wrk run (5)")
+    ap.add_argument("--duration", dest="duration_s", type=float, help="seconds per wrk run (2)")
     ap.add_argument("--connections", type=int, help="wrk connections (50)")
-    ap.add_argument("--ipc-seconds", type=float, help="seconds per IPC phase (1.5)")
+    ap.add_argument("--ipc-seconds", type=float, help="seconds per IPC phase (1)")
     ap.add_argument("--micro-rounds", type=int, help="alternating IPC and respawn rounds (3)")
     ap.add_argument("--forks", type=int, help="respawns per run, median of them (20)")
     ap.add_argument(
@@ -1159,8 +1220,8 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--keepalive-peers",
         metavar="P[,P]",
-        help="keep-alive peers (default uvicorn,node-rr,gunicorn-gthread); also node-none, "
-        "gunicorn-sync",
+        help="keep-alive peers (default uvicorn,node-rr: those with a target); also "
+        "gunicorn-gthread, node-none, gunicorn-sync",
     )
     ap.add_argument(
         "--scaling-workers",
@@ -1193,7 +1254,7 @@ def _add_quiet_options(ap: argparse.ArgumentParser) -> None:
         type=float,
         metavar="S",
         help="seconds the whole run may spend waiting and retaking: bounds the "
-        "run time on a busy machine; afterwards samples are kept as taken (20; --quick 15)",
+        "run time on a busy machine; afterwards samples are kept as taken (10)",
     )
 
 
@@ -1232,8 +1293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _steps(suite: Suite, selected: Sequence[str]) -> list[tuple[str, Callable[[], None]]]:
     """The selected rows as named steps, in run order (the hand-off policies are one step)."""
     steps: list[tuple[str, Callable[[], None]]] = []
+    s = suite.settings
+    # The schedulers join the hand-off rounds (one rr, one start) when their samples are as long.
+    merged = "rr" in selected and "policies" in selected and s.policy_duration_s == s.duration_s
     if policies := [p for p in ("rr", "none", "reuseport") if p in selected]:
-        steps.append(("handoff", lambda: suite.handoff(policies)))
+        name = "handoff+policies" if merged else "handoff"
+        steps.append((name, lambda: suite.handoff(policies, merged)))
     steps_in_order = (
         "policies",
         "keepalive",
@@ -1245,7 +1310,7 @@ def _steps(suite: Suite, selected: Sequence[str]) -> list[tuple[str, Callable[[]
         "engines",
     )
     for name in steps_in_order:
-        if name in selected:
+        if name in selected and not (merged and name == "policies"):
             steps.append((name, getattr(suite, name.replace("-", "_"))))
     return steps
 
@@ -1355,6 +1420,7 @@ def _display(path: Path) -> str:
 # Where each step keeps its samples in Suite.raw (each sample records foreign_cpu_pct).
 STEP_RAW = {
     "handoff": ("handoff",),
+    "handoff+policies": ("handoff",),
     "policies": ("policies",),
     "keepalive": ("keepalive",),
     "scaling": ("scaling",),

@@ -114,6 +114,35 @@ def test_every_step_gets_its_wall_time_also_when_it_fails(
     assert [r.what for r in s.rows] == ["broken"] and s.rows[0].clusterlab == "failed"
 
 
+def test_the_schedulers_join_the_handoff_rounds_when_their_samples_are_as_long() -> None:
+    def names(only: str, **settings: float) -> list[str]:
+        s = suite.Suite(suite.Settings(**settings))  # type: ignore[arg-type]
+        return [name for name, _ in suite._steps(s, suite.parse_only(only))]
+
+    assert names("")[:2] == ["handoff+policies", "keepalive"]
+    assert "policies" not in names("")
+    apart = names("", duration_s=5.0, policy_duration_s=2.0)
+    assert apart[:3] == ["handoff", "policies", "keepalive"]
+    assert names("none,policies") == ["handoff", "policies"]  # no rr to share
+    assert names("policies") == ["policies"]
+
+
+def test_engine_figures_one_per_measured_repeat() -> None:
+    point = {"status": "ok", "rps": 900.0, "cpu_pct": {"generator": 25.0}, "verdict": "target"}
+    summary = {
+        "points": [
+            {**point, "repeat": 0},
+            {**point, "repeat": 1, "rps": 880.0},
+            {**point, "repeat": 2, "status": "failed"},
+        ]
+    }
+    found = suite.engine_figures(summary)
+    assert [(f["repeat"], f["rps"], f["load_cpu_pct"]) for f in found] == [
+        (0, 900.0, 25.0),
+        (1, 880.0, 25.0),
+    ]
+
+
 def test_rss_trend_slope_and_flatness() -> None:
     flat = [(float(t), 30.0) for t in range(301)]
     trend = suite.rss_trend(flat)
@@ -143,7 +172,8 @@ def test_scaling_ideal_takes_off_the_generator() -> None:
 
 
 def test_parse_only_and_workers() -> None:
-    assert suite.parse_only(None) == list(suite.ROWS)
+    assert suite.parse_only(None) == [r for r in suite.ROWS if r != "reuseport"]
+    assert suite.parse_only("all") == list(suite.ROWS)
     assert suite.parse_only("lab-overhead,scaling") == ["scaling", "lab-overhead"]
     assert suite.parse_only("handoff,primary") == ["rr", "none", "reuseport", "primary"]
     with pytest.raises(ValueError, match="unknown row 'bogus'"):
