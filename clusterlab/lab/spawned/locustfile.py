@@ -107,19 +107,19 @@ def _write_totals(environment: Environment) -> None:
     stats = environment.runner.stats if environment.runner is not None else None
     if stats is None:
         return
-    failures = [  # the columns of locust's failures CSV
-        {"Method": e.method, "Name": e.name, "Error": e.parse_error(e.error)}
-        | {"Occurrences": e.occurrences}
-        for e in stats.errors.values()
-    ]
-    for row in failures:
-        row["Occurrences"] -= _after_stop_failures[(row["Method"], row["Name"], row["Error"])]
+    failures: list[dict[str, Any]] = []
+    for e in stats.errors.values():  # the columns of locust's failures CSV
+        error = e.parse_error(e.error)
+        left = e.occurrences - _after_stop_failures[(e.method, e.name, error)]
+        if left > 0:
+            failures.append(
+                {"Method": e.method, "Name": e.name, "Error": error, "Occurrences": left}
+            )
     totals = {
         "requests": stats.total.num_requests - _after_stop["requests"],
         "failures": stats.total.num_failures - _after_stop["failures"],
         "after_stop": _after_stop["requests"],
     }
-    failures = [row for row in failures if row["Occurrences"] > 0]
     _write_json(LoadFile.TOTALS, {**totals, "failure_table": failures})
 
 
