@@ -4,8 +4,8 @@ Before the first point, the lab probes each case (workload × worker count) once
 load of ``load.users`` users with no think time, the scenario's warm-up, window and connection
 mode, the sweep's first policy, no faults (the capacity of the healthy target: a fault is what
 the policies are compared under, not part of the reference). Its capacity is the requests
-completed inside the measured window per second (the HDR histogram's count: locust's own count
-also takes each user's last request, finished after the stop), and its verdict says whether the
+completed inside the measured window per second (the HDR histogram's count, which holds only
+answers inside the window), and its verdict says whether the
 target was what limited it. Every point of the case then runs at share × capacity, the same rate
 for every policy and repeat. The probes' rows are kept in ``capacity/`` of the run directory
 (raw tables like the run's own) and in meta.json as ``capacity_probes``.
