@@ -110,8 +110,7 @@ def run_handoff(
     results = {} if results is None else results
     with contextlib.ExitStack() as stack:
         servers = peers.start_all(specs)  # their start-ups overlap
-        for srv in servers:
-            stack.callback(srv.stop)
+        stack.callback(peers.stop_all, servers)  # and their shutdowns
         for mode in modes:
             warm_up([srv.spec.url for srv in servers], threads, connections, warmup_s, MODES[mode])
         pids = [srv.pid for srv in servers]

@@ -4,7 +4,7 @@ A :class:`ServerSpec` says how to launch one server (argv, extra env, port, read
 path to load). :func:`start` launches it in its own session with output to a log file, waits until
 the readiness text has been printed ``ready_count`` times (if given) and ``GET <path>`` answers 200,
 and returns a :class:`Server` context manager; :func:`start_all` launches several at once and then
-waits for each, so their start-ups overlap. Ports come from the lab's ``free_port``, and a
+waits for each, so their start-ups overlap, and :func:`stop_all` stops several at once. Ports come from the lab's ``free_port``, and a
 server's whole process tree is stopped by pid with the lab's ``stop_tree`` (both in
 :mod:`clusterlab.lab.running.processes`: SIGTERM, then SIGKILL after a grace period); every started
 server is also stopped at interpreter exit, so exceptions and Ctrl-C leave nothing behind.
@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -140,6 +141,16 @@ def start_all(specs: Sequence[ServerSpec], timeout: float = 30.0) -> list[Server
             server.stop()
         raise
     return servers
+
+
+def stop_all(servers: Sequence[Server]) -> None:
+    """Stop every server at once (each on a thread): their shutdowns and grace periods overlap
+    instead of queueing."""
+    threads = [threading.Thread(target=srv.stop, name=f"stop-{srv.pid}") for srv in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _launch(spec: ServerSpec) -> Server:

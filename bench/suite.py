@@ -31,7 +31,8 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport; without it, eve
 * ``lab-overhead``: ``clusterlab run bench/scenarios/overhead.toml`` timed from launch to exit, ÷
   the sum of its points' load durations read back from its ``summary.json``;
 * ``engines``: the lab's wrk and locust engines on the built-in target, one ``clusterlab run``
-  per workload and engine with its point repeated ``--rounds`` times (1 + ``--duration`` s each).
+  per workload and engine with its point repeated ``--engine-repeats`` times (1 + ``--duration``
+  s each).
 
 Servers measured against each other run at once and are measured in rotated order over rounds
 (A/B); figures are medians with min–max. Each row's wall time is printed as it ends and kept
@@ -382,6 +383,8 @@ class Settings:
     policy_duration_s: float = 2.0
     rr_base: str | None = None
     lab_runs: int = 1
+    #: Repeats of each engine's point (the engines rows; their spread allows 2, docs/benchmarks.md).
+    engine_repeats: int = 2
     wait_quiet_s: float = 0.0
     quiet_pct: float = 5.0
     quiet_budget_s: float = 10.0
@@ -922,7 +925,7 @@ class Suite:
         duration = max(1, round(s.duration_s))
         runs: dict[str, list[dict[str, float]]] = {}
         self.raw["engines"] = runs
-        # One `clusterlab run` per workload and engine, its point repeated `rounds` times (one
+        # One `clusterlab run` per workload and engine, its point repeated (one
         # start-up, target and report per run); the engines' order turns between the workloads.
         for name, path, order in (
             ("hello", "/hello", ("wrk", "locust")),
@@ -930,13 +933,13 @@ class Suite:
         ):
             for engine in order:
                 print(
-                    f"engines: {name} with {engine}, {s.rounds} repeats of 1 + {duration} s",
+                    f"engines: {name} with {engine}, {s.engine_repeats} repeats of 1 + {duration} s",
                     flush=True,
                 )
                 if s.wait_quiet_s:
                     report.wait_quiet([], s.quiet_pct, s.wait_quiet_s)
                 runs[f"{name}-{engine}"] = _engine_run(
-                    name, path, engine, duration, s.rounds, split=name == "cpu"
+                    name, path, engine, duration, s.engine_repeats, split=name == "cpu"
                 )
         per_core = {
             e: stats([x["rps"] / (x["load_cpu_pct"] / 100) for x in runs[f"hello-{e}"]])
@@ -1160,6 +1163,7 @@ def _settings(a: argparse.Namespace) -> Settings:
         "policy_duration_s",
         "rr_base",
         "lab_runs",
+        "engine_repeats",
         "wait_quiet_s",
         "quiet_pct",
         "quiet_budget_s",
@@ -1174,7 +1178,7 @@ def _settings(a: argparse.Namespace) -> Settings:
     if a.keepalive_peers is not None:
         s.keepalive_peers = tuple(m for m in a.keepalive_peers.split(",") if m)
     s.scaling_workers = tuple(parse_workers(a.scaling_workers, available_parallelism()))
-    if s.primary_seconds < 3 or s.rounds < 1 or s.micro_rounds < 1 or s.lab_runs < 1:
+    if min(s.rounds, s.micro_rounds, s.lab_runs, s.engine_repeats) < 1 or s.primary_seconds < 3:
         raise ValueError("--primary-seconds must be ≥ 3 and every count of rounds/runs ≥ 1")
     return s
 
@@ -1234,6 +1238,7 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
         "--primary-seconds", type=float, help="the primary's long run (300; --quick 20)"
     )
     ap.add_argument("--lab-runs", type=int, help="timed lab runs, median (1)")
+    ap.add_argument("--engine-repeats", type=int, help="repeats per engine and workload (2)")
     ap.add_argument(
         "--policy-duration",
         dest="policy_duration_s",
