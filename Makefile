@@ -37,7 +37,8 @@ lab: install wrk
 	$(VENV)/bin/clusterlab run scenarios/quick.toml
 
 # Every row of docs/targets.md's performance table beside its peer (bench/suite.py), under 10 minutes on
-# 2 cores; BENCH_ARGS=--quick for ~3 minutes, BENCH_ARGS='--only scaling,primary' for some rows.
+# 2 cores (5 of them the primary's RSS run; each row's seconds are printed and kept, see
+# docs/benchmarks.md); BENCH_ARGS=--quick for ~3 minutes, BENCH_ARGS='--only scaling,primary' for some rows.
 bench: install wrk
 	@$(PY) -c 'import gunicorn' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.suite --wait-quiet 10 $(BENCH_ARGS)
