@@ -38,6 +38,16 @@ BASE = {
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
 
+def run_scenario(tmp_path, text: str):
+    """``clusterlab run`` of a scenario file with ``text``, quietly; its output folder."""
+    path, out = tmp_path / "scenario.toml", tmp_path / "out"
+    path.write_text(text)
+    argv = [sys.executable, "-m", "clusterlab.cli", "run", str(path), "--out", str(out), "-q"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 def scenario(**load):
     return parse_scenario({**BASE, "load": {**BASE["load"], **load}}, "s.toml")
 
@@ -74,8 +84,8 @@ def test_auto_takes_wrk_when_it_is_installed_and_can_measure():
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_wrk_engine_measures_a_cluster_end_to_end(tmp_path):
-    path = tmp_path / "wrk.toml"
-    path.write_text(
+    out = run_scenario(
+        tmp_path,
         """
 [target]
 kind = "builtin"
@@ -90,16 +100,8 @@ warmup = 0.5
 duration = 2
 engine = "wrk"
 connection = "new"
-"""
+""",
     )
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "clusterlab.cli", "run", str(path), "--out", str(out), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert done.returncode == 0, done.stderr
     run = load_results(out)
     points = analyze(run).points
     assert list(points["engine"]) == ["wrk", "wrk"] and (points["status"] == "ok").all()
@@ -170,8 +172,8 @@ def test_an_open_model_counts_late_arrivals_and_keeps_latency_from_the_actual_se
     # 2 users paced at 100 requests/s each against a 30 ms endpoint: every arrival after the
     # first waits for its user, so latency from the intended send grows while the server's
     # own time (from the actual send) stays near 30 ms
-    path = tmp_path / "open.toml"
-    path.write_text(
+    out = run_scenario(
+        tmp_path,
         """
 [target]
 kind = "builtin"
@@ -185,16 +187,8 @@ warmup = 0.5
 duration = 2
 model = "open"
 rate = 200
-"""
+""",
     )
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "clusterlab.cli", "run", str(path), "--out", str(out), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert done.returncode == 0, done.stderr
     row = load_results(out).results.iloc[0]
     assert row["engine"] == "locust"  # auto: wrk has no paced arrivals
     # arrivals sent in the window against requests answered in it: equal but for the few in
@@ -271,8 +265,8 @@ def test_answers_after_the_windows_stop_are_not_counted_in_it(tmp_path):
     # next send, and in-flight requests end after it. Counting those would add up to 60 to the
     # ~240 arrivals sent in the window; the requests counted must match the arrivals, and the
     # worker-header tally the answered ones
-    path = tmp_path / "edge.toml"
-    path.write_text(
+    out = run_scenario(
+        tmp_path,
         """
 [target]
 kind = "builtin"
@@ -286,16 +280,8 @@ warmup = 0.5
 duration = 2
 model = "open"
 rate = 120
-"""
+""",
     )
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "clusterlab.cli", "run", str(path), "--out", str(out), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert done.returncode == 0, done.stderr
     run = load_results(out)
     row = run.results.iloc[0]
     assert row["arrivals"] >= 200
