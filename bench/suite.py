@@ -384,7 +384,7 @@ class Settings:
     rr_base: str | None = None
     lab_runs: int = 1
     #: Repeats of each engine's point (the engines rows; their spread allows 2, docs/benchmarks.md).
-    engine_repeats: int = 2
+    engine_repeats: int = 3
     wait_quiet_s: float = 0.0
     quiet_pct: float = 5.0
     quiet_budget_s: float = 10.0
@@ -1238,7 +1238,7 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
         "--primary-seconds", type=float, help="the primary's long run (300; --quick 20)"
     )
     ap.add_argument("--lab-runs", type=int, help="timed lab runs, median (1)")
-    ap.add_argument("--engine-repeats", type=int, help="repeats per engine and workload (2)")
+    ap.add_argument("--engine-repeats", type=int, help="repeats per engine and workload (3)")
     ap.add_argument(
         "--policy-duration",
         dest="policy_duration_s",
