@@ -204,12 +204,23 @@ def listen(
     udp: bool = False,
     ipv6_only: bool = False,
     exclusive: bool = False,
+    reuse_addr: bool = False,
 ) -> socket.socket:
     """A listening socket for the endpoint, shared with the other workers per the policy.
 
     In the primary this is a plain bound socket. Bind errors raise OSError with their errno.
+    ``reuse_addr=True`` (with ``udp=True``, Node's dgram ``reuseAddr``): the datagram socket is
+    bound with SO_REUSEADDR, so other such sockets may bind the same port.
     """
-    endpoint = resolve(port, host, backlog=backlog, path=path, udp=udp, ipv6_only=ipv6_only)
+    endpoint = resolve(
+        port,
+        host,
+        backlog=backlog,
+        path=path,
+        udp=udp,
+        ipv6_only=ipv6_only,
+        reuse_addr=reuse_addr,
+    )
     if _runtime is not None:
         return _runtime.listen(endpoint, exclusive)
     from ._endpoint import bind

@@ -249,6 +249,10 @@ class ChildRuntime:
         # Messages that came before the program added a 'message' listener (it may be still
         # starting up: the primary can answer 'online' before the worker's code has run).
         self._early: list[tuple[Any, Any]] | None = []
+        # The 'disconnect' listeners called when the channel closed (None until then): one
+        # added later is called at once (see _on_listener_added).
+        self._disconnect_lock = threading.Lock()
+        self._disconnect_called: list[Callable[[], Any]] | None = None
         self.worker._listener_added = self._on_listener_added  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._run, name="clusterlab-channel", daemon=True)
 
@@ -593,9 +597,34 @@ class ChildRuntime:
             return
         self.worker.emit("message", message, handle)
 
-    def _on_listener_added(self, event: str) -> None:
+    def _on_listener_added(self, event: str, entry: Callable[..., Any]) -> None:
         if event == "message" and self._early:
             self.post(self._deliver_early)
+        elif event == "disconnect":
+            self._late_disconnect_listener(entry)
+
+    def _late_disconnect_listener(self, entry: Callable[[], Any]) -> None:
+        """A 'disconnect' listener added after the worker disconnected is called, once.
+
+        In Node a worker's top-level code runs before any message from the primary is handled,
+        so its listener is in place when the disconnect lands; here the program runs on its own
+        thread and may add it after the channel thread has emitted the event. It runs on a
+        thread of its own, which the worker waits for before exiting.
+        """
+        with self._disconnect_lock:
+            called = self._disconnect_called
+            if called is None or any(entry is done for done in called):
+                return
+        threading.Thread(
+            target=self._run_one, args=(entry, ()), name="clusterlab-disconnect-listener"
+        ).start()
+
+    def _emit_disconnect(self) -> None:
+        """Emit 'disconnect' to the listeners there now; later ones are called as they come."""
+        with self._disconnect_lock:
+            called = self._disconnect_called = self.worker._entries("disconnect")
+        for listener in called:
+            listener()
 
     def _deliver_early(self) -> None:
         early, self._early = self._early or [], []
@@ -622,7 +651,7 @@ class ChildRuntime:
         self._close_channel()
         self.worker.state = "disconnected"
         try:
-            self.worker.emit("disconnect")
+            self._emit_disconnect()
         finally:
             self.disconnected.set()
             if not self.worker.exited_after_disconnect:

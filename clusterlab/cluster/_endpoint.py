@@ -36,6 +36,7 @@ class Endpoint:
     path: str | None = None
     backlog: int = 511
     ipv6_only: bool = False
+    reuse_addr: bool = False  # UDP: SO_REUSEADDR (Node's dgram reuseAddr); TCP always has it
 
     @property
     def udp(self) -> bool:
@@ -55,6 +56,7 @@ class Endpoint:
             "path": self.path,
             "backlog": self.backlog,
             "ipv6_only": self.ipv6_only,
+            "reuse_addr": self.reuse_addr,
         }
 
     @classmethod
@@ -69,6 +71,7 @@ class Endpoint:
                 path=message["path"],
                 backlog=int(message["backlog"]),
                 ipv6_only=bool(message["ipv6_only"]),
+                reuse_addr=bool(message.get("reuse_addr", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed endpoint in queryServer: {exc!r}") from None
@@ -100,10 +103,13 @@ def resolve(
     path: str | os.PathLike[str] | None = None,
     udp: bool = False,
     ipv6_only: bool = False,
+    reuse_addr: bool = False,
 ) -> Endpoint:
     """Check listen arguments and resolve the host to a numeric address."""
     if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
         raise ValueError(f"backlog must be a non-negative int, got {backlog!r}")
+    if reuse_addr and not udp:
+        raise ValueError("reuse_addr=True is for udp=True (stream sockets always reuse addresses)")
     if path is not None:
         if udp:
             raise ValueError("udp=True cannot be combined with path=")
@@ -122,7 +128,9 @@ def resolve(
         bind_host, address = str(sockaddr[0]), host
     v = 6 if family == socket.AF_INET6 else 4
     address_type: int | str = f"udp{v}" if udp else v
-    return Endpoint(address, bind_host, port, family, address_type, None, backlog, ipv6_only)
+    return Endpoint(
+        address, bind_host, port, family, address_type, None, backlog, ipv6_only, reuse_addr
+    )
 
 
 def bind(endpoint: Endpoint, *, reuseport: bool = False, listen: bool = True) -> socket.socket:
@@ -134,7 +142,7 @@ def bind(endpoint: Endpoint, *, reuseport: bool = False, listen: bool = True) ->
             assert endpoint.path is not None
             sock.bind(_short_path(endpoint.path))
         else:
-            if not endpoint.udp:
+            if not endpoint.udp or endpoint.reuse_addr:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuseport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

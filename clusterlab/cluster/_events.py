@@ -39,7 +39,7 @@ class EventEmitter:
             raise TypeError(f"listener for {event!r} must be callable, got {fn!r}")
         # Copy on write: an emit in progress keeps calling the listeners it started with.
         self._listeners[event] = [*self._listeners.get(event, ()), fn]
-        self._listener_added(event)
+        self._listener_added(event, fn)
         return self
 
     add_listener = on
@@ -48,12 +48,13 @@ class EventEmitter:
         """Call `fn(*args)` the next time `event` is emitted, then forget it."""
         if not callable(fn):
             raise TypeError(f"listener for {event!r} must be callable, got {fn!r}")
-        self._listeners[event] = [*self._listeners.get(event, ()), _Once(self, event, fn)]
-        self._listener_added(event)
+        entry = _Once(self, event, fn)
+        self._listeners[event] = [*self._listeners.get(event, ()), entry]
+        self._listener_added(event, entry)
         return self
 
-    def _listener_added(self, event: str) -> None:
-        """Hook for subclasses: a listener for `event` was just added."""
+    def _listener_added(self, event: str, entry: Listener) -> None:
+        """Hook for subclasses: `entry` (the listener as stored) was just added for `event`."""
 
     def off(self, event: str, fn: Listener) -> EventEmitter:
         """Remove the most recently added registration of `fn` for `event`."""
@@ -83,6 +84,10 @@ class EventEmitter:
     def listeners(self, event: str) -> list[Listener]:
         """The listeners of `event` (the original functions for `once` listeners)."""
         return [e.fn if isinstance(e, _Once) else e for e in self._listeners.get(event, ())]
+
+    def _entries(self, event: str) -> list[Listener]:
+        """The listeners of `event` as stored (`once` wrappers included): what emit calls."""
+        return self._listeners.get(event, [])
 
     def listener_count(self, event: str) -> int:
         return len(self._listeners.get(event, ()))

@@ -402,3 +402,67 @@ def test_every_cluster_disconnect_callback_runs(run_primary):
             wait_disconnect()
     """).check()
     assert sorted(rec["which"] for rec in r.records("cb")) == [1, 2]
+
+
+# Node runs a worker's top-level code before it handles any message from the primary, so a
+# 'disconnect' listener added there always hears the disconnect; here the program runs on its
+# own thread, beside the channel thread that emits the event.
+LATE_DISCONNECT_LISTENER = """
+        if cluster.is_primary:
+            cluster.setup_primary(start_method={method!r})
+            at_online = cluster.fork({{"CASE": "primary-at-online"}})
+            at_online.on("online", lambda: at_online.disconnect())
+            cluster.fork({{"CASE": "worker-itself"}})
+            cluster.on("exit", lambda w, code, sig: out("exit", id=w.id, code=code))
+        else:
+            def channel_thread_gone():
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and any(
+                    t.name == "clusterlab-channel" for t in threading.enumerate()
+                ):
+                    time.sleep(0.002)
+
+            if os.environ["CASE"] == "primary-at-online":
+                # Node's test-cluster-worker-forced-exit, the order forced: the disconnect has
+                # been handled (its event emitted) before the program adds its listener.
+                channel_thread_gone()
+                cluster.worker.on("disconnect", lambda: os._exit(42))
+            else:
+                # test-cluster-disconnect-exitedAfterDisconnect-race, looped in one process:
+                # listeners added while the disconnect completes, and at least 50 after it.
+                calls, lock = {{}}, threading.Lock()
+
+                def listener(i):
+                    def called():
+                        with lock:
+                            calls[i] = calls.get(i, 0) + 1
+                    return called
+
+                cluster.worker.disconnect()
+                added, after = 0, 0
+                while after < 50:
+                    gone = not any(t.name == "clusterlab-channel" for t in threading.enumerate())
+                    (cluster.worker.once if added % 2 else cluster.worker.on)(
+                        "disconnect", listener(added))
+                    added += 1
+                    after += gone
+                    if added > 100_000:
+                        break
+                channel_thread_gone()
+                for t in threading.enumerate():
+                    if t is not threading.current_thread() and not t.daemon:
+                        t.join(10)
+                with lock:
+                    out("calls", added=added, after=after,
+                        missed=sum(1 for i in range(added) if i not in calls),
+                        twice=sum(1 for n in calls.values() if n != 1))
+"""
+
+
+@pytest.mark.parametrize("method", ["exec", "forkserver"])
+def test_disconnect_listener_added_after_the_disconnect_is_called_once(run_primary, method):
+    r = run_primary(LATE_DISCONNECT_LISTENER.format(method=method)).check()
+    assert {rec["id"]: rec["code"] for rec in r.records("exit")} == {1: 42, 2: 0}, r.output()
+    calls = r.one("calls")
+    assert calls["after"] == 50, calls
+    assert calls["missed"] == 0 and calls["twice"] == 0, calls

@@ -699,3 +699,37 @@ def test_bind_error_errno_reaches_the_worker(run_primary, policy):
     assert r.records("no_error") == []
     assert r.one("error")["errno"] == errno.EADDRNOTAVAIL
     assert r.one("exit")["code"] == 0
+
+
+@pytest.mark.parametrize("method", ["exec", "forkserver"])
+def test_udp_reuse_addr_binds_one_port_twice(run_primary, method):
+    # test-dgram-reuse: two reuseAddr datagram sockets bind one port; a third without it can't
+    r = run_primary(f"""
+        if cluster.is_primary:
+            cluster.setup_primary(start_method={method!r})
+            cluster.fork()
+        else:
+            a = cluster.listen(port=0, host="127.0.0.1", udp=True, reuse_addr=True)
+            port = a.getsockname()[1]
+            b = cluster.listen(port=port, host="127.0.0.1", udp=True, reuse_addr=True)
+            try:
+                cluster.listen(port=port, host="127.0.0.1", udp=True)
+                errno_plain = 0
+            except OSError as exc:
+                errno_plain = exc.errno
+            out("bound", ports=[a.getsockname()[1], b.getsockname()[1]], port=port,
+                errno_plain=errno_plain)
+            a.close()
+            b.close()
+            cluster.worker.disconnect()
+    """).check()
+    bound = r.one("bound")
+    assert bound["ports"] == [bound["port"], bound["port"]]
+    assert bound["errno_plain"] == errno.EADDRINUSE
+
+
+def test_reuse_addr_is_for_udp():
+    from clusterlab import cluster
+
+    with pytest.raises(ValueError, match="udp"):
+        cluster.listen(port=0, host="127.0.0.1", reuse_addr=True)
