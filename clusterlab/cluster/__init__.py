@@ -38,6 +38,8 @@ __all__ = [
     "setup_primary",
     "disconnect",
     "run",
+    "ref",
+    "unref",
     "listen",
     "round_robin_stats",
 ]
@@ -170,6 +172,19 @@ def disconnect(callback: Callable[[], Any] | None = None) -> None:
 def run() -> None:
     """Run the primary's loop until no worker is alive and nothing is pending."""
     _need_primary("run").run()
+
+
+def ref() -> None:
+    """Keep the primary's loop running while no worker is alive (`run()` and the end of the
+    main script wait), until a matching `unref()`: libuv's ref, for a primary that will fork
+    again later (a supervisor waiting out a restart's backoff). A SIGINT/SIGTERM shutdown of
+    the cluster does not wait for it."""
+    _need_primary("ref").ref()
+
+
+def unref() -> None:
+    """Undo one `ref()`; RuntimeError when there is none to undo."""
+    _need_primary("unref").unref()
 
 
 def round_robin_stats() -> dict[str, int]:

@@ -8,7 +8,6 @@ can never be taken for an internal one, and pickle is only ever read from this c
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import pickle
@@ -32,7 +31,6 @@ _MAGIC = b"CL"
 MAX_FRAME = 256 * 1024 * 1024
 #: Most descriptors one frame may carry (the kernel's SCM_MAX_FD is 253).
 MAX_FDS = 64
-_ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 _RECV_SIZE = 256 * 1024
 _ORJSON_OPTS = orjson.OPT_NON_STR_KEYS
 
@@ -103,20 +101,16 @@ def internal_frame(message: dict[str, Any], nfds: int = 0) -> bytes:
     return frame(INTERNAL, orjson.dumps(message), nfds)
 
 
-def fds_ancillary(fds: list[int]) -> list[tuple[int, int, bytes]]:
-    if not fds:
-        return []
-    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+def send_some(sock: socket.socket, data: bytes | memoryview, fds: list[int]) -> int:
+    """One send (a sendmsg carrying `fds` when there are any); the bytes sent."""
+    if fds:
+        return socket.send_fds(sock, [data], fds)
+    return sock.send(data)
 
 
 def recv_some(sock: socket.socket) -> tuple[bytes, list[int]]:
     """One recvmsg: the bytes and the descriptors that came with them (close-on-exec)."""
-    data, ancdata, flags, _ = sock.recvmsg(_RECV_SIZE, _ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds.extend(array.array("i", payload[:usable]))
+    data, fds, flags, _ = socket.recv_fds(sock, _RECV_SIZE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
     if flags & socket.MSG_CTRUNC:
         for fd in fds:
             _close_fd(fd)

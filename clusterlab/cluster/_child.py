@@ -6,7 +6,6 @@ messages arrive and an orphaned worker exits even while the main thread is busy 
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import os
 import queue
@@ -26,9 +25,7 @@ from ._endpoint import Endpoint, bind, resolve
 from ._load import HandedSocket, LoadCounters
 from ._worker import CurrentProcess, Worker
 
-_FD_SPACE = socket.CMSG_SPACE(4 * 4)
 _EARLY_LIMIT = 100_000
-_RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 
 
 def _exit_now(code: int) -> None:
@@ -162,13 +159,9 @@ class RoundRobinSocket(ClusterSocket):
     def _take(self) -> int:
         """One handed-over descriptor; BlockingIOError when none is waiting."""
         while True:
-            data, ancdata, _, _ = self.recvmsg(1, _FD_SPACE, socket.MSG_CMSG_CLOEXEC)
+            data, fds, _, _ = socket.recv_fds(self, 1, 4, socket.MSG_CMSG_CLOEXEC)
             if not data:
                 raise ListenerClosedError("this cluster listener was closed")
-            fds: list[int] = []
-            for level, kind, payload in ancdata:
-                if (level, kind) == _RIGHTS:
-                    fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
             if fds:
                 for extra in fds[1:]:
                     os.close(extra)
@@ -465,7 +458,7 @@ class ChildRuntime:
             raise _channel.ChannelClosedError("the channel to the primary is closed")
         with self._write_lock:
             if fds:
-                sent = self.sock.sendmsg([data], _channel.fds_ancillary(fds))
+                sent = socket.send_fds(self.sock, [data], fds)
                 if sent < len(data):
                     self.sock.sendall(data[sent:])
             else:

@@ -48,8 +48,6 @@ from typing import Any, NoReturn
 
 _LEN = struct.Struct("<I")
 _STATUS = struct.Struct("<ii")
-_RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
-_FDS_SPACE = socket.CMSG_SPACE(4 * 4)
 #: Modules every template imports: the worker side of clusterlab.
 BASE_PRELOAD = ("clusterlab.cluster", "clusterlab.cluster._boot")
 
@@ -221,9 +219,7 @@ class ForkServer:
         try:
             with self._lock:
                 fds = [channel_fd, *ends]
-                self._ctl.sendmsg(
-                    [_LEN.pack(len(body))], [(*_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-                )
+                socket.send_fds(self._ctl, [_LEN.pack(len(body))], fds)
                 self._ctl.sendall(body)
                 answer = self._answer()
         except BaseException:
@@ -500,17 +496,11 @@ def _reap(children: set[int], events: socket.socket) -> None:
 
 def _read_request(ctl: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
     try:
-        head, ancdata, _, _ = ctl.recvmsg(_LEN.size, _FDS_SPACE, socket.MSG_CMSG_CLOEXEC)
+        head, fds, _, _ = socket.recv_fds(ctl, _LEN.size, 4, socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return None
     if not head:
         return None
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if (level, kind) == _RIGHTS:
-            fds.extend(
-                struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) - len(payload) % 4])
-            )
     if len(head) < _LEN.size:
         head += _recv_exact(ctl, _LEN.size - len(head))
     body = json.loads(_recv_exact(ctl, _LEN.unpack(head)[0]))

@@ -181,10 +181,7 @@ class _Link:
                 self._coalesce()
                 view, fds, callback = out[0]
             try:
-                if fds:
-                    sent = self.sock.sendmsg([view], _channel.fds_ancillary(fds))
-                else:
-                    sent = self.sock.send(view)
+                sent = _channel.send_some(self.sock, view, fds)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -344,6 +341,7 @@ class Primary:
         self._inspect_offset = 0
         self._links: dict[int, _Link] = {}
         self._pending = 0
+        self._refs = 0  # cluster.ref(): keep the loop running with no worker alive
         self._idle: asyncio.Future[None] | None = None
         self._disconnect_callbacks: list[Callable[[], Any]] = []
         self._stopping: int | None = None
@@ -439,13 +437,26 @@ class Primary:
             and not self._idle.done()
             and not self._links
             and self._pending == 0
+            and (self._refs == 0 or self._stopping is not None)
         ):
             self._idle.set_result(None)
+
+    def ref(self) -> None:
+        """Keep the loop running while no worker is alive, until `unref()` (libuv's ref)."""
+        self._ensure_loop()
+        self._refs += 1
+
+    def unref(self) -> None:
+        """Undo one `ref()`: the loop may end once no worker is alive and nothing is pending."""
+        if self._refs == 0:
+            raise RuntimeError("cluster.unref() without a cluster.ref() to undo")
+        self._refs -= 1
+        self._check_idle()
 
     def _at_exit(self) -> None:
         """The main script ended: keep serving the workers, as Node's primary does."""
         self._in_exit_hook = True
-        if not self._links and self._pending == 0:
+        if not self._links and self._pending == 0 and not self._refs:
             if self._stopping is not None:
                 flush_stdio()
                 os._exit(self._stopping)

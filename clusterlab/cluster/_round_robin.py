@@ -12,7 +12,6 @@ its closes and requests in flight to the scheduler without a message.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import errno
@@ -34,7 +33,6 @@ HANDOFF_FIELDS = ("accepted", "handed", "requeued", "dropped", "policy_errors")
 _ONE = [b"\x01"]
 _FD = struct.Struct("i")
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
-_DRAIN_FDS = socket.CMSG_SPACE(253 * 4)
 # Accept errors that mean "out of resources": stop for a moment instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: Seconds before a connection no worker was picked for is offered to the scheduler again.
@@ -412,14 +410,12 @@ def _drain(sock: socket.socket) -> list[int]:
     fds: list[int] = []
     while True:
         try:
-            data, ancdata, _, _ = sock.recvmsg(4096, _DRAIN_FDS, socket.MSG_CMSG_CLOEXEC)
+            data, taken, _, _ = socket.recv_fds(sock, 4096, 253, socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, OSError):
             return fds
         if not data:
             return fds
-        for level, kind, payload in ancdata:
-            if (level, kind) == _RIGHTS:
-                fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+        fds.extend(taken)
 
 
 def _unlink(path: str) -> None:

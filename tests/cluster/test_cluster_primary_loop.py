@@ -448,3 +448,41 @@ def test_primary_sigkilled_while_workers_are_still_starting(start_primary):
     os.kill(p.pid, signal.SIGKILL)
     p.proc.wait(5)
     # the no_process_left_behind check (3 s) names any worker that outlived its primary
+
+
+@pytest.mark.parametrize("style", ["run", "script-end"])
+def test_ref_keeps_the_loop_running_with_no_worker_alive_until_unref(run_primary, style):
+    # libuv's ref: a primary that forks again later (after a worker's exit) keeps its loop
+    r = run_primary(f"""
+        import asyncio
+        if cluster.is_primary:
+            cluster.ref()
+            exits = []
+            def on_exit(w, code, sig):
+                exits.append(w.id)
+                out("exit", id=w.id, alive=len(cluster.workers), t=time.monotonic())
+                if len(exits) == 1:
+                    asyncio.get_running_loop().call_later(0.2, cluster.fork)
+                else:
+                    cluster.unref()
+            cluster.on("exit", on_exit)
+            cluster.on("fork", lambda w: out("fork", id=w.id, t=time.monotonic()))
+            cluster.fork()
+            if {style!r} == "run":
+                cluster.run()
+                out("run returned")
+        else:
+            sys.exit(0)
+    """).check()
+    assert [rec["id"] for rec in r.records("exit")] == [1, 2]
+    assert [rec["alive"] for rec in r.records("exit")] == [0, 0]
+    second_fork = r.records("fork")[1]
+    assert second_fork["t"] - r.records("exit")[0]["t"] >= 0.2
+    assert len(r.records("run returned")) == (1 if style == "run" else 0)
+
+
+def test_unref_without_ref_raises():
+    from clusterlab import cluster
+
+    with pytest.raises(RuntimeError, match="ref"):
+        cluster.unref()

@@ -1,84 +1,24 @@
-"""Supervision on top of `clusterlab.cluster`: keep N workers alive, and know why they die.
-
-Node leaves respawning to the application, and the Python peers do it badly (gunicorn and
-uvicorn respawn at once, for ever; uvicorn's ping is answered by a free-running thread, so a
-stuck event loop looks healthy). This module is the missing piece, built only on the public
-`cluster` API (fork, worker events, messages, `kill`, `disconnect`):
-
-* restart policies: never, immediate, or exponential backoff with *full jitter*
-  (``uniform(0, min(cap, base * factor**attempt))``, so a fleet of crashing workers does not
-  restart in lock-step); the attempt count of a slot resets once its worker stayed up
-  `reset_after` seconds;
-* restart intensity as in Erlang/OTP: more than `max_restarts` restarts within `within` seconds
-  and the supervisor stops restarting, emits `'restart_limit'` and logs one line; the primary
-  then sleeps on its loop (it never spins);
-* boot failures (exit before the worker is ready) are counted apart from crashes after boot;
-* heartbeat hang detection: a worker calls `heartbeat()` from the thread that would be stuck
-  (its serving loop), and a worker silent for longer than the timeout is SIGKILLed (this works
-  for SIGSTOPped processes too) and replaced;
-* rolling restart (each replacement ready before its predecessor is told to disconnect) and
-  graceful shutdown (disconnect, then SIGKILL after the grace period).
-
-Primary::
-
-    from clusterlab.supervisor import Supervisor, RestartPolicy, HeartbeatPolicy
-    sup = Supervisor(workers=4, restart=RestartPolicy.backoff(base=0.1, cap=5),
-                     heartbeat=HeartbeatPolicy(interval=0.5, timeout=3))
-    sup.on("restart_limit", lambda limit: ...)
-    sys.exit(sup.run())            # or, in asyncio code: status = await sup.serve()
-
-Worker::
-
-    server = ThreadingHTTPServer(("", 8000), Handler)
-    supervisor.heartbeat(server)   # beats from serve_forever's own loop (service_actions)
-    server.serve_forever(poll_interval=0.2)
-
-Everything on the primary side runs on the cluster's loop (the running asyncio loop when the
-supervisor is started from asyncio code, otherwise the cluster's own loop), one callback at a
-time, as the cluster's own listeners do.
-"""
+"""The supervisor, primary side: N slots kept filled, exits classified, restarts scheduled
+on the cluster's loop, the watchdog (boot timeout, heartbeats), rolling restart and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import os
 import random
-import socketserver
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import cluster
-from .cluster import EventEmitter, Worker
-from .cluster._counts import watch_supervisor
-from .cluster._primary import _register_exit_hook
-
-__all__ = [
-    "ExitKind",
-    "Heartbeat",
-    "HeartbeatPolicy",
-    "RestartLimit",
-    "RestartPolicy",
-    "Supervisor",
-    "SupervisedWorker",
-    "heartbeat",
-    "is_control_message",
-    "ready",
-]
+from .. import cluster
+from ..cluster import EventEmitter, Worker
+from ..cluster._counts import watch_supervisor
+from ._policy import HeartbeatPolicy, RestartPolicy
+from ._worker import CONTROL_KEY, ENV_HEARTBEAT, ENV_SLOT, is_control_message
 
 log = logging.getLogger("clusterlab.supervisor")
-
-#: Key of the supervisor's own messages on the cluster channel (a user message with this key
-#: is read as one; the cluster still delivers it to user 'message' listeners too).
-CONTROL_KEY = "__clusterlab_supervisor__"
-#: Environment of a supervised worker: its slot and the heartbeat interval the primary expects.
-ENV_SLOT = "CLUSTERLAB_SUPERVISOR_SLOT"
-ENV_HEARTBEAT = "CLUSTERLAB_SUPERVISOR_HEARTBEAT"
 
 ExitKind = Literal["clean", "crash", "boot_failure", "hang", "killed"]
 """How a supervised worker ended.
@@ -89,99 +29,6 @@ ExitKind = Literal["clean", "crash", "boot_failure", "hang", "killed"]
 * ``killed``: asked to leave (rolling restart, shutdown) and SIGKILLed after the grace period;
 * ``clean``: exit status 0, or left after a disconnect.
 """
-
-
-# ------------------------------------------------------------------------------------------
-# Policies
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """When to restart a worker that exited unasked, and when to stop trying.
-
-    `mode`: ``"never"``, ``"immediate"`` or ``"backoff"``. Backoff delay for a slot's n-th
-    consecutive failure (n from 0): ``min(cap, base * factor**n)``, times ``uniform(0, 1)``
-    when `jitter` (AWS's "full jitter": spreads restarts of many failing workers). `seed` makes
-    the jitter reproducible. Intensity (all modes): more than `max_restarts` restarts within
-    `within` seconds → give up (`max_restarts=None` never gives up). A worker that stays up
-    `reset_after` seconds after it was ready resets its slot's attempt count (PM2 uses 30 s).
-    """
-
-    mode: Literal["never", "immediate", "backoff"] = "backoff"
-    base: float = 0.1
-    factor: float = 2.0
-    cap: float = 10.0
-    jitter: bool = True
-    max_restarts: int | None = 5
-    within: float = 10.0
-    reset_after: float = 10.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("never", "immediate", "backoff"):
-            raise ValueError(
-                f"RestartPolicy.mode must be never, immediate or backoff, got {self.mode!r}"
-            )
-        for name in ("base", "cap", "within", "reset_after"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(
-                    f"RestartPolicy.{name} must be a finite number >= 0, got {value!r}"
-                )
-        if not (
-            isinstance(self.factor, int | float) and math.isfinite(self.factor) and self.factor >= 1
-        ):
-            raise ValueError(f"RestartPolicy.factor must be >= 1, got {self.factor!r}")
-        if self.max_restarts is not None and (
-            not isinstance(self.max_restarts, int) or self.max_restarts < 0
-        ):
-            raise ValueError(
-                f"RestartPolicy.max_restarts must be an int >= 0 or None, got {self.max_restarts!r}"
-            )
-
-    @classmethod
-    def never(cls) -> RestartPolicy:
-        return cls(mode="never", max_restarts=None)
-
-    @classmethod
-    def immediate(cls, **kw: Any) -> RestartPolicy:
-        return cls(mode="immediate", **kw)
-
-    @classmethod
-    def backoff(cls, **kw: Any) -> RestartPolicy:
-        return cls(mode="backoff", **kw)
-
-    def bound(self, attempt: int) -> float:
-        """The largest delay for the `attempt`-th consecutive failure (0-based)."""
-        if self.mode != "backoff":
-            return 0.0
-        try:
-            return min(self.cap, self.base * self.factor**attempt)
-        except OverflowError:
-            return self.cap
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        bound = self.bound(attempt)
-        return rng.uniform(0.0, bound) if self.jitter and bound > 0 else bound
-
-
-@dataclass(frozen=True)
-class HeartbeatPolicy:
-    """Workers beat every `interval` seconds; one silent for `timeout` seconds is killed.
-
-    The timeout should be several intervals (default 4×) so that a GC pause or a slow request
-    on a single-threaded server is not mistaken for a hang.
-    """
-
-    interval: float = 1.0
-    timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not (self.interval > 0 and self.timeout > self.interval):
-            raise ValueError(
-                f"HeartbeatPolicy needs 0 < interval < timeout, got {self.interval!r}, {self.timeout!r}"
-            )
 
 
 # ------------------------------------------------------------------------------------------
@@ -330,7 +177,7 @@ class Supervisor(EventEmitter):
         self._watchdog: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[int] | None = None
         self._rolling: asyncio.Task[bool] | None = None
-        self._driving = False
+        self._holding_loop = False  # a cluster.ref() to undo when stopped
 
     # --- public API ------------------------------------------------------------------------
 
@@ -355,14 +202,13 @@ class Supervisor(EventEmitter):
         self.state = "running"
         watch_supervisor(self.stats)  # its restarts, refusals and hangs on /metrics
         self._bind_running_loop()
+        # Until stopped, the cluster's loop keeps running while a restart waits with no worker
+        # alive (a plain script's loop runs when the main script ends, or in run()).
+        cluster.ref()
+        self._holding_loop = True
         for slot in range(self.size):
             self._attempts[slot] = 0
             self._spawn(slot)
-        if self._loop is None:
-            # After the first fork, which registered the cluster's own hook: ours runs first
-            # (hooks run last registered first), so restarts pending while no worker is alive
-            # are not dropped.
-            _register_exit_hook(self._at_exit)
         return self
 
     async def serve(self) -> int:
@@ -387,7 +233,8 @@ class Supervisor(EventEmitter):
     def run(self) -> int:
         """Blocking: start (if not yet) and supervise until stopped; returns the status.
 
-        For scripts that are not asyncio code: the cluster's own loop runs here.
+        For scripts that are not asyncio code: the cluster's own loop runs here, until the
+        supervisor has stopped.
         """
         try:
             asyncio.get_running_loop()
@@ -399,7 +246,7 @@ class Supervisor(EventEmitter):
             )
         if self.state == "new":
             self.start()
-        self._drive()
+        cluster.run()
         return self.status if self.status is not None else 0
 
     def stop(self, grace: float | None = None) -> asyncio.Future[int]:
@@ -772,159 +619,9 @@ class Supervisor(EventEmitter):
             self._watchdog.cancel()
             self._watchdog = None
         log.info("supervisor stopped (status %d, stats %s)", status, self.stats)
+        if self._holding_loop:
+            self._holding_loop = False
+            cluster.unref()
         if self._done is not None and not self._done.done():
             self._done.set_result(status)
         self.emit("stopped", status)
-
-    # --- driving the cluster's own loop (scripts that are not asyncio code) -----------------
-
-    def _drive(self) -> None:
-        """Run the cluster's loop until the supervisor stops.
-
-        `cluster.run()` returns when no worker is alive, even while a restart waits out its
-        backoff: then sleep until the restart is due (nothing else needs the loop), fork, and
-        run the loop again.
-        """
-        if self._driving:
-            return
-        self._driving = True
-        try:
-            while self.state in ("running", "stopping"):
-                cluster.run()
-                if self.state not in ("running", "stopping"):
-                    break
-                if self._live:  # cannot happen: run() returns once no worker is alive
-                    log.error("supervisor: the cluster's loop stopped with workers alive")
-                    break
-                if not self._timers or self._loop is None:
-                    self._check_done()
-                    break
-                loop = self._loop
-                due = min(handle.when() for handle in self._timers.values())
-                time.sleep(max(0.0, due - loop.time()))
-                for slot, handle in list(self._timers.items()):
-                    if handle.when() <= loop.time():
-                        handle.cancel()
-                        self._restart_slot(slot)
-        except (KeyboardInterrupt, SystemExit) as exc:
-            # A signal while no worker was alive: nothing left to take down.
-            self._begin_stop(0.0, 130 if isinstance(exc, KeyboardInterrupt) else 143)
-            raise
-        finally:
-            self._driving = False
-
-    def _at_exit(self) -> None:
-        """The main script ended without calling `run()`: supervise from here."""
-        if self.state not in ("running", "stopping") or self._driving:
-            return
-        if getattr(sys, "last_value", None) is not None:
-            # The main script died (or was interrupted): the cluster takes the workers down.
-            self.state = "stopped"
-            for handle in self._timers.values():
-                handle.cancel()
-            self._timers.clear()
-            return
-        self._drive()
-
-
-# ------------------------------------------------------------------------------------------
-# Worker side
-# ------------------------------------------------------------------------------------------
-
-
-def is_control_message(message: Any) -> bool:
-    """True for the supervisor's own messages (heartbeats, ready), which the cluster also
-    delivers to user 'message' listeners: filter them out there with this."""
-    return isinstance(message, dict) and CONTROL_KEY in message and len(message) == 1
-
-
-def ready() -> None:
-    """In a worker: tell the supervisor it is ready (with ``Supervisor(ready="message")``)."""
-    if cluster.is_worker and cluster.worker is not None:
-        cluster.worker.send({CONTROL_KEY: "ready"})
-
-
-class Heartbeat:
-    """Sends heartbeats to the supervisor, at most one per `interval` seconds.
-
-    Call `beat()` from the thread whose progress matters (the serving loop), never from a
-    thread of its own: a free-running thread keeps beating while the server is stuck, which is
-    exactly the blind spot of uvicorn's ping thread.
-    """
-
-    def __init__(self, interval: float | None = None) -> None:
-        if interval is None:
-            interval = float(os.environ.get(ENV_HEARTBEAT, "1.0"))
-        self.interval = interval
-        self._last = -math.inf
-        self._handle: asyncio.TimerHandle | None = None
-        self._stopped = False
-
-    def beat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        worker = cluster.worker
-        if worker is not None and worker.is_connected():
-            worker.send({CONTROL_KEY: "heartbeat"})
-
-    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> Heartbeat:
-        """Beat from `loop` itself: a blocked loop (a handler stuck in a loop, a blocking
-        call) stops beating."""
-
-        def tick() -> None:
-            if self._stopped:
-                return
-            self.beat(force=True)
-            self._handle = loop.call_later(self.interval, tick)
-
-        self._handle = loop.call_soon(tick)  # type: ignore[assignment]
-        return self
-
-    def attach_server(self, server: socketserver.BaseServer) -> Heartbeat:
-        """Beat from `server.serve_forever()` (its `service_actions` hook, called after each
-        request and every `poll_interval`): a stuck single-threaded server stops beating.
-        Use a `poll_interval` no longer than the interval."""
-        original = server.service_actions
-
-        def service_actions() -> None:
-            original()
-            if not self._stopped:
-                self.beat()
-
-        server.service_actions = service_actions  # type: ignore[method-assign]
-        return self
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-def heartbeat(target: Any = None, *, interval: float | None = None) -> Heartbeat:
-    """Start heartbeats in a worker.
-
-    `target`: a `socketserver`/`http.server` server (beats from its `serve_forever` loop), an
-    asyncio loop, or None for the running asyncio loop if there is one, else a manual
-    `Heartbeat` whose `beat()` the serving loop calls. `interval` defaults to the one the
-    supervisor asked for (environment), else 1 s. In the primary this does nothing.
-    """
-    hb = Heartbeat(interval)
-    if not cluster.is_worker:
-        hb._stopped = True
-        return hb
-    if isinstance(target, socketserver.BaseServer):
-        return hb.attach_server(target)
-    if isinstance(target, asyncio.AbstractEventLoop):
-        return hb.attach_loop(target)
-    if target is not None:
-        raise TypeError(
-            f"heartbeat() takes a socketserver server, an asyncio loop or None, got {target!r}"
-        )
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return hb
-    return hb.attach_loop(loop)
