@@ -23,7 +23,7 @@ def main() -> None:
         raise SystemExit("clusterlab: this program is started by cluster.fork(), not by hand")
     cluster = sys.modules.get("clusterlab.cluster")
     if cluster is not None and cluster.is_primary:
-        cluster._adopt_runtime(runtime)  # type: ignore[attr-defined]  # imported by a fork server
+        cluster._adopt_runtime(runtime)  # imported by a fork server
     try:
         _run_program(sys.argv[1], sys.argv[2:])
     except (_child.ListenerClosedError, asyncio.CancelledError):

@@ -94,7 +94,7 @@ class ClusterSocket(socket.socket):
         """
         return super().accept()
 
-    def _real_close(self, _ss: Any = socket.socket) -> None:  # type: ignore[override]
+    def _real_close(self, _ss: Any = socket.socket) -> None:
         runtime, self._cluster_runtime = self._cluster_runtime, None
         wake, self._cluster_wake = self._cluster_wake, None
         if wake is not None:
@@ -218,7 +218,7 @@ class ChildRuntime:
         self.sock.setblocking(True)
         self.worker = Worker(id=worker_id, process=CurrentProcess(), state="online")
         self.worker.inspect_port = inspect_port  # type: ignore[attr-defined]
-        self.worker._link = self  # type: ignore[assignment]
+        self.worker._link = self
         self.connected = True
         self.disconnected = threading.Event()
         self._reader = FrameReader()
@@ -681,7 +681,7 @@ def start_from_env() -> ChildRuntime | None:
 def _start_debugger(port: int) -> None:
     """Listen for a debugger on the worker's inspect port when debugpy is installed."""
     try:
-        import debugpy  # type: ignore[import-not-found]
+        import debugpy
     except ImportError:
         return
     try:

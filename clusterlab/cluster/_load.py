@@ -96,7 +96,7 @@ class HandedSocket(socket.socket):
         if load is not None:
             load.connection_closed()
 
-    def _real_close(self, _ss: Any = socket.socket) -> None:  # type: ignore[override]
+    def _real_close(self, _ss: Any = socket.socket) -> None:
         self._count_close()
         super()._real_close()  # type: ignore[misc]
 

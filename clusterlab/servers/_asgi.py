@@ -68,7 +68,7 @@ def _counting(app: Any, load: LoadCounters) -> Any:
 
     async def counted(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            return await app(scope, receive, send)  # type: ignore[no-any-return]
+            return await app(scope, receive, send)
         load.request_started()
         try:
             await app(scope, receive, send)

@@ -28,7 +28,7 @@ class _ClusterServerMixin:
     def __init__(
         self, server_address: Any, RequestHandlerClass: Any, bind_and_activate: bool = True
     ) -> None:
-        socketserver.BaseServer.__init__(self, server_address, RequestHandlerClass)  # type: ignore[arg-type, type-var]
+        socketserver.BaseServer.__init__(self, server_address, RequestHandlerClass)  # type: ignore[type-var]
         self._serving = threading.Event()
         self._state_lock = threading.Lock()
         self._closed = False

@@ -16,7 +16,7 @@ from ..cluster._load import LoadCounters, counters_of
 try:
     import waitress
 except ImportError:  # pragma: no cover - waitress is in the `servers` extra
-    waitress = None  # type: ignore[assignment]
+    waitress = None
 
 
 class _Counted:
