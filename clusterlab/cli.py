@@ -104,8 +104,31 @@ def _parser() -> argparse.ArgumentParser:
     _ci_parsers(sub)
     _history_parser(sub)
     _plan_parser(sub)
+    _loadgen_parser(sub)
     _describe_commands(parser)
     return parser
+
+
+def _loadgen_parser(sub: argparse._SubParsersAction) -> None:
+    """`clusterlab loadgen`: the lab's locust workers on a load machine, for a whole run."""
+    loadgen = sub.add_parser(
+        "loadgen",
+        help="on a load machine: keep locust workers connected to a lab run's master (the "
+        "scenario's [remote]) for the whole run",
+    )
+    loadgen.add_argument(
+        "--master", required=True, metavar="HOST:PORT", help="the master's remote.bind"
+    )
+    loadgen.add_argument(
+        "--token-file",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the shared token (the scenario's remote.token_file)",
+    )
+    loadgen.add_argument(
+        "--processes", type=int, default=1, help="locust workers to keep (one core each)"
+    )
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -254,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate": _calibrate,
         "history": _history,
         "plan": _plan,
+        "loadgen": _loadgen,
     }[args.command]
     return handler(args)
 
@@ -499,6 +523,22 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print(f"report: {build_report(args.directory)}")
     return EXIT_OK
+
+
+def _loadgen(args: argparse.Namespace) -> int:
+    from clusterlab.lab.running.loadgen import Loadgen, LoadgenError, parse_master, read_token
+
+    try:
+        host, port = parse_master(args.master)
+        token = read_token(args.token_file)
+        if not 1 <= args.processes <= MAX_SERVE_WORKERS:
+            raise LoadgenError(
+                f"--processes expects 1 to {MAX_SERVE_WORKERS}, got {args.processes}"
+            )
+    except LoadgenError as exc:
+        print(f"clusterlab: loadgen: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return Loadgen(host, port, token, args.processes, sys.stderr).run()
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -109,16 +109,37 @@ HISTOGRAM_RANGE_US = (1, 3600 * 1_000_000, 3)
 LOAD_CONFIG_ENV = "CLUSTERLAB_LAB_LOAD"
 
 
+#: The runner → the local locust processes of a point: the token its workers present.
+LOAD_TOKEN_ENV = "CLUSTERLAB_LAB_TOKEN"
+#: ``clusterlab loadgen`` → each locust worker it starts: who started it (JSON: ``loadgen``,
+#: ``slot``, and ``replaces``, the previous worker of that slot and how it ended).
+LOADGEN_ENV = "CLUSTERLAB_LOADGEN"
+
+
+class LoadMessage(StrEnum):
+    """locust's custom messages between the lab's locust master and its workers."""
+
+    HELLO = "clusterlab_hello"  # worker → master, first: the token, and who it is
+    CONFIG = "clusterlab_config"  # master → worker: the point's load, at the point's start
+    MEASURE = "clusterlab_measure"  # master → worker: the window starts now
+    STOP = "clusterlab_stop"  # master → worker: the window ends now
+    RESULTS = "clusterlab_results"  # worker → master: tally, bins, histograms, CPU, late answers
+
+
 class LoadFile(StrEnum):
-    """Files the locustfile writes into a point's raw folder for the runner to read."""
+    """Files the locustfile writes into a point's raw folder for the runner to read. Tallies,
+    bins and histograms are written by the process that gathered them: a lone locust, or the
+    master from its workers' results messages ({pid} is the writer's)."""
 
     MEASURING = "measuring.json"  # the measured window's start (the fault injector waits for it)
     PHASES = "phases.json"  # start, measure_start and stop times
-    TALLY = "tally-{pid}.json"  # per locust process: responses by worker header
-    OUTCOMES = "outcomes-{pid}.json"  # per locust process: outcomes in 100 ms bins
-    HISTOGRAM = "latency-{pid}.hdr"  # per locust process: the window's HDR latency histogram
-    OPEN = "open-{pid}.json"  # open model, per process: late arrivals, latency from the send
-    TOTALS = "totals.json"  # a lone locust: the window's counts and failures, final at its stop
+    TALLY = "tally-{pid}.json"  # responses by worker header
+    OUTCOMES = "outcomes-{pid}.json"  # outcomes in 100 ms bins
+    HISTOGRAM = "latency-{pid}.hdr"  # the window's HDR latency histogram
+    OPEN = "open-{pid}.json"  # open model: late arrivals, latency from the send
+    TOTALS = "totals.json"  # the window's counts and failures, less answers after its stop
+    WORKERS = "load-workers.json"  # a master: each worker, its CPU, and those lost mid-window
+    ERROR = "load-error.json"  # a master that gave up before the point: the one-line reason
 
     def of(self, pid: int) -> str:
         """This per-process file's name for process ``pid``."""

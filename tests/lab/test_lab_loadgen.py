@@ -49,9 +49,13 @@ def test_new_connection_per_request_opens_one_connection_per_request(counting_se
 
 def test_master_worker_mode_merges_every_locust_worker(counting_server, tmp_path):
     outcome, served = _run(counting_server, tmp_path, processes=2)
-    assert len(list(tmp_path.glob("tally-*.json"))) == 2
+    # the workers' tallies came to the master in its messages: one file, the master's
+    assert len(list(tmp_path.glob("tally-*.json"))) == 1
     assert outcome.tally == {"w-test": outcome.stats["requests"]}
     assert 0 < outcome.stats["requests"] < served["requests"]
+    workers = outcome.load_workers
+    assert len(workers) == 2 and all(w["working"] and not w["lost"] for w in workers)
+    assert all(w["cpu_pct"] > 0 for w in workers) and outcome.lost == []
 
 
 def test_open_model_holds_the_arrival_rate(counting_server, tmp_path):

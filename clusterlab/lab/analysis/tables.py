@@ -70,6 +70,10 @@ COLUMNS: dict[str, list[str]] = {
         "rr_handed",
         "rr_requeued",
         "rr_dropped",
+        "remote_gen_cpu_max_pct",
+        "remote_machine_cpu_max_pct",
+        "load_workers_lost",
+        "load_lost",
     ],
     "workers": POINT_KEYS
     + [
@@ -78,6 +82,8 @@ COLUMNS: dict[str, list[str]] = {
         "requests",
         "connections",
         "requests_seen_by_locust",
+        "load_requests_counted",
+        "load_requests_seen",
         "cpu_s",
         "cpu_pct",
         "rss_mb",
@@ -100,10 +106,18 @@ DERIVED_COLUMNS = (
 
 INTEGER_COLUMNS = {
     "events": ("pid", "slot", "code"),
-    "workers": ("pid", "requests", "connections", "requests_seen_by_locust"),
+    "workers": (
+        "pid",
+        "requests",
+        "connections",
+        "requests_seen_by_locust",
+        "load_requests_counted",
+        "load_requests_seen",
+    ),
 }
 TEXT_COLUMNS = (
     "error",
+    "load_lost",
     "search_step",
     "counts_source",
     "detail",

@@ -48,6 +48,8 @@ APP_IMPORT_TIMEOUT = 30.0
 IMPORT_TIMEOUT_ENV = "CLUSTERLAB_LAB_IMPORT_TIMEOUT"
 #: The most workers a point may run: an absolute count (the schema's maximum) or a multiple.
 MAX_WORKERS = 256
+#: The hosts the lab uses without being told (anything else must be in ``network.allow``).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 
 class ScenarioError(ValueError):
@@ -187,6 +189,37 @@ class Cpus:
 
 
 @dataclass(frozen=True)
+class Network:
+    """Addresses beyond loopback the lab may load, scrape or bind: nothing else is ever used."""
+
+    allow: tuple[str, ...] = ()
+
+    def allows(self, host: str) -> bool:
+        """True for a loopback name or address, or a host listed in ``allow``."""
+        return host in LOOPBACK_HOSTS or host in self.allow
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Load from other machines: ``workers`` locust workers started there by ``clusterlab
+    loadgen``, each presenting the token in ``token_file``, under a master that binds ``bind``
+    for each point; a point waits ``wait`` seconds for them."""
+
+    workers: int
+    bind: str
+    token_file: str
+    wait: float = 30.0
+
+    @property
+    def host(self) -> str:
+        return self.bind.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
 class Report:
     out: str | None = None
     plots: tuple[str, ...] = PLOTS
@@ -214,6 +247,9 @@ class Scenario:
     slo: Slo | None = None
     slo_table: dict[str, Any] = field(default_factory=dict)
     search: Search | None = None
+    network: Network = field(default_factory=Network)
+    #: ``[remote]``: the load runs on locust workers of other machines (None: on this one).
+    remote: Remote | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, as stored in the run's meta.json."""
@@ -232,6 +268,8 @@ class Scenario:
             "cpus": asdict(self.cpus),
             "slo": self.slo_table or None,
             "search": asdict(self.search) if self.search else None,
+            "network": _plain(self.network.__dict__),
+            "remote": asdict(self.remote) if self.remote else None,
         }
 
 
@@ -305,6 +343,10 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
     slo = _slo(data.get("slo"), where)
     search = Search(**data["search"]) if "search" in data else None
     _check_search(search, slo, load, data, where)
+    network = Network(tuple(data.get("network", {}).get("allow", ())))
+    remote = _remote(data.get("remote"), where)
+    _check_addresses(target, network, remote, where)
+    _check_remote(remote, load, where)
     _check_app_imports(target, where)  # last: the only check that runs code
     scenario = Scenario(
         name=data.get("name", default_name),
@@ -323,6 +365,8 @@ def parse_scenario(data: dict[str, Any], where: str, default_name: str = "scenar
         slo=slo,
         slo_table=dict(data.get("slo", {})),
         search=search,
+        network=network,
+        remote=remote,
     )
     _check_engine(scenario)
     return scenario
@@ -515,6 +559,8 @@ def _check_readiness(target: Target, where: str) -> None:
 def wrk_refusal(scenario: Scenario) -> str | None:
     """Why wrk cannot measure this scenario faithfully (naming the field), or None."""
     load = scenario.load
+    if scenario.remote is not None:
+        return "remote: the load runs on remote locust workers"
     if hashed := [p for p in scenario.sweep.policies if p == "hash"]:
         return (
             f"sweep.policies: {hashed[0]!r} keeps each client address on one worker and wrk "
@@ -536,6 +582,51 @@ def wrk_refusal(scenario: Scenario) -> str | None:
     if not float(load.duration).is_integer():
         return f"load.duration: wrk measures whole seconds, got {load.duration:g}"
     return None
+
+
+def _remote(table: dict[str, Any] | None, where: str) -> Remote | None:
+    """The ``[remote]`` table, its token file relative to the scenario file."""
+    if table is None:
+        return None
+    token_file = str((Path(where).resolve().parent / table["token_file"]).resolve())
+    return Remote(**{**table, "token_file": token_file})
+
+
+def url_host(url: str) -> str:
+    """The host of an ``http://HOST[:PORT]/...`` url."""
+    return url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+
+
+def _check_addresses(target: Target, network: Network, remote: Remote | None, where: str) -> None:
+    """Only loopback unless told: every address the lab loads, scrapes or binds is loopback or
+    listed in network.allow."""
+    told = " or a host listed in network.allow (the lab uses loopback only unless told)"
+    named = [
+        ("target.url", target.url, '"http://127.0.0.1:PORT"'),
+        ("target.metrics", target.metrics, '"http://127.0.0.1:PORT/metrics" (loopback only)'),
+    ]
+    for name, url, expected in named:
+        if url is not None and not network.allows(url_host(url)):
+            raise ScenarioError(f"{where}: {name}: expected {expected}{told}, got {_got(url)}")
+    if remote is not None and not network.allows(remote.host):
+        raise ScenarioError(
+            f'{where}: remote.bind: expected "127.0.0.1:PORT"{told}, got {_got(remote.bind)}'
+        )
+
+
+def _check_remote(remote: Remote | None, load: Load, where: str) -> None:
+    """With remote workers the lab runs only the master here: one load process, locust's."""
+    if remote is None:
+        return
+    if load.processes != 1:
+        raise ScenarioError(
+            f"{where}: load.processes: expected 1 with [remote] (the remote workers run the "
+            f"load; the lab runs only their master), got {_got(load.processes)}"
+        )
+    if not Path(remote.token_file).is_file():
+        raise ScenarioError(
+            f"{where}: remote.token_file: expected an existing file, got {_got(remote.token_file)}"
+        )
 
 
 def _check_engine(scenario: Scenario) -> None:

@@ -1,7 +1,10 @@
 """Load with locust, always in its own processes: start them for one point, wait, stop them,
 and read what they wrote (CSV stats, the measured window, the worker-id tally).
 
-One process runs locust alone; more run locust's master/worker mode, one ``--worker`` per process.
+One process runs locust alone; more run locust's master/worker mode, one ``--worker`` per
+process; with ``[remote]`` the lab runs only the master, and the workers are those that
+``clusterlab loadgen`` keeps on other machines. A master's workers present the point's token,
+get the point's load and send back their results through locust's own messages.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,13 +20,13 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pandas as pd
 from hdrh.histogram import HdrHistogram
 
-from clusterlab.lab.config.scenario import Load, Workload
-from clusterlab.lab.protocol import HISTOGRAM_RANGE_US, LOAD_CONFIG_ENV, LoadFile
+from clusterlab.lab.config.scenario import LOOPBACK_HOSTS, Load, Remote, Workload, url_host
+from clusterlab.lab.protocol import HISTOGRAM_RANGE_US, LOAD_CONFIG_ENV, LOAD_TOKEN_ENV, LoadFile
 from clusterlab.lab.running import wrk
 from clusterlab.lab.running.cpus import pinned
 from clusterlab.lab.running.processes import LOOPBACK, free_port, stop_process
@@ -72,7 +76,7 @@ class LoadRun:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env=env,
+                env={**env, "PYTHONUNBUFFERED": "1"},
             )
         )
 
@@ -94,6 +98,12 @@ class LoadOutcome:
     #: The latency distribution of the window: ``percentile`` (0–100) → ``ms``, ascending, at
     #: microsecond resolution; ``stats["samples"]`` requests behind it.
     latency: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LATENCY_COLUMNS))
+    #: A master's workers (LoadFile.WORKERS's rows: host, pid, CPU, ``lost``), and one line per
+    #: worker lost mid-window (it sent no results: its process ended, or it went silent).
+    load_workers: list[dict[str, Any]] = field(default_factory=list)
+    #: Answers by worker header over the whole load, warm-up and after the stop included.
+    tally_load: dict[str, int] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
 
     @property
     def window_s(self) -> float:
@@ -115,25 +125,26 @@ def start_load(
     cpus: tuple[int, ...] | None = None,
     engine: str = "locust",
     spread_sources: bool = False,
+    allowed: tuple[str, ...] = (),
+    remote: Remote | None = None,
 ) -> LoadRun:
-    """Start the load against ``url`` (loopback only) for warm-up + duration seconds: locust,
-    or (``engine`` "wrk") wrk's warm-up run, then its measured run.
+    """Load ``url`` (loopback, or a host in ``allowed``) for warm-up + duration seconds: locust
+    (with ``remote``, a master for the remote workers), or wrk's warm-up run, then its run.
 
-    ``count_every_failure`` (runs with faults): the HTTP client does not silently re-send a GET
-    whose connection closed before the answer, so a crash's in-flight requests count as failed.
-    ``cpus``: the CPUs the load is pinned to (None: not pinned). ``spread_sources``: each
-    locust user connects from a 127.0.0.0/8 address of its own (wrk cannot: the scenario check
-    refuses wrk with an address-hashing policy).
+    ``count_every_failure`` (faults): a GET whose connection closed before the answer is not
+    re-sent, so a crash's in-flight requests count as failed. ``cpus``: the CPUs the load is
+    pinned to (None: not). ``spread_sources``: each locust user connects from a 127.0.0.0/8
+    address of its own (wrk cannot: the scenario check refuses wrk with address hashing).
     """
-    if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
-        raise LoadError(f"refusing to load {url}: the lab only loads loopback addresses")
+    _refuse_unlisted(url, allowed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if engine == "wrk":
         return _start_wrk(load, workload, url, out_dir, header, cpus)
-    # The locustfile ends the run itself (exact window); -t only bounds a run that hangs. A lone
-    # locust writes its totals at the stop and quits; a master waits for its workers' last reports.
-    grace = 0.0 if processes == 1 else 4.0
-    run_time = math.ceil(load.warmup + load.duration + grace) + 15
+    # The locustfile ends the run itself (exact window); -t only bounds a run that hangs. A master
+    # waits for its workers (``wait``), and at the stop for their results (``grace``).
+    grace = 0.0 if processes == 1 and remote is None else 5.0
+    wait = remote.wait if remote is not None else 30.0
+    run_time = math.ceil(wait + load.warmup + load.duration + grace) + 15
     config = {
         "out": str(out_dir),
         "warmup": load.warmup,
@@ -146,9 +157,15 @@ def start_load(
         "worker_header": header,
         "count_every_failure": count_every_failure,
         "spread_sources": spread_sources,
+        "expect_workers": remote.workers if remote is not None else processes,
+        "workers_wait": wait,
+        "workers_where": f"on {remote.bind}" if remote is not None else "started here",
     }
-    env = {**os.environ, LOAD_CONFIG_ENV: json.dumps(config), "PYTHONUNBUFFERED": "1"}
-    commands = [pinned(c, cpus) for c in _locust_commands(load, url, processes, out_dir, run_time)]
+    env = {**os.environ, LOAD_CONFIG_ENV: json.dumps(config), LOAD_TOKEN_ENV: _token(remote)}
+    commands = [
+        pinned(c, cpus)
+        for c in _locust_commands(load, url, processes, out_dir, run_time, remote, wait)
+    ]
     run = LoadRun(out_dir, [], time.monotonic() + run_time + 60.0)
     try:
         for command in commands:
@@ -159,20 +176,51 @@ def start_load(
     return run
 
 
+def _refuse_unlisted(url: str, allowed: tuple[str, ...]) -> None:
+    host = url_host(url)
+    if host not in LOOPBACK_HOSTS and host not in allowed:
+        raise LoadError(
+            f"refusing to load {url}: the lab loads loopback addresses, and others only when "
+            "network.allow lists them"
+        )
+
+
+def _token(remote: Remote | None) -> str:
+    """The token the point's workers present: the remote workers' shared one, else a fresh one
+    for the lab's own workers."""
+    if remote is None:
+        return secrets.token_hex(16)
+    try:
+        return Path(remote.token_file).read_text().strip()
+    except OSError as exc:
+        raise LoadError(f"remote.token_file: cannot read {remote.token_file}: {exc}") from None
+
+
 def _locust_commands(
-    load: Load, url: str, processes: int, out_dir: Path, run_time: int
+    load: Load,
+    url: str,
+    processes: int,
+    out_dir: Path,
+    run_time: int,
+    remote: Remote | None,
+    wait: float,
 ) -> list[list[str]]:
-    """The command lines: locust alone, or a master and ``processes`` workers."""
+    """The command lines: locust alone, a master and ``processes`` workers, or (remote) a
+    master alone, bound where the scenario says."""
     base = [sys.executable, "-m", "locust", "-f", str(locustfile()), "--loglevel", "WARNING"]
     main = base + ["--headless", "--host", url, "-u", str(load.users)]
     main += ["-r", str(load.spawn_rate or load.users), "-t", f"{run_time}s"]
     main += ["--csv", str(out_dir / "locust"), "--only-summary", "--exit-code-on-error", "0"]
     main += ["--stop-timeout", "1"]
-    if processes == 1:
+    if processes == 1 and remote is None:
         return [main]
-    port = free_port()
-    main += ["--master", "--master-bind-host", LOOPBACK, "--master-bind-port", str(port)]
-    main += ["--expect-workers", str(processes), "--expect-workers-max-wait", "30"]
+    host, port = (remote.host, remote.port) if remote is not None else (LOOPBACK, free_port())
+    main += ["--master", "--master-bind-host", host, "--master-bind-port", str(port)]
+    # the locustfile's admission says what is missing at ``wait``; locust's own limit is later
+    expected = remote.workers if remote is not None else processes
+    main += ["--expect-workers", str(expected), "--expect-workers-max-wait", f"{wait + 30:g}"]
+    if remote is not None:
+        return [main]
     worker = base + ["--worker", "--master-host", LOOPBACK, "--master-port", str(port)]
     return [main] + [worker] * processes
 
@@ -203,8 +251,18 @@ def wait_load(run: LoadRun) -> None:
         code = main.wait(timeout=max(0.0, run.deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         raise LoadError(f"{run.engine} did not finish in time; see {run.log}") from None
+    if (error := _given_up(run.out_dir)) is not None:
+        raise LoadError(error)
     if code != 0:
         raise LoadError(f"{run.engine} exited with status {code}; see {run.log}")
+
+
+def _given_up(out_dir: Path) -> str | None:
+    """The master's one line when it gave up before the point (its workers never came)."""
+    try:
+        return str(json.loads((out_dir / LoadFile.ERROR).read_text())["error"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def stop_load(run: LoadRun) -> None:
@@ -256,7 +314,7 @@ def _read_locust(out_dir: Path) -> LoadOutcome:
         raise LoadError(f"locust left no results in {out_dir}: {exc}") from None
     if "measure_start" not in phases:
         raise LoadError(f"locust stopped before its warm-up ended; see {out_dir}/locust-0.log")
-    locust_stats, failures = _locust_totals(out_dir, stats)
+    locust_stats, failures, tally_load = _locust_totals(out_dir, stats)
     history_path = out_dir / "locust_stats_history.csv"
     history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
     tally: dict[str, int] = {}
@@ -264,7 +322,11 @@ def _read_locust(out_dir: Path) -> LoadOutcome:
         for worker, count in json.loads(path.read_text()).items():
             tally[worker] = tally.get(worker, 0) + int(count)
     histogram = _histogram(out_dir)
+    workers = _load_workers(out_dir)
     return LoadOutcome(
+        load_workers=list(workers.get("workers", [])),
+        tally_load=tally_load,
+        lost=[str(line) for line in workers.get("lost", [])],
         outcomes=_outcomes(out_dir),
         stats={**locust_stats, **_latency_stats(histogram), **_open_model(out_dir)},
         latency=latency_points(histogram),
@@ -276,7 +338,18 @@ def _read_locust(out_dir: Path) -> LoadOutcome:
     )
 
 
-def _locust_totals(out_dir: Path, stats: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
+def _load_workers(out_dir: Path) -> dict[str, list[Any]]:
+    """A master's LoadFile.WORKERS (empty for a lone locust)."""
+    try:
+        data: dict[str, list[Any]] = json.loads((out_dir / LoadFile.WORKERS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def _locust_totals(
+    out_dir: Path, stats: pd.DataFrame
+) -> tuple[dict[str, float], pd.DataFrame, dict[str, int]]:
     """The window's counts and failures: a lone locust's own totals, written at its stop, over
     its CSV (written once a second, so possibly a second old); a master's CSV, written after its
     workers' last reports."""
@@ -285,15 +358,17 @@ def _locust_totals(out_dir: Path, stats: pd.DataFrame) -> tuple[dict[str, float]
     failures_path = out_dir / "locust_failures.csv"
     failures = pd.read_csv(failures_path) if failures_path.exists() else pd.DataFrame()
     totals_path = out_dir / LoadFile.TOTALS
+    by_worker: dict[str, int] = {}
     if totals_path.exists():
         totals = json.loads(totals_path.read_text())
         counts |= {"requests": float(totals["requests"]), "failures": float(totals["failures"])}
         failures = pd.DataFrame(totals["failure_table"])
-    return counts, failures
+        by_worker = {str(w): int(n) for w, n in totals.get("by_worker_whole_load", {}).items()}
+    return counts, failures, by_worker
 
 
 def _histogram(out_dir: Path) -> HdrHistogram:
-    """Every locust process's histogram of the window, merged."""
+    """The window's histogram (the one its gatherer wrote; any others merged in)."""
     merged = HdrHistogram(*HISTOGRAM_RANGE_US)
     for path in sorted(out_dir.glob(LoadFile.HISTOGRAM.pattern)):
         merged.decode_and_add(path.read_bytes())

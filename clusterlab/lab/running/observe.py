@@ -92,7 +92,7 @@ def observe_point(
         return Observation(
             point, processes, engine, started, load_started, [], before, error=str(exc)
         )
-    processes, roles = _roles(engine, processes)
+    processes, roles = _roles(engine, processes, scenario)
     skipped: list[SkippedFault] = []
     injector = _injector(scenario, point, target, out, skipped)
     outcome, error = None, ""
@@ -172,11 +172,16 @@ def _start_load(
         cpus=None if cpus.shared else cpus.load,
         engine=engine,
         spread_sources="hash" in scenario.sweep.policies,
+        allowed=scenario.network.allow,
+        remote=scenario.remote,
     )
 
 
-def _roles(engine: str, processes: int) -> tuple[int, list[str]]:
-    """The load's process count and each one's role, as events.csv names them."""
+def _roles(engine: str, processes: int, scenario: Scenario) -> tuple[int, list[str]]:
+    """The load's process count and each one's role, as events.csv names them (with remote
+    workers, the master is the only process started here)."""
+    if scenario.remote is not None:
+        return scenario.remote.workers, ["locust master"]
     if engine == "wrk":
         return 1, ["wrk"]
     if processes == 1:

@@ -53,6 +53,17 @@ def counter_series(
     return series
 
 
+def whole_load(worker: str, before: Counts, after: Counts, outcome: LoadOutcome) -> dict[str, Any]:
+    """The point's whole load (warm-up, window, answers after the stop) on one worker, as the
+    worker counted it (its counts after the load less before it) and as locust did (answers
+    naming it): equal when nothing was lost between them."""
+    counted = math.nan
+    if worker in before and worker in after:
+        counted = float(after[worker]["requests"] - before[worker]["requests"])
+    seen = outcome.tally_load.get(worker, 0 if outcome.tally_load else math.nan)
+    return {"load_requests_counted": counted, "load_requests_seen": seen}
+
+
 def worker_rows(
     keys: dict[str, Any],
     before: Counts,
@@ -91,6 +102,7 @@ def worker_rows(
                 "requests_seen_by_locust": outcome.tally.get(
                     worker, 0 if outcome.tally else math.nan
                 ),
+                **whole_load(worker, before, after, outcome),
                 "cpu_s": float(use["cpu_s"].iloc[0]) if not use.empty else math.nan,
                 "cpu_pct": float(use["cpu_pct"].iloc[0]) if not use.empty else math.nan,
                 "rss_mb": float(use["rss_mb"].iloc[0]) if not use.empty else math.nan,
@@ -112,7 +124,11 @@ def result_row(
     window = outcome.window_s
     ok = stats["requests"] - stats["failures"]
     gen = usage[usage["role"] == "generator"]
-    gen_max = float(gen["cpu_pct"].max()) if not gen.empty else math.nan
+    remote = remote_load(outcome)
+    local_max = float(gen["cpu_pct"].max()) if not gen.empty else math.nan
+    # a remote load process near its core limits the point as a local one does
+    maxima = [v for v in (local_max, remote["remote_gen_cpu_max_pct"]) if not math.isnan(v)]
+    gen_max = max(maxima, default=math.nan)
     cpus = os.cpu_count() or 1
     machine = role_cpu_pct(usage, "machine")
     ours = {role: role_cpu_pct(usage, role) for role in ("primary", "worker", "generator")}
@@ -142,6 +158,22 @@ def result_row(
         "other_cpu_pct": _not_below_zero(
             machine - sum(_zero(v) for v in ours.values()) - _zero(role_cpu_pct(usage, "runner"))
         ),
+        **remote,
+    }
+
+
+def remote_load(outcome: LoadOutcome) -> dict[str, Any]:
+    """The load machines' side: their busiest locust worker (% of a core) and busiest machine
+    (% of its CPUs), as they reported them, and the workers lost mid-window (the point is
+    marked: its load was not all it was asked to be)."""
+    remote = [w for w in outcome.load_workers if w.get("remote") and "cpu_pct" in w]
+    return {
+        "remote_gen_cpu_max_pct": max((float(w["cpu_pct"]) for w in remote), default=math.nan),
+        "remote_machine_cpu_max_pct": max(
+            (float(w["machine_cpu_pct"]) for w in remote), default=math.nan
+        ),
+        "load_workers_lost": len(outcome.lost),
+        "load_lost": "; ".join(outcome.lost),
     }
 
 

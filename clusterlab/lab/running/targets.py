@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from clusterlab.lab.config.scenario import Respawn, Target
+from clusterlab.lab.config.scenario import Respawn, Target, url_host
 from clusterlab.lab.protocol import CLOSED, Command, Event, FaultCommand, Supervision
 from clusterlab.lab.running.cpus import pinned
 from clusterlab.lab.running.processes import alive_since, free_port, stop_all, stop_process
@@ -308,7 +308,8 @@ class UrlTarget:
 
     def wait_ready(self) -> None:
         port = int(self.url.rsplit(":", 1)[1]) if self.url.count(":") == 2 else 80
-        _wait_listening(port, self.config.target.ready_timeout, None, self.config)
+        host = url_host(self.url)
+        _wait_listening(port, self.config.target.ready_timeout, None, self.config, host)
 
     def worker_pids(self) -> dict[str, int]:
         """The given server process's descendants (none when no pid was given)."""
@@ -395,7 +396,11 @@ def _wait_for_lines(
 
 
 def _wait_listening(
-    port: int, timeout: float, process: subprocess.Popen[bytes] | None, config: TargetConfig
+    port: int,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None,
+    config: TargetConfig,
+    host: str = "127.0.0.1",
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -404,8 +409,8 @@ def _wait_listening(
                 f"target command exited with status {process.returncode}{log_tail(config.log_path)}"
             )
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise TargetError(f"nothing listened on 127.0.0.1:{port} within {timeout:g} s")
+    raise TargetError(f"nothing listened on {host}:{port} within {timeout:g} s")

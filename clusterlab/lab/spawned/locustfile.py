@@ -3,8 +3,11 @@ every request's outcome in 100 ms bins (successes, and failures by cause) for th
 an HDR histogram of the window's latencies at microsecond resolution (locust's own percentiles
 are rounded to whole milliseconds).
 
-Runs only inside locust's own processes (never imported by the runner); configured through the
-``CLUSTERLAB_LAB_LOAD`` environment variable (JSON) written by ``clusterlab.lab.running.load``.
+Runs only inside locust's own processes (never imported by the runner). A lone locust and a
+master are configured through the ``CLUSTERLAB_LAB_LOAD`` environment variable (JSON) written by
+``clusterlab.lab.running.load``; a worker gets the same from its master at each point's start
+(``distributed``), and sends its tallies, bins and histograms back at its stop, where the master
+merges them: the files are written by a lone locust or a master only.
 """
 
 from __future__ import annotations
@@ -23,32 +26,58 @@ from geventhttpclient._parser import HTTPParseError
 from geventhttpclient.connectionpool import ConnectionPool
 from geventhttpclient.response import HTTPConnectionClosed
 from hdrh.histogram import HdrHistogram
-from locust import FastHttpUser, between, constant, events, task
+from locust import FastHttpUser, events, task
 from locust.env import Environment
+from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import StatsError
 
-from clusterlab.lab.protocol import HISTOGRAM_RANGE_US, LOAD_CONFIG_ENV, LoadFile
+from clusterlab.lab.protocol import (
+    HISTOGRAM_RANGE_US,
+    LOAD_CONFIG_ENV,
+    LOAD_TOKEN_ENV,
+    LoadFile,
+    LoadMessage,
+)
+from clusterlab.lab.spawned import distributed
 
-_CONFIG: dict[str, Any] = json.loads(os.environ.get(LOAD_CONFIG_ENV, "{}"))
-_OUT = Path(_CONFIG.get("out", "."))
-_PATHS: list[str] = [p for p, _ in _CONFIG.get("requests", [["/hello", 1]])]
-_WEIGHTS: list[float] = [w for _, w in _CONFIG.get("requests", [["/hello", 1]])]
-_HEADER: str | None = _CONFIG.get("worker_header")
-_RATE_PER_USER: float | None = _CONFIG.get("rate_per_user")
-_NEW_CONNECTION = _CONFIG.get("connection") == "new"
+_CONFIG: dict[str, Any] = {}
+_OUT = Path(".")
+_PATHS: list[str] = ["/hello"]
+_WEIGHTS: list[float] = [1.0]
+_HEADER: str | None = None
+_RATE_PER_USER: float | None = None
+_NEW_CONNECTION = False
 #: Each user connects from an address of its own in 127.0.0.0/8 (for address-hashing policies).
-_SPREAD_SOURCES = bool(_CONFIG.get("spread_sources"))
+_SPREAD_SOURCES = False
 
 #: Width of an outcome bin, seconds (bins are aligned to the Unix epoch).
 BIN_S = 0.1
 
-if _CONFIG.get("count_every_failure") and hasattr(
-    geventhttpclient.client, "_may_retry_after_send_error"
-):
-    # geventhttpclient silently re-sends an idempotent request whose connection closed before
-    # the answer (a crashed worker's in-flight requests): with faults, count each as it failed.
-    geventhttpclient.client._may_retry_after_send_error = lambda method: False
+
+def _configure(config: dict[str, Any]) -> None:
+    """Take a point's load configuration (from the environment, or a master's CONFIG)."""
+    global _OUT, _PATHS, _WEIGHTS, _HEADER, _RATE_PER_USER, _NEW_CONNECTION, _SPREAD_SOURCES
+    _CONFIG.clear()
+    _CONFIG.update(config)
+    requests = config.get("requests", [["/hello", 1]])
+    _OUT = Path(config.get("out", "."))
+    _PATHS, _WEIGHTS = [p for p, _ in requests], [w for _, w in requests]
+    _HEADER = config.get("worker_header")
+    _RATE_PER_USER = config.get("rate_per_user")
+    _NEW_CONNECTION = config.get("connection") == "new"
+    _SPREAD_SOURCES = bool(config.get("spread_sources"))
+    if config.get("count_every_failure") and hasattr(
+        geventhttpclient.client, "_may_retry_after_send_error"
+    ):
+        # geventhttpclient silently re-sends an idempotent request whose connection closed
+        # before the answer (a crashed worker's in-flight requests): with faults, count each
+        # as it failed.
+        geventhttpclient.client._may_retry_after_send_error = lambda method: False
+    if _SPREAD_SOURCES and ConnectionPool._create_tcp_socket is not _bound_tcp_socket:
+        _plain_tcp_socket[0] = ConnectionPool._create_tcp_socket
+        ConnectionPool._create_tcp_socket = _bound_tcp_socket  # type: ignore[method-assign]
+
 
 _histogram = HdrHistogram(*HISTOGRAM_RANGE_US)
 #: Open model: latency from the actual send (beside the corrected one, from the intended send),
@@ -56,6 +85,9 @@ _histogram = HdrHistogram(*HISTOGRAM_RANGE_US)
 _sent_histogram = HdrHistogram(*HISTOGRAM_RANGE_US)
 _arrivals: Counter[str] = Counter()
 _tally: Counter[str] = Counter()
+#: Answers by worker header over the whole load (warm-up and after the stop included): what the
+#: target's own counters of the point's load must come to.
+_tally_load: Counter[str] = Counter()
 _phases: dict[str, float] = {}
 _outcomes: Counter[tuple[int, str]] = Counter()
 #: Answers after the window's stop (a request in flight at the stop, or an open-model user
@@ -63,6 +95,11 @@ _outcomes: Counter[tuple[int, str]] = Counter()
 #: stop is (a lone locust; a master's workers learn of it only when their users have stopped).
 _after_stop: Counter[str] = Counter()
 _after_stop_failures: Counter[tuple[str, str, str]] = Counter()
+
+
+_cpu = distributed.CpuWindow()
+#: The master's side of a distributed run (None in a lone locust and in a worker).
+_master: list[distributed.Master] = []
 
 
 def _write_json(name: str, data: object) -> None:
@@ -75,35 +112,57 @@ def _is_worker(environment: Environment) -> bool:
     return isinstance(environment.runner, WorkerRunner)
 
 
-def _end_warmup(environment: Environment) -> None:
-    # Everything before this instant is warm-up: drop it from locust's stats and our tally.
+def _is_master(environment: Environment) -> bool:
+    return isinstance(environment.runner, MasterRunner)
+
+
+def _start_window(environment: Environment) -> None:
+    """Everything before this instant is warm-up: drop it from locust's stats and our counts."""
     if environment.runner is not None:
         environment.runner.stats.reset_all()
     _tally.clear()
     _histogram.reset()
     _sent_histogram.reset()
     _arrivals.clear()
+    _cpu.start()
     _phases["measure_start"] = time.time()
     _phases["measure_start_monotonic"] = time.monotonic()
-    if not _is_worker(environment):
-        # tells the runner's fault injector where the measured window starts
-        _write_json(LoadFile.MEASURING, {"measure_start": _phases["measure_start"]})
-        gevent.spawn_later(float(_CONFIG.get("duration", 1.0)), _end_measurement, environment)
+
+
+def _end_warmup(environment: Environment) -> None:
+    if _master:
+        _master[0].measure_start = time.time()
+        _master[0].send(LoadMessage.MEASURE)
+    _start_window(environment)
+    # tells the runner's fault injector where the measured window starts
+    _write_json(LoadFile.MEASURING, {"measure_start": _phases["measure_start"]})
+    gevent.spawn_later(float(_CONFIG.get("duration", 1.0)), _end_measurement, environment)
 
 
 def _end_measurement(environment: Environment) -> None:
-    # Stop the users now. A lone locust writes its final counts itself at the stop (TOTALS) and
-    # quits at once; a master quits only after the workers' last reports (every 3 s) arrived
-    # and its CSV writer (once a second) has written the numbers they make.
+    # Stop the users now. A lone locust writes its final counts itself at the stop and quits at
+    # once; a master tells its workers the window is over (answers after it are not the
+    # window's), stops them, and quits once each sent its results or is known gone.
     _phases["stop"] = time.time()
     _phases["stop_monotonic"] = time.monotonic()
-    if environment.runner is not None:
-        environment.runner.stop()
-        gevent.spawn_later(float(_CONFIG.get("grace", 0.0)), environment.runner.quit)
+    runner = environment.runner
+    if runner is None:
+        return
+    if not _master:
+        runner.stop()
+        runner.quit()
+        return
+    _master[0].send(LoadMessage.STOP)
+    gevent.spawn(runner.stop)
+    _master[0].collect(float(_CONFIG.get("grace", 5.0)))
+    _write_results(environment)
+    _master[0].dismiss()
+    runner.quit()
 
 
 def _write_totals(environment: Environment) -> None:
-    """A lone locust's request and failure counts of the window, exact at the stop."""
+    """The window's request and failure counts, less the answers after its stop (a lone
+    locust's own; a master's, from its workers' reports and results)."""
     stats = environment.runner.stats if environment.runner is not None else None
     if stats is None:
         return
@@ -119,34 +178,109 @@ def _write_totals(environment: Environment) -> None:
         "requests": stats.total.num_requests - _after_stop["requests"],
         "failures": stats.total.num_failures - _after_stop["failures"],
         "after_stop": _after_stop["requests"],
+        "by_worker_whole_load": dict(_tally_load),
     }
     _write_json(LoadFile.TOTALS, {**totals, "failure_table": failures})
+
+
+def _write_results(environment: Environment) -> None:
+    """The gathered tally, bins and histograms, the totals and the phases (and, a master, its
+    workers and those lost)."""
+    pid = os.getpid()
+    if _HEADER:
+        _write_json(LoadFile.TALLY.of(pid), dict(_tally))
+    rows = [[b, outcome, n] for (b, outcome), n in sorted(_outcomes.items())]
+    _write_json(LoadFile.OUTCOMES.of(pid), {"bin_s": BIN_S, "counts": rows})
+    (_OUT / LoadFile.HISTOGRAM.of(pid)).write_bytes(_histogram.encode())
+    if _RATE_PER_USER:
+        sent = _sent_histogram.encode().decode("ascii")
+        _write_json(LoadFile.OPEN.of(pid), {**_arrivals, "sent_histogram": sent})
+    _write_totals(environment)
+    if _master:
+        _master[0].write()
+    _write_json(LoadFile.PHASES, _phases)
+
+
+def _results() -> dict[str, Any]:
+    """A worker's results message: what a lone locust would write, and its CPU."""
+    return {
+        "tally": dict(_tally),
+        "tally_load": dict(_tally_load),
+        "outcomes": [[b, outcome, n] for (b, outcome), n in _outcomes.items()],
+        "histogram": _histogram.encode().decode("ascii"),
+        "sent_histogram": _sent_histogram.encode().decode("ascii"),
+        "arrivals": dict(_arrivals),
+        "after_stop": dict(_after_stop),
+        "after_stop_failures": [[*key, n] for key, n in _after_stop_failures.items()],
+        "cpu": _cpu.figures(),
+    }
+
+
+def _absorb(results: dict[str, Any]) -> None:
+    """The master: one worker's results into the gathered counts."""
+    _tally.update(results["tally"])
+    _tally_load.update(results["tally_load"])
+    _outcomes.update({(int(b), str(o)): int(n) for b, o, n in results["outcomes"]})
+    _histogram.decode_and_add(results["histogram"].encode("ascii"))
+    _sent_histogram.decode_and_add(results["sent_histogram"].encode("ascii"))
+    _arrivals.update(results["arrivals"])
+    _after_stop.update(results["after_stop"])
+    _after_stop_failures.update({(m, n, e): c for m, n, e, c in results["after_stop_failures"]})
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    _process[0] = int(getattr(environment.runner, "worker_index", 0) or 0)
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.register_message(LoadMessage.CONFIG, _on_config)
+        runner.register_message(
+            LoadMessage.MEASURE, lambda environment, **_: _start_window(environment)
+        )
+        runner.register_message(LoadMessage.STOP, _on_stop_message)
+        distributed.say_hello(environment)
+    elif isinstance(runner, MasterRunner):
+        master = distributed.Master(
+            environment,
+            _OUT,
+            token=os.environ.get(LOAD_TOKEN_ENV, ""),
+            expected=int(_CONFIG.get("expect_workers", 1)),
+            wait=float(_CONFIG.get("workers_wait", 30.0)),
+            where=str(_CONFIG.get("workers_where", "")),
+            absorb=_absorb,
+        )
+        _master.append(master)
+
+
+def _on_config(environment: Environment, msg: Message, **_: Any) -> None:
+    _configure(msg.data)
+
+
+def _on_stop_message(environment: Environment, **_: Any) -> None:
+    _phases["stop"] = time.time()
+    _phases["stop_monotonic"] = time.monotonic()
 
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
     _phases["start"] = time.time()
     _phases["start_monotonic"] = time.monotonic()
-    gevent.spawn_later(float(_CONFIG.get("warmup", 0.0)), _end_warmup, environment)
+    if _master:  # before locust's spawn messages, on the same connection
+        _master[0].send(LoadMessage.CONFIG, _CONFIG)
+    if not _is_worker(environment):  # a worker's window comes from its master
+        gevent.spawn_later(float(_CONFIG.get("warmup", 0.0)), _end_warmup, environment)
 
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     _phases.setdefault("stop", time.time())
     _phases.setdefault("stop_monotonic", time.monotonic())
-    if not isinstance(environment.runner, MasterRunner):
-        if _HEADER:
-            _write_json(LoadFile.TALLY.of(os.getpid()), dict(_tally))
-        rows = [[b, outcome, n] for (b, outcome), n in sorted(_outcomes.items())]
-        _write_json(LoadFile.OUTCOMES.of(os.getpid()), {"bin_s": BIN_S, "counts": rows})
-        (_OUT / LoadFile.HISTOGRAM.of(os.getpid())).write_bytes(_histogram.encode())
-        if _RATE_PER_USER:
-            sent = _sent_histogram.encode().decode("ascii")
-            _write_json(LoadFile.OPEN.of(os.getpid()), {**_arrivals, "sent_histogram": sent})
-    if not _is_worker(environment):
-        if not isinstance(environment.runner, MasterRunner):
-            _write_totals(environment)
-        _write_json(LoadFile.PHASES, _phases)
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner._send_stats()  # its last stats before its results: the master's totals are final
+        runner.send_message(LoadMessage.RESULTS, _results())
+    elif not _is_master(environment):
+        _write_results(environment)
 
 
 @events.request.add_listener
@@ -159,6 +293,8 @@ def _on_request(
     **_: Any,
 ) -> None:
     _outcomes[(int(time.time() / BIN_S), "ok" if exception is None else cause(exception))] += 1
+    if _HEADER and exception is None and response is not None:
+        _tally_load[response.headers.get(_HEADER) or "unknown"] += 1
     if "stop" in _phases:
         _after_stop["requests"] += 1
         if exception is not None:
@@ -203,34 +339,31 @@ def source_address(process: int, user: int) -> str:
     return f"127.{1 + process % 254}.{user // 254 % 254 + 1}.{1 + user % 254}"
 
 
+#: ConnectionPool's own socket factory, once the users' sources are spread.
+_plain_tcp_socket: list[Any] = [None]
+
+
 def _bound_tcp_socket(self: ConnectionPool, family: int, socktype: int, protocol: int) -> Any:
-    sock = _plain_tcp_socket(self, family, socktype, protocol)
+    sock = _plain_tcp_socket[0](self, family, socktype, protocol)
     address = _sources.get(gevent.getcurrent())
     if address is not None:
         sock.bind((address, 0))
     return sock
 
 
-if _SPREAD_SOURCES:
-    _plain_tcp_socket = ConnectionPool._create_tcp_socket
-    ConnectionPool._create_tcp_socket = _bound_tcp_socket  # type: ignore[method-assign]
-
-
-@events.init.add_listener
-def _on_init(environment: Environment, **_: Any) -> None:
-    _process[0] = int(getattr(environment.runner, "worker_index", 0) or 0)
+_configure(json.loads(os.environ.get(LOAD_CONFIG_ENV, "{}")))
 
 
 class LabUser(FastHttpUser):
     """One simulated client: closed model (think time) or open model (paced, latency from the
     intended send time so that stalls are not hidden by coordinated omission)."""
 
-    wait_time = (
-        constant(0)
-        if _RATE_PER_USER
-        else between(float(_CONFIG.get("wait", 0.0)), float(_CONFIG.get("wait", 0.0)))
-    )
-    _headers = {"Connection": "close"} if _NEW_CONNECTION else {}
+    def wait_time(self) -> float:
+        return 0.0 if _RATE_PER_USER else float(_CONFIG.get("wait", 0.0))
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Connection": "close"} if _NEW_CONNECTION else {}
 
     def on_start(self) -> None:
         if _SPREAD_SOURCES:  # the user's requests run in this greenlet
