@@ -32,17 +32,17 @@ class RoundRobin(Scheduler):
 
 
 class _InTurn(Scheduler):
-    """A scheduler that breaks ties in turn: each pick looks at the workers from one further on."""
+    """A scheduler that breaks ties in turn: each pick looks at the workers from one further on
+    (one pass over them, no list built: `pick` is on every connection's path)."""
 
     def __init__(self) -> None:
         self._turn = 0
 
-    def _in_turn(self, workers: Sequence[WorkerState]) -> list[WorkerState]:
-        """The workers, starting from this pick's turn and wrapping around."""
-        n = len(workers)
+    def _start(self, n: int) -> int:
+        """Where this pick starts looking (the turn moves on by one per pick)."""
         start = self._turn % n
-        self._turn += 1
-        return [workers[(start + step) % n] for step in range(n)]
+        self._turn = start + 1
+        return start
 
 
 class LeastConnections(_InTurn):
@@ -51,11 +51,17 @@ class LeastConnections(_InTurn):
     name = "least-conn"
 
     def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
-        return min(self._in_turn(workers), key=_open)
-
-
-def _open(worker: WorkerState) -> int:
-    return worker.open
+        n = len(workers)
+        i = self._start(n)
+        best = workers[i]
+        fewest = best.open
+        for _ in range(n - 1):
+            i = i + 1 if i + 1 < n else 0
+            worker = workers[i]
+            opened = worker.open
+            if opened < fewest:
+                best, fewest = worker, opened
+        return best
 
 
 class TwoChoices(Scheduler):
@@ -88,19 +94,25 @@ class JoinIdleQueue(_InTurn):
     name = "jiq"
 
     def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
-        order = self._in_turn(workers)
-        for worker in order:
-            if worker.in_flight == 0 and worker.pending == 0:
+        n = len(workers)
+        i = self._start(n)
+        unconnected: WorkerState | None = None  # the first with no open connection
+        least: WorkerState | None = None  # the least loaded: fewest in flight, then open
+        least_busy = least_open = 0
+        for _ in range(n):
+            worker = workers[i]
+            i = i + 1 if i + 1 < n else 0
+            busy = worker.in_flight
+            if busy == 0 and worker.pending == 0:
                 return worker
-        for worker in order:
-            if worker.open == 0:
-                return worker
-        return min(order, key=_load)
-
-
-def _load(worker: WorkerState) -> tuple[int, int]:
-    busy = worker.in_flight
-    return (busy if busy is not None else worker.open, worker.open)
+            opened = worker.open
+            if opened == 0 and unconnected is None:
+                unconnected = worker
+            if busy is None:
+                busy = opened
+            if least is None or busy < least_busy or (busy == least_busy and opened < least_open):
+                least, least_busy, least_open = worker, busy, opened
+        return unconnected if unconnected is not None else least
 
 
 class RendezvousHash(Scheduler):
@@ -123,8 +135,20 @@ class RendezvousHash(Scheduler):
     def pick(self, workers: Sequence[WorkerState], client: Any) -> WorkerState | None:
         host = client[0] if isinstance(client, tuple) else client
         key = workers[0].key
-        members = [w for w in self._members if w.key == key] or list(workers)
-        return max(members, key=lambda w: hash((host, w.id)))
+        best: WorkerState | None = None
+        best_score = 0
+        for worker in self._members:  # every worker of the endpoint, with room or not
+            if worker.key == key:
+                score = hash((host, worker.id))
+                if best is None or score > best_score:
+                    best, best_score = worker, score
+        if best is not None:
+            return best
+        for worker in workers:  # none joined through this instance (a user's subclass)
+            score = hash((host, worker.id))
+            if best is None or score > best_score:
+                best, best_score = worker, score
+        return best
 
 
 class Weighted(Scheduler):
