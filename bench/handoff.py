@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import peers, report
-from bench.wrk import Stats, interleaved_rounds, run_wrk, wrk_argv
+from bench.wrk import Stats, anchored_rounds, interleaved_rounds, run_wrk, wrk_argv
 
 MODES = {"close": True, "keepalive": False}
 
@@ -99,9 +99,14 @@ def run_handoff(
     warmup_s: float = 1,
     quiet: tuple[float, float] = (5.0, 0.0),
     results: dict[str, Any] | None = None,
+    anchor: str | None = None,
 ) -> dict[str, Any]:
     """Start every server (at once), warm each up (at once), measure each mode over interleaved
     rounds, stop everything.
+
+    With ``anchor`` (a server's name), every other server is measured between two samples of
+    the anchor (:func:`bench.wrk.anchored_rounds`) and gets ``paired``: its per-round ratios to
+    the anchor samples around it (median, min–max). Without it, rotated rounds.
 
     ``quiet = (max foreign CPU %, max wait s)``: before each sample wait until other processes
     use less than that share of the CPUs (no wait when max wait is 0); each run records the
@@ -121,7 +126,12 @@ def run_handoff(
                 for srv in servers
             }
             results[mode] = {name: {"runs": smp.runs} for name, smp in samplers.items()}
-            interleaved_rounds(samplers, rounds)
+            if anchor in samplers:
+                _, paired = anchored_rounds(samplers, anchor, rounds)
+                for name, st in paired.items():
+                    results[mode][name]["paired"] = {"anchor": anchor, **st.as_dict()}
+            else:
+                interleaved_rounds(samplers, rounds)
             for name, smp in samplers.items():
                 results[mode][name]["discarded_samples"] = smp.discarded
         for srv in servers:

@@ -101,6 +101,11 @@ RSS_FLAT_MIB_PER_MIN = 0.2
 FLAT_JUDGED_S = 290.0
 SCALING_EFFICIENCY = 0.9
 _BASE_ROW = "RR hand-off vs the commit before schedulers"
+HANDOFF_ROWS = {
+    "rr": "RR hand-off, new connection per request",
+    "none": "SCHED_NONE, same load",
+    "reuseport": "SCHED_REUSEPORT, same load",
+}
 POLICY_ROWS = tuple(f"{n} hand-off, new connection per request" for n in policy_rows.SCHEDULERS)
 
 
@@ -230,6 +235,41 @@ def fmt_stats(st: dict[str, Any] | None, unit: str = "", digits: int = 0) -> str
 def stats(samples: Sequence[float]) -> dict[str, Any] | None:
     """Median, min, max, spread and samples, or None without samples."""
     return Stats([float(x) for x in samples]).as_dict() if samples else None
+
+
+def paired_ratio(res: dict[str, Any], name: str, peer: str) -> dict[str, Any] | None:
+    """``name`` over ``peer`` round by round, from their ratios to the anchor of the same
+    moments (``paired``, :func:`bench.handoff.run_handoff`; the anchor's own is 1): median,
+    min–max and the per-round ratios. None when either was not measured that way."""
+    mine, theirs = _per_round(res, name), _per_round(res, peer)
+    if mine is None or theirs is None:
+        return None
+    ratios = [a / b for a, b in zip(mine, theirs, strict=False) if b]
+    return stats(ratios)
+
+
+def _per_round(res: dict[str, Any], name: str) -> list[float] | None:
+    """``name``'s per-round ratios to the anchor (the anchor's: 1 in every round)."""
+    entry = res.get(name) or {}
+    if entry.get("paired"):
+        return [float(x) for x in entry["paired"]["samples"]]
+    others = [r["paired"] for r in res.values() if r.get("paired")]
+    if entry.get("samples") and others and all(p["anchor"] == name for p in others):
+        return [1.0] * max(len(p["samples"]) for p in others)
+    return None
+
+
+def paired_note(paired: dict[str, Any] | None) -> str:
+    """``'per round 0.93–1.01 (3 paired rounds)'``, or nothing without paired ratios."""
+    if not paired:
+        return ""
+    n = len(paired["samples"])
+    return f"per round {paired['min']:.2f}–{paired['max']:.2f} ({n} paired rounds)"
+
+
+def within_spread(paired: dict[str, Any] | None) -> bool | None:
+    """No slower beyond the spread: the per-round ratios reach 1 (None without them)."""
+    return None if not paired else paired["max"] >= 1.0
 
 
 def render_text(rows: Sequence[Row]) -> str:
@@ -380,7 +420,9 @@ class Settings:
     scaling_ms: float = 2.0
     scaling_policy: str = "rr"
     primary_seconds: float = 300.0
-    policy_duration_s: float = 2.0
+    #: Seconds per wrk run of the hand-off step when it is anchored on rr (rr with its peers,
+    #: metrics on, the old tree and the schedulers, each between two rr samples).
+    paired_duration_s: float = 1.0
     rr_base: str | None = None
     lab_runs: int = 1
     #: Repeats of each engine's point (the engines rows; their spread allows 2, docs/benchmarks.md).
@@ -399,7 +441,6 @@ QUICK = {
     "ipc_seconds": 1.0,
     "micro_rounds": 2,
     "primary_seconds": 20.0,
-    "policy_duration_s": 1.0,
 }
 
 
@@ -439,12 +480,21 @@ class Suite:
         return specs, skipped
 
     def _wrk_rounds(
-        self, key: str, specs: Sequence[peers.ServerSpec], mode: str, connections: int | None = None
+        self,
+        key: str,
+        specs: Sequence[peers.ServerSpec],
+        mode: str,
+        connections: int | None = None,
+        anchor: str | None = None,
     ) -> dict[str, Any]:
+        """wrk over rounds; with ``anchor``, each other server between two samples of it, for
+        ``paired_duration_s`` each (every result gets ``paired``: its ratios to the anchor)."""
         s = self.settings
+        duration = s.paired_duration_s if anchor else s.duration_s
+        layout = f"each between two {anchor} samples" if anchor else "rotated"
         print(
-            f"{key}: {', '.join(sp.name for sp in specs)}; {s.rounds} rounds of "
-            f"{s.duration_s:g} s, {'new connection per request' if mode == 'close' else mode}",
+            f"{key}: {', '.join(sp.name for sp in specs)}; {s.rounds} rounds ({layout}) of "
+            f"{duration:g} s, {'new connection per request' if mode == 'close' else mode}",
             flush=True,
         )
         results: dict[str, Any] = {}
@@ -454,10 +504,11 @@ class Suite:
                 specs,
                 (mode,),
                 s.rounds,
-                s.duration_s,
+                duration,
                 connections or s.connections,
                 quiet=s.quiet,
                 results=results,
+                anchor=anchor,
             )
         except (KeyboardInterrupt, SystemExit) as exc:  # rows from what was measured, then stop
             summarize(results)
@@ -468,11 +519,7 @@ class Suite:
         """RR, NONE, REUSEPORT, new connection per request, vs Node.js's cluster; with
         ``schedulers`` (and rr), every built-in scheduler in the same rounds (the policies rows):
         one start of the servers and one rr for all the rows that compare against it."""
-        names = {
-            "rr": "RR hand-off, new connection per request",
-            "none": "SCHED_NONE, same load",
-            "reuseport": "SCHED_REUSEPORT, same load",
-        }
+        names = HANDOFF_ROWS
         schedulers = schedulers and "rr" in policies
         if self._wrk_missing(*(names[p] for p in policies), *(POLICY_ROWS if schedulers else ())):
             return
@@ -491,7 +538,21 @@ class Suite:
             base = self._rr_base(stack) if "rr" in policies else None
             if base is not None:  # today's RR beside the old tree's, in the same rounds
                 specs.append(policy_rows.base_spec(self.settings.workers, base[1]))
-            res = self._wrk_rounds("handoff", specs, "close")
+            anchor = "clusterlab-rr" if "rr" in policies else None
+            res = self._wrk_rounds("handoff", specs, "close", anchor=anchor)
+        self._node_rows(policies, res, skipped)
+        if base is not None:
+            self._rr_base_row(res, base[0])
+        if "rr" in policies:
+            self._rr_metrics_row(res)
+        if schedulers:
+            self._policy_rows(res)
+
+    def _node_rows(
+        self, policies: Sequence[str], res: dict[str, Any], skipped: dict[str, str]
+    ) -> None:
+        """The hand-off rows against Node.js's cluster (per round when paired with rr)."""
+        names = HANDOFF_ROWS
         for p in policies:
             cl = res.get(f"clusterlab-{p}")
             figure = fmt_stats(cl, "req/s")
@@ -513,29 +574,26 @@ class Suite:
                 )
                 continue
             node = res.get(f"node-{p}")
+            paired = paired_ratio(res, f"clusterlab-{p}", f"node-{p}")
             self.rows.append(
                 Row(
-                    names[p], figure, peer, fmt_stats(node), ratio(_med(cl), _med(node)), TARGETS[p]
+                    names[p],
+                    figure,
+                    peer,
+                    fmt_stats(node),
+                    _med(paired) if paired else ratio(_med(cl), _med(node)),
+                    TARGETS[p],
+                    note=paired_note(paired),
                 )
             )
-        if base is not None:
-            self._rr_base_row(res, base[0])
-        if "rr" in policies:
-            self._rr_metrics_row(res)
-        if schedulers:
-            self._policy_rows(res)
 
     def policies(self) -> None:
         """Each built-in scheduler against rr, new connection per request, a run of their own
         (when the hand-off rows do not take them into theirs)."""
         if self._wrk_missing(*POLICY_ROWS):
             return
-        s = self.settings
-        duration, s.duration_s = s.duration_s, s.policy_duration_s
-        try:
-            res = self._wrk_rounds("policies", policy_rows.scheduler_specs(s.workers), "close")
-        finally:
-            s.duration_s = duration
+        specs = policy_rows.scheduler_specs(self.settings.workers)
+        res = self._wrk_rounds("policies", specs, "close", anchor="clusterlab-rr")
         self._policy_rows(res)
 
     def _policy_rows(self, res: dict[str, Any]) -> None:
@@ -543,15 +601,17 @@ class Suite:
         rr = res.get("clusterlab-rr")
         for name, what in zip(policy_rows.SCHEDULERS, POLICY_ROWS, strict=True):
             figure = res.get(f"clusterlab-{name}")
+            paired = paired_ratio(res, f"clusterlab-{name}", "clusterlab-rr")
+            notes = (paired_note(paired), policy_rows.NOTES.get(name, ""))
             self.rows.append(
                 Row(
                     what,
                     fmt_stats(figure, "req/s"),
                     "clusterlab rr",
                     fmt_stats(rr),
-                    ratio(_med(figure), _med(rr)),
+                    _med(paired),
                     TARGETS["policies"],
-                    note=policy_rows.NOTES.get(name, ""),
+                    note="; ".join(n for n in notes if n),
                 )
             )
 
@@ -566,38 +626,39 @@ class Suite:
             return None
 
     def _rr_base_row(self, res: dict[str, Any], base: str) -> None:
-        """Today's RR against the old tree's: met when its median is at least the old tree's
-        slowest run (no slower beyond the old tree's spread)."""
+        """Today's RR against the old tree's, per round (the old tree between two rr samples):
+        met when its paired ratios reach 1 (no slower beyond their spread)."""
         rr, old = res.get("clusterlab-rr"), res.get("clusterlab-rr-base")
-        within = None if _med(rr) is None or not old else _med(rr) >= old["min"]
+        paired = paired_ratio(res, "clusterlab-rr", "clusterlab-rr-base")
         self.rows.append(
             Row(
                 _BASE_ROW,
                 fmt_stats(rr, "req/s"),
                 f"clusterlab {base} (rr)",
                 fmt_stats(old),
-                ratio(_med(rr), _med(old)),
+                _med(paired),
                 "no slower beyond its spread",
-                met=within,
-                note="median ≥ the old tree's slowest run" if within else "",
+                met=within_spread(paired),
+                note=paired_note(paired),
             )
         )
 
     def _rr_metrics_row(self, res: dict[str, Any]) -> None:
-        """RR with the primary's /metrics on against off: met when its median is at least the
-        slowest run with metrics off (no slower beyond rr's spread)."""
+        """RR with the primary's /metrics on against off, per round (metrics on between two
+        samples with them off): met when its paired ratios reach 1 (no slower beyond their
+        spread)."""
         rr, on = res.get("clusterlab-rr"), res.get("clusterlab-rr-metrics")
-        within = None if _med(on) is None or not rr else _med(on) >= rr["min"]
+        paired = paired_ratio(res, "clusterlab-rr-metrics", "clusterlab-rr")
         self.rows.append(
             Row(
                 "RR hand-off, metrics on (docs/metrics.md)",
                 fmt_stats(on, "req/s"),
                 "clusterlab rr, metrics off",
                 fmt_stats(rr),
-                ratio(_med(on), _med(rr)),
-                "no slower beyond rr's spread",
-                met=within,
-                note="median ≥ rr's slowest run" if within else "",
+                _med(paired),
+                "no slower beyond its spread",
+                met=within_spread(paired),
+                note=paired_note(paired),
             )
         )
 
@@ -1160,7 +1221,7 @@ def _settings(a: argparse.Namespace) -> Settings:
         "micro_rounds",
         "forks",
         "primary_seconds",
-        "policy_duration_s",
+        "paired_duration_s",
         "rr_base",
         "lab_runs",
         "engine_repeats",
@@ -1240,10 +1301,11 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lab-runs", type=int, help="timed lab runs, median (1)")
     ap.add_argument("--engine-repeats", type=int, help="repeats per engine and workload (3)")
     ap.add_argument(
-        "--policy-duration",
-        dest="policy_duration_s",
+        "--paired-duration",
+        dest="paired_duration_s",
         type=float,
-        help="seconds per wrk run of the policies row (2; --quick 1)",
+        help="seconds per wrk run of the rows paired with rr: rr, its peers, metrics on, the old "
+        "tree, the policies (1; whole seconds)",
     )
     ap.add_argument(
         "--rr-base", metavar="REV", help="rr's baseline commit (default: the one before schedulers)"
@@ -1298,9 +1360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _steps(suite: Suite, selected: Sequence[str]) -> list[tuple[str, Callable[[], None]]]:
     """The selected rows as named steps, in run order (the hand-off policies are one step)."""
     steps: list[tuple[str, Callable[[], None]]] = []
-    s = suite.settings
-    # The schedulers join the hand-off rounds (one rr, one start) when their samples are as long.
-    merged = "rr" in selected and "policies" in selected and s.policy_duration_s == s.duration_s
+    # The schedulers join the hand-off rounds (one start, each between two samples of one rr).
+    merged = "rr" in selected and "policies" in selected
     if policies := [p for p in ("rr", "none", "reuseport") if p in selected]:
         name = "handoff+policies" if merged else "handoff"
         steps.append((name, lambda: suite.handoff(policies, merged)))

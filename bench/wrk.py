@@ -14,7 +14,7 @@ import resource
 import shutil
 import statistics
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -134,6 +134,51 @@ def interleaved_rounds(fns: Mapping[str, Callable[[], float]], rounds: int) -> d
         for name in names[k:] + names[:k]:
             out[name].append(fns[name]())
     return {n: Stats(v) for n, v in out.items()}
+
+
+def anchored_order(anchor: str, others: Sequence[str], rounds: int) -> list[list[str]]:
+    """Each round: the anchor, then every other followed by the anchor again (A X A Y A …), the
+    others' order reversed every other round. Every other sample sits between two anchor
+    samples, so each one has the same neighbour and its own drift-free comparison."""
+    order = []
+    for r in range(rounds):
+        seq = list(others) if r % 2 == 0 else list(others)[::-1]
+        order.append([anchor] + [name for other in seq for name in (other, anchor)])
+    return order
+
+
+def paired_ratios(
+    round_order: Sequence[str], values: Sequence[float], anchor: str
+) -> dict[str, float]:
+    """One round of :func:`anchored_order`: each other's sample over the mean of the anchor
+    samples just before and after it."""
+    out: dict[str, float] = {}
+    for i, name in enumerate(round_order):
+        if name == anchor:
+            continue
+        around = (values[i - 1] + values[i + 1]) / 2
+        out[name] = values[i] / around if around else float("nan")
+    return out
+
+
+def anchored_rounds(
+    fns: Mapping[str, Callable[[], float]], anchor: str, rounds: int
+) -> tuple[dict[str, Stats], dict[str, Stats]]:
+    """Measure every fn between two samples of ``anchor`` (:func:`anchored_order`). Returns the
+    samples of each (the anchor's: all of them) and each other's paired ratios, one per round
+    (:func:`paired_ratios`): a ratio judged against the anchor of the same moments, not against
+    a median taken while the machine was elsewhere."""
+    others = [n for n in fns if n != anchor]
+    out: dict[str, list[float]] = {n: [] for n in fns}
+    paired: dict[str, list[float]] = {n: [] for n in others}
+    for round_order in anchored_order(anchor, others, rounds):
+        values = []
+        for name in round_order:
+            values.append(fns[name]())
+            out[name].append(values[-1])
+        for name, r in paired_ratios(round_order, values, anchor).items():
+            paired[name].append(r)
+    return {n: Stats(v) for n, v in out.items()}, {n: Stats(v) for n, v in paired.items()}
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import pytest
 
-from bench import suite
+from bench import suite, wrk
 from bench.suite import Row, Target
 
 
@@ -114,17 +115,69 @@ def test_every_step_gets_its_wall_time_also_when_it_fails(
     assert [r.what for r in s.rows] == ["broken"] and s.rows[0].clusterlab == "failed"
 
 
-def test_the_schedulers_join_the_handoff_rounds_when_their_samples_are_as_long() -> None:
-    def names(only: str, **settings: float) -> list[str]:
-        s = suite.Suite(suite.Settings(**settings))  # type: ignore[arg-type]
+def test_the_schedulers_join_the_handoff_rounds_when_rr_runs() -> None:
+    def names(only: str) -> list[str]:
+        s = suite.Suite(suite.Settings())
         return [name for name, _ in suite._steps(s, suite.parse_only(only))]
 
     assert names("")[:2] == ["handoff+policies", "keepalive"]
     assert "policies" not in names("")
-    apart = names("", duration_s=5.0, policy_duration_s=2.0)
-    assert apart[:3] == ["handoff", "policies", "keepalive"]
     assert names("none,policies") == ["handoff", "policies"]  # no rr to share
     assert names("policies") == ["policies"]
+
+
+def test_anchored_rounds_put_every_other_between_two_anchor_samples() -> None:
+    order = wrk.anchored_order("rr", ["a", "b", "c"], 2)
+    assert order == [
+        ["rr", "a", "rr", "b", "rr", "c", "rr"],
+        ["rr", "c", "rr", "b", "rr", "a", "rr"],
+    ]
+    # The machine slows down through the round: rr 100 -> 70; a, b, c run at 0.9x, 1.0x, 0.8x
+    # of rr at their moment. Paired ratios see that; ratios of medians would not.
+    clock = iter(range(100))
+    speed = {"rr": 1.0, "a": 0.9, "b": 1.0, "c": 0.8}
+    order_seen: list[str] = []
+
+    def sampler(name: str):  # type: ignore[no-untyped-def]
+        def sample() -> float:
+            order_seen.append(name)
+            return speed[name] * (100 - 5 * next(clock))
+
+        return sample
+
+    samples, paired = wrk.anchored_rounds({n: sampler(n) for n in speed}, "rr", 1)
+    assert order_seen == order[0] and len(samples["rr"].samples) == 4
+    assert {n: round(st.median, 3) for n, st in paired.items()} == {"a": 0.9, "b": 1.0, "c": 0.8}
+
+
+def test_paired_ratios_of_rows_and_their_spread() -> None:
+    def entry(paired: list[float] | None, anchor: str = "clusterlab-rr") -> dict[str, Any]:
+        out: dict[str, Any] = {"samples": [1.0], "median": 1.0}
+        if paired is not None:
+            out["paired"] = {"anchor": anchor, "samples": paired}
+        return out
+
+    res = {
+        "clusterlab-rr": entry(None),
+        "node-rr": entry([0.5, 0.4, 0.5]),
+        "clusterlab-p2c": entry([0.95, 0.85, 1.02]),
+        "clusterlab-none": entry([1.2, 1.1, 1.0]),
+        "node-none": entry([1.0, 1.1, 1.25]),
+    }
+    p2c = suite.paired_ratio(res, "clusterlab-p2c", "clusterlab-rr")
+    assert p2c is not None and p2c["median"] == 0.95 and (p2c["min"], p2c["max"]) == (0.85, 1.02)
+    assert suite.within_spread(p2c) is True and "0.85–1.02 (3 paired rounds)" in suite.paired_note(
+        p2c
+    )
+    rr_vs_node = suite.paired_ratio(res, "clusterlab-rr", "node-rr")
+    assert rr_vs_node is not None and rr_vs_node["samples"] == [2.0, 2.5, 2.0]
+    none = suite.paired_ratio(res, "clusterlab-none", "node-none")
+    assert none is not None and none["samples"] == [1.2, 1.0, 0.8]
+    slower = suite.paired_ratio({**res, "x": entry([0.9, 0.97, 0.95])}, "x", "clusterlab-rr")
+    assert suite.within_spread(slower) is False
+    unpaired = {"clusterlab-none": {"samples": [1.0]}, "node-none": {"samples": [1.0]}}
+    assert suite.paired_ratio(unpaired, "clusterlab-none", "node-none") is None
+    assert suite.within_spread(None) is None and suite.paired_note(None) == ""
 
 
 def test_engine_figures_one_per_measured_repeat() -> None:
