@@ -104,9 +104,10 @@ def run_handoff(
     """Start every server (at once), warm each up (at once), measure each mode over interleaved
     rounds, stop everything.
 
-    With ``anchor`` (a server's name), every other server is measured between two samples of
-    the anchor (:func:`bench.wrk.anchored_rounds`) and gets ``paired``: its per-round ratios to
-    the anchor samples around it (median, min–max). Without it, rotated rounds.
+    With ``anchor`` (a server's name), every other server is warmed up (one unmeasured run) and
+    then measured ``rounds`` times, each between two samples of the anchor
+    (:func:`bench.wrk.anchored_rounds`); it gets ``paired``: its per-round ratios to the anchor
+    samples around it (median, min–max). Without it, rotated rounds.
 
     ``quiet = (max foreign CPU %, max wait s)``: before each sample wait until other processes
     use less than that share of the CPUs (no wait when max wait is 0); each run records the
@@ -120,6 +121,7 @@ def run_handoff(
             warm_up([srv.spec.url for srv in servers], threads, connections, warmup_s, MODES[mode])
         pids = [srv.pid for srv in servers]
         load = {"threads": threads, "connections": connections, "duration_s": duration_s}
+        urls = {srv.spec.name: srv.spec.url for srv in servers}
         for mode in modes:
             samplers = {
                 srv.spec.name: _Sampler(srv.spec.url, MODES[mode], load, pids, quiet, srv.pid)
@@ -127,7 +129,11 @@ def run_handoff(
             }
             results[mode] = {name: {"runs": smp.runs} for name, smp in samplers.items()}
             if anchor in samplers:
-                _, paired = anchored_rounds(samplers, anchor, rounds)
+
+                def warm(name: str, close: bool = MODES[mode]) -> None:
+                    warm_up([urls[name]], threads, connections, duration_s, close)
+
+                _, paired = anchored_rounds(samplers, anchor, rounds, warm)
                 for name, st in paired.items():
                     results[mode][name]["paired"] = {"anchor": anchor, **st.as_dict()}
             else:

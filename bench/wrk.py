@@ -136,48 +136,58 @@ def interleaved_rounds(fns: Mapping[str, Callable[[], float]], rounds: int) -> d
     return {n: Stats(v) for n, v in out.items()}
 
 
-def anchored_order(anchor: str, others: Sequence[str], rounds: int) -> list[list[str]]:
-    """Each round: the anchor, then every other followed by the anchor again (A X A Y A …), the
-    others' order reversed every other round. Every other sample sits between two anchor
-    samples, so each one has the same neighbour and its own drift-free comparison."""
-    order = []
-    for r in range(rounds):
-        seq = list(others) if r % 2 == 0 else list(others)[::-1]
-        order.append([anchor] + [name for other in seq for name in (other, anchor)])
+#: In :func:`anchored_order`, a warm-up run (not measured) of the server named after it.
+WARM = "warm:"
+
+
+def anchored_order(anchor: str, others: Sequence[str], rounds: int) -> list[str]:
+    """The runs of :func:`anchored_rounds`: a block per other server, each a warm-up of it
+    (``WARM + name``, not measured) and then ``rounds`` samples of it, each between two anchor
+    samples (A X A X A X A; a block's last anchor sample is the next block's first)."""
+    order = [anchor]
+    for other in others:
+        order.insert(len(order) - 1, WARM + other)  # warmed up while the anchor runs next
+        order += [name for _ in range(rounds) for name in (other, anchor)]
     return order
 
 
 def paired_ratios(
-    round_order: Sequence[str], values: Sequence[float], anchor: str
-) -> dict[str, float]:
-    """One round of :func:`anchored_order`: each other's sample over the mean of the anchor
-    samples just before and after it."""
-    out: dict[str, float] = {}
-    for i, name in enumerate(round_order):
+    order: Sequence[str], values: Sequence[float], anchor: str
+) -> dict[str, list[float]]:
+    """Each measured other sample over the mean of the anchor samples just before and after it
+    (``values``: one per measured run of ``order``, warm-ups left out)."""
+    measured = [name for name in order if not name.startswith(WARM)]
+    out: dict[str, list[float]] = {}
+    for i, name in enumerate(measured):
         if name == anchor:
             continue
         around = (values[i - 1] + values[i + 1]) / 2
-        out[name] = values[i] / around if around else float("nan")
+        out.setdefault(name, []).append(values[i] / around if around else float("nan"))
     return out
 
 
 def anchored_rounds(
-    fns: Mapping[str, Callable[[], float]], anchor: str, rounds: int
+    fns: Mapping[str, Callable[[], float]],
+    anchor: str,
+    rounds: int,
+    warm: Callable[[str], None] = lambda name: None,
 ) -> tuple[dict[str, Stats], dict[str, Stats]]:
-    """Measure every fn between two samples of ``anchor`` (:func:`anchored_order`). Returns the
-    samples of each (the anchor's: all of them) and each other's paired ratios, one per round
-    (:func:`paired_ratios`): a ratio judged against the anchor of the same moments, not against
-    a median taken while the machine was elsewhere."""
-    others = [n for n in fns if n != anchor]
+    """Measure each other server in a block of its own between samples of ``anchor``
+    (:func:`anchored_order`; ``warm(name)`` runs the warm-up). Returns the samples of each (the
+    anchor's: all of them) and each other's paired ratios, one per round
+    (:func:`paired_ratios`): judged against the anchor of the same moments, each server warm
+    (a server idle for a while answers slower at first: Node.js's cluster by 30-50 % in its
+    first second), not against a median taken while the machine was elsewhere."""
+    order = anchored_order(anchor, [n for n in fns if n != anchor], rounds)
     out: dict[str, list[float]] = {n: [] for n in fns}
-    paired: dict[str, list[float]] = {n: [] for n in others}
-    for round_order in anchored_order(anchor, others, rounds):
-        values = []
-        for name in round_order:
-            values.append(fns[name]())
-            out[name].append(values[-1])
-        for name, r in paired_ratios(round_order, values, anchor).items():
-            paired[name].append(r)
+    values = []
+    for name in order:
+        if name.startswith(WARM):
+            warm(name.removeprefix(WARM))
+            continue
+        values.append(fns[name]())
+        out[name].append(values[-1])
+    paired = paired_ratios(order, values, anchor)
     return {n: Stats(v) for n, v in out.items()}, {n: Stats(v) for n, v in paired.items()}
 
 

@@ -126,28 +126,31 @@ def test_the_schedulers_join_the_handoff_rounds_when_rr_runs() -> None:
     assert names("policies") == ["policies"]
 
 
-def test_anchored_rounds_put_every_other_between_two_anchor_samples() -> None:
-    order = wrk.anchored_order("rr", ["a", "b", "c"], 2)
-    assert order == [
-        ["rr", "a", "rr", "b", "rr", "c", "rr"],
-        ["rr", "c", "rr", "b", "rr", "a", "rr"],
-    ]
-    # The machine slows down through the round: rr 100 -> 70; a, b, c run at 0.9x, 1.0x, 0.8x
-    # of rr at their moment. Paired ratios see that; ratios of medians would not.
+def test_anchored_rounds_warm_each_other_and_put_it_between_two_anchor_samples() -> None:
+    order = wrk.anchored_order("rr", ["a", "b"], 2)
+    # b is warmed up right after a's last sample: the anchor sample after it is shared.
+    assert order == ["warm:a", "rr", "a", "rr", "a", "warm:b", "rr", "b", "rr", "b", "rr"]
+    # The machine slows down all along: rr 100 -> 50; a and b run at 0.9x and 0.8x of rr at
+    # their moment. Paired ratios see that; ratios of medians would not (a: 0.9 x 95 / 80).
     clock = iter(range(100))
-    speed = {"rr": 1.0, "a": 0.9, "b": 1.0, "c": 0.8}
-    order_seen: list[str] = []
+    speed = {"rr": 1.0, "a": 0.9, "b": 0.8}
+    seen: list[str] = []
 
     def sampler(name: str):  # type: ignore[no-untyped-def]
         def sample() -> float:
-            order_seen.append(name)
+            seen.append(name)
             return speed[name] * (100 - 5 * next(clock))
 
         return sample
 
-    samples, paired = wrk.anchored_rounds({n: sampler(n) for n in speed}, "rr", 1)
-    assert order_seen == order[0] and len(samples["rr"].samples) == 4
-    assert {n: round(st.median, 3) for n, st in paired.items()} == {"a": 0.9, "b": 1.0, "c": 0.8}
+    samples, paired = wrk.anchored_rounds(
+        {n: sampler(n) for n in speed}, "rr", 2, lambda name: seen.append(f"warm:{name}")
+    )
+    assert seen == order and len(samples["rr"].samples) == 5
+    assert {n: [round(r, 3) for r in st.samples] for n, st in paired.items()} == {
+        "a": [0.9, 0.9],
+        "b": [0.8, 0.8],
+    }
 
 
 def test_paired_ratios_of_rows_and_their_spread() -> None:
