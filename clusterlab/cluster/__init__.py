@@ -16,9 +16,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import _child
-from ._child import ListenerClosedError
 from ._endpoint import Address, resolve
 from ._events import EventEmitter
+from ._listeners import ListenerClosedError
 from ._primary import SCHED_NONE, SCHED_REUSEPORT, SCHED_RR, Primary
 from ._scheduler import Scheduler, SchedulerError, WorkerState
 from ._worker import Worker

@@ -1,4 +1,5 @@
-"""The private message channel between the primary and one worker.
+"""The private message channel between the primary and one worker: frames, and the primary's
+non-blocking end of it (`Channel`).
 
 A Unix stream socket pair carrying length-prefixed frames. Descriptors travel with
 SCM_RIGHTS and are matched to frames in order (a frame header says how many it owns).
@@ -8,6 +9,8 @@ can never be taken for an internal one, and pickle is only ever read from this c
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import os
 import pickle
@@ -15,9 +18,12 @@ import socket
 import stat
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from ._counts import COUNTS
 
 #: Frame kinds.
 INTERNAL = 1
@@ -199,3 +205,169 @@ def socket_from_fd(fd: int) -> socket.socket:
     except OSError:
         _close_fd(fd)
         raise
+
+
+def read_frames(
+    sock: socket.socket, reader: FrameReader
+) -> list[tuple[int, bytes, list[int]]] | None:
+    """One read of `sock` into `reader`: the frames now complete, or None at the end of the stream
+    (or a socket error). BlockingIOError when nothing is there; ChannelError when the stream is
+    broken (descriptors truncated, a bad frame). Both sides of the channel read this way."""
+    try:
+        data, fds = recv_some(sock)
+    except (BlockingIOError, InterruptedError, ChannelError):
+        raise
+    except OSError:
+        return None
+    if not data:
+        return None
+    reader.feed(data, fds)
+    return reader.frames()
+
+
+class ChannelClosed(ConnectionError):
+    """The worker's channel is closed."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EPIPE, "channel closed")
+
+
+_Callback = Callable[[BaseException | None], Any]
+
+
+class Channel:
+    """The primary's end of one worker's channel, non-blocking on the primary's loop.
+
+    Writes are queued and flushed when the socket is writable; frames without descriptors are
+    joined into one write, a frame's descriptors travel with its first byte. Reads are split
+    into frames and handed to `on_frame`; `on_broken` gets a stream that can't be trusted,
+    `on_eof` the end of the stream. Callbacks run through `guard` (the primary's uncaught-
+    exception handling).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        guard: Callable[[Callable[..., Any]], Callable[..., Any]],
+        on_frame: Callable[[int, bytes, list[int]], None],
+        on_broken: Callable[[ChannelError], None],
+        on_eof: Callable[[], None],
+    ) -> None:
+        self.sock = sock
+        self.reader = FrameReader()
+        self.open = True
+        self._loop = loop
+        self._guard = guard
+        self._on_frame = on_frame
+        self._on_broken = on_broken
+        self._on_eof = on_eof
+        self._out: list[tuple[memoryview, list[int], _Callback | None]] = []
+        self._writing = False
+        loop.add_reader(sock.fileno(), guard(self.read_once))
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def write(self, data: bytes, fds: list[int], callback: _Callback | None) -> bool:
+        """Queue a frame (its descriptors are ours to close once sent); False when closed."""
+        if not self.open:
+            for fd in fds:
+                os.close(fd)
+            if callback is not None:
+                self._loop.call_soon(self._guard(callback), ChannelClosed())
+            return False
+        COUNTS.frames_sent += 1
+        self._out.append((memoryview(data), fds, callback))
+        if not self._writing:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        out = self._out
+        while out:
+            if not out[0][1] and len(out) > 1 and not out[1][1]:
+                self._coalesce()
+            view, fds, callback = out[0]
+            try:
+                sent = send_some(self.sock, view, fds)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.fail_writes(exc)
+                return
+            for fd in fds:
+                os.close(fd)
+            out[0] = (view[sent:], [], callback)
+            if sent < len(view):
+                break
+            out.pop(0)
+            if callback is not None:
+                self._loop.call_soon(self._guard(callback), None)
+        self._want_writable(bool(out))
+
+    def _want_writable(self, want: bool) -> None:
+        if want != self._writing:
+            if want:
+                self._loop.add_writer(self.sock.fileno(), self._guard(self._flush))
+            else:
+                self._loop.remove_writer(self.sock.fileno())
+            self._writing = want
+
+    def _coalesce(self) -> None:
+        """Join queued frames without descriptors into one write (up to 1 MiB)."""
+        out = self._out
+        parts: list[memoryview] = []
+        callbacks: list[_Callback] = []
+        size = 0
+        while out and not out[0][1] and size < 1 << 20:
+            view, _, cb = out.pop(0)
+            parts.append(view)
+            size += len(view)
+            if cb is not None:
+                callbacks.append(cb)
+
+        def done(error: BaseException | None) -> None:
+            for cb in callbacks:
+                cb(error)
+
+        out.insert(0, (memoryview(b"".join(parts)), [], done if callbacks else None))
+
+    def fail_writes(self, exc: BaseException) -> None:
+        """Drop every queued write: close its descriptors, call its callback with `exc`."""
+        for _, fds, callback in self._out:
+            for fd in fds:
+                os.close(fd)
+            if callback is not None:
+                self._loop.call_soon(self._guard(callback), exc)
+        self._out.clear()
+        if self._writing and self.sock.fileno() >= 0:
+            self._want_writable(False)
+        self._writing = False
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def read_once(self) -> bool:
+        """Read and hand on what is there; False when nothing could be read."""
+        try:
+            frames = read_frames(self.sock, self.reader)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except ChannelError as exc:
+            self._on_broken(exc)
+            return False
+        if frames is None:
+            self._on_eof()
+            return False
+        COUNTS.frames_received += len(frames)
+        for kind, payload, fds in frames:
+            self._on_frame(kind, payload, fds)
+        return True
+
+    def close(self) -> None:
+        """Close our end (the worker sees the channel close) and what arrived unclaimed."""
+        self.open = False
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+            self._want_writable(False)
+            self.sock.close()
+        self.reader.close()

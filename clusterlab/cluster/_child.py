@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
-import select
 import selectors
 import socket
 import sys
@@ -19,10 +18,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from . import _channel
-from ._channel import ChannelError, FrameReader
+from . import _acts, _channel
+from ._channel import ChannelError, FrameReader, read_frames
 from ._endpoint import Endpoint, bind, resolve
-from ._load import HandedSocket, LoadCounters
+from ._listeners import ClusterSocket, ListenerClosedError, RoundRobinSocket
+from ._load import LoadCounters
 from ._worker import CurrentProcess, Worker
 
 _EARLY_LIMIT = 100_000
@@ -35,153 +35,6 @@ def _exit_now(code: int) -> None:
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
     os._exit(code)
-
-
-class ListenerClosedError(ConnectionAbortedError):
-    """accept() on a cluster listener that was closed (by a disconnect, or by the primary)."""
-
-
-class ClusterSocket(socket.socket):
-    """A listening socket obtained through the cluster; closing it tells the primary.
-
-    A blocking `accept()` waits on the socket and on a private wake-up pipe, so closing the
-    listener (a graceful disconnect) releases a thread blocked in it with ListenerClosedError.
-    A shared socket's descriptor is non-blocking underneath (its flags are shared with every
-    worker, as libuv's are); another worker winning the race just means waiting again.
-    """
-
-    _cluster_runtime: ChildRuntime | None = None
-    _cluster_key: str | None = None
-    _cluster_index: tuple[str, int] | None = None
-    _cluster_address: Any = None
-    _cluster_wake: tuple[int, int] | None = None
-
-    def _cluster_prepare(self) -> None:
-        self._cluster_wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.type == socket.SOCK_STREAM:
-            os.set_blocking(self.fileno(), False)
-
-    def _cluster_wait(self) -> bool:
-        """In blocking mode, wait until readable; ListenerClosedError if closed meanwhile.
-
-        False (without waiting) in non-blocking or timeout mode: the caller acts as usual.
-        """
-        wake = self._cluster_wake
-        if wake is None or self.gettimeout() is not None:
-            return False
-        poller = select.poll()
-        poller.register(self.fileno(), select.POLLIN)
-        poller.register(wake[0], select.POLLIN)
-        events = dict(poller.poll())
-        if wake[0] in events or self._cluster_wake is None:
-            raise ListenerClosedError("this cluster listener was closed")
-        return True
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        while True:
-            waited = self._cluster_wait()
-            try:
-                return self.accept_nowait()
-            except (BlockingIOError, InterruptedError):
-                if not waited:
-                    raise  # non-blocking mode: the caller's loop waits
-                # another worker took it: wait again
-
-    def accept_nowait(self) -> tuple[socket.socket, Any]:
-        """One accept attempt; BlockingIOError when nothing is waiting (or another took it).
-
-        For callers that already know the socket is readable (`socketserver` after select).
-        """
-        return super().accept()
-
-    def _real_close(self, _ss: Any = socket.socket) -> None:
-        runtime, self._cluster_runtime = self._cluster_runtime, None
-        wake, self._cluster_wake = self._cluster_wake, None
-        if wake is not None:
-            os.write(wake[1], b"\0")
-        try:
-            super()._real_close()  # type: ignore[misc]
-        finally:
-            if wake is not None:
-                os.close(wake[0])
-                os.close(wake[1])
-            if runtime is not None:
-                runtime.listener_closed(self)
-
-
-class RoundRobinSocket(ClusterSocket):
-    """SCHED_RR in a worker: connections handed over by the primary, one per accept().
-
-    The descriptor is the worker's end of a private hand-off pair, so `selectors`,
-    `socketserver` and the default asyncio loop see it become readable when a connection waits.
-    """
-
-    _conn_family: int = socket.AF_INET
-    _cluster_load: LoadCounters | None = None  # shared with the primary's scheduler
-
-    def accept_nowait(self) -> tuple[socket.socket, Any]:
-        fd = self._take()
-        self._ack(1)
-        conn = self._adopt(fd)
-        if socket.getdefaulttimeout() is None and self.gettimeout():
-            conn.setblocking(True)
-        try:
-            address = conn.getpeername()
-        except OSError:
-            address = ("", 0) if self._conn_family != socket.AF_UNIX else ""
-        return conn, address
-
-    def take_many(self, limit: int = 64) -> list[socket.socket]:
-        """Take every handed-over connection now waiting (up to `limit`), with one ack.
-
-        For servers on an event loop: no peer-address lookup, one reply to the primary.
-        """
-        conns: list[socket.socket] = []
-        try:
-            while len(conns) < limit:
-                conns.append(self._adopt(self._take()))
-        except (BlockingIOError, InterruptedError):
-            pass
-        finally:
-            if conns:
-                self._ack(len(conns))
-        return conns
-
-    def _adopt(self, fd: int) -> socket.socket:
-        """A handed-over connection; its close is counted when a scheduler reads the counts."""
-        load = self._cluster_load
-        if load is None:
-            return socket.socket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
-        conn = HandedSocket(self._conn_family, socket.SOCK_STREAM, 0, fileno=fd)
-        conn._cluster_load = load
-        return conn
-
-    def _take(self) -> int:
-        """One handed-over descriptor; BlockingIOError when none is waiting."""
-        while True:
-            data, fds, _, _ = socket.recv_fds(self, 1, 4, socket.MSG_CMSG_CLOEXEC)
-            if not data:
-                raise ListenerClosedError("this cluster listener was closed")
-            if fds:
-                for extra in fds[1:]:
-                    os.close(extra)
-                return fds[0]
-
-    def _ack(self, taken: int) -> None:
-        """Tell the primary how many were taken, so it may hand over that many more."""
-        try:
-            self.send(b"\x01" * taken, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-
-    def listen(self, backlog: int = 0, /) -> None:
-        """The primary listens; accepted for compatibility (the backlog went with the request)."""
-
-    def getsockname(self) -> Any:
-        return self._cluster_address
-
-    def dup(self) -> RoundRobinSocket:
-        raise OSError("a round-robin cluster listener cannot be duplicated")
 
 
 class _Indexes:
@@ -538,21 +391,15 @@ class ChildRuntime:
             self._dispatch(*frame)
 
     def _read_once(self) -> bool:
+        """Read and dispatch what is there (blocking); False once the channel has ended."""
         try:
-            data, fds = _channel.recv_some(self.sock)
-        except ChannelError as exc:
-            print(f"clusterlab: worker channel: {exc}", file=sys.stderr)
-            data, fds = b"", []
-        except OSError:
-            data, fds = b"", []
-        if not data:
-            self._on_channel_closed()
-            return False
-        self._reader.feed(data, fds)
-        try:
-            for frame in self._reader.frames():
+            frames = read_frames(self.sock, self._reader)
+            if frames is None:
+                self._on_channel_closed()
+                return False
+            for frame in frames:
                 self._dispatch(*frame)
-        except ChannelError as exc:
+        except ChannelError as exc:  # a broken stream: end the channel (next read sees it)
             print(f"clusterlab: worker channel: {exc}", file=sys.stderr)
             self._close_channel()
         return True
@@ -560,16 +407,10 @@ class ChildRuntime:
     def _dispatch(self, kind: int, payload: bytes, fds: list[int]) -> None:
         if kind == _channel.INTERNAL:
             message = _channel.decode_internal(payload)
-            act = message["act"]
-            if act == "ack":
-                future = self._requests.pop(int(message.get("seq") or 0), None)
-                if future is not None:
-                    future.set_result((message, fds))
-                    return
-            elif act == "disconnect":
-                self._start_disconnect(from_primary=True, then_exit=False)
-            for fd in fds:
-                os.close(fd)
+            act = _ACTS.get(message["act"])  # one this worker does not know: ignored
+            if act is None or not act[1](self, act[0](message), fds):
+                for fd in fds:
+                    os.close(fd)
             return
         if self._deferred is not None:
             self._deferred.append((kind, payload, fds))
@@ -589,6 +430,18 @@ class ChildRuntime:
                 self._early.append((message, handle))
             return
         self.worker.emit("message", message, handle)
+
+    def _on_ack(self, message: dict[str, Any], fds: list[int]) -> bool:
+        """The primary's answer to a request: it goes, with its descriptors, to the waiter."""
+        future = self._requests.pop(message.get("seq") or 0, None)
+        if future is None:
+            return False
+        future.set_result((message, fds))
+        return True
+
+    def _on_disconnect_asked(self, message: dict[str, Any], fds: list[int]) -> bool:
+        self._start_disconnect(from_primary=True, then_exit=False)
+        return False
 
     def _on_listener_added(self, event: str, entry: Callable[..., Any]) -> None:
         if event == "message" and self._early:
@@ -650,6 +503,19 @@ class ChildRuntime:
             if not self.worker.exited_after_disconnect:
                 _exit_now(0)  # the primary is gone (or cut us off): never outlive it
 
+
+#: Every act the primary may send: its check (`_acts`) and the handler, which returns True when
+#: it took the frame's descriptors.
+_ACTS: dict[
+    str,
+    tuple[
+        Callable[[dict[str, Any]], dict[str, Any]],
+        Callable[[ChildRuntime, dict[str, Any], list[int]], bool],
+    ],
+] = {
+    "ack": (_acts.ack, ChildRuntime._on_ack),
+    "disconnect": (_acts.no_fields, ChildRuntime._on_disconnect_asked),
+}
 
 _runtime: ChildRuntime | None = None
 

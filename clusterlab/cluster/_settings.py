@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 KEYS = (
@@ -184,3 +185,52 @@ def inspect_port_for(setting: int | Callable[[], int] | None, offset: int, base:
         return setting
     port = base + offset
     return port if port <= 65535 else 1024 + (port - 1024) % (65536 - 1024)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings the primary forks with, typed and frozen; `cluster.settings` stays the dict
+    (Node's shape) they are made from."""
+
+    exec: str | None
+    args: tuple[str, ...]
+    exec_argv: tuple[str, ...]
+    cwd: str | None
+    serialization: str
+    silent: bool
+    stdio: tuple[Any, Any, Any] | None
+    uid: int | None
+    gid: int | None
+    inspect_port: int | Callable[[], int] | None
+    windows_hide: bool
+    start_method: str
+    preload: tuple[str, ...] | None
+
+    def program(self) -> str:
+        """`exec`: what workers run; RuntimeError when the primary did not say."""
+        if self.exec is None:
+            raise RuntimeError(
+                "cannot tell what workers should run (the primary was not started from a file): "
+                "call cluster.setup_primary(exec='path/to/script.py') first"
+            )
+        return self.exec
+
+    @classmethod
+    def of(cls, merged: Mapping[str, Any]) -> Settings:
+        """From a merged (validated, complete) settings dict."""
+        preload = merged["preload"]
+        return cls(
+            exec=merged["exec"],
+            args=tuple(merged["args"]),
+            exec_argv=tuple(merged["exec_argv"]),
+            cwd=merged["cwd"],
+            serialization=merged["serialization"],
+            silent=merged["silent"],
+            stdio=merged["stdio"],
+            uid=merged["uid"],
+            gid=merged["gid"],
+            inspect_port=merged["inspect_port"],
+            windows_hide=merged["windows_hide"],
+            start_method=merged["start_method"],
+            preload=None if preload is None else tuple(preload),
+        )
