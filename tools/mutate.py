@@ -72,7 +72,7 @@ def wrap(name: str, returns: str) -> str:
 
 PRIMARY = "clusterlab/cluster/_primary.py"
 RR = "clusterlab/cluster/_round_robin.py"
-SUPERVISOR = "clusterlab/supervisor.py"
+SUPERVISOR = "clusterlab/supervisor/_supervisor.py"
 LAB = "clusterlab/lab/**.py"  # the lab's modules move: found by their text
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -137,7 +137,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "'exit' without its signal argument",
         (
             one(
-                PRIMARY,
+                "clusterlab/cluster/_link.py",
                 "self.primary.on_exit(self, exit_code, sig_name)",
                 "self.primary.on_exit(self, exit_code, None)",
             ),
