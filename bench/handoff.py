@@ -99,15 +99,16 @@ def run_handoff(
     warmup_s: float = 1,
     quiet: tuple[float, float] = (5.0, 0.0),
     results: dict[str, Any] | None = None,
-    anchor: str | None = None,
+    paired: Paired | None = None,
 ) -> dict[str, Any]:
-    """Start every server (at once), warm each up (at once), measure each mode over interleaved
+    """Start every server (at once), warm each up (at once), measure each mode over rotated
     rounds, stop everything.
 
-    With ``anchor`` (a server's name), every other server is warmed up (one unmeasured run) and
-    then measured ``rounds`` times, each between two samples of the anchor
-    (:func:`bench.wrk.anchored_rounds`); it gets ``paired``: its per-round ratios to the anchor
-    samples around it (median, min–max). Without it, rotated rounds.
+    With ``paired``, its servers are left out of the rotated rounds and measured against its
+    anchor instead (:func:`bench.wrk.anchored_rounds`): each warmed up, then measured
+    ``rounds`` times, each between two samples of the anchor, for ``paired.duration_s`` each;
+    each gets ``paired`` (its per-round ratios to the anchor samples around it: median,
+    min–max), and the anchor's samples of that phase are kept as ``paired.anchor_key``.
 
     ``quiet = (max foreign CPU %, max wait s)``: before each sample wait until other processes
     use less than that share of the CPUs (no wait when max wait is 0); each run records the
@@ -120,30 +121,70 @@ def run_handoff(
         for mode in modes:
             warm_up([srv.spec.url for srv in servers], threads, connections, warmup_s, MODES[mode])
         pids = [srv.pid for srv in servers]
-        load = {"threads": threads, "connections": connections, "duration_s": duration_s}
-        urls = {srv.spec.name: srv.spec.url for srv in servers}
+
+        def sampler(srv: peers.Server, mode: str, seconds: float) -> _Sampler:
+            load = {"threads": threads, "connections": connections, "duration_s": seconds}
+            return _Sampler(srv.spec.url, MODES[mode], load, pids, quiet, srv.pid)
+
+        apart = set(paired.names) if paired else set()
         for mode in modes:
             samplers = {
-                srv.spec.name: _Sampler(srv.spec.url, MODES[mode], load, pids, quiet, srv.pid)
+                srv.spec.name: sampler(srv, mode, duration_s)
                 for srv in servers
+                if srv.spec.name not in apart
             }
             results[mode] = {name: {"runs": smp.runs} for name, smp in samplers.items()}
-            if anchor in samplers:
-
-                def warm(name: str, close: bool = MODES[mode]) -> None:
-                    warm_up([urls[name]], threads, connections, duration_s, close)
-
-                _, paired = anchored_rounds(samplers, anchor, rounds, warm)
-                for name, st in paired.items():
-                    results[mode][name]["paired"] = {"anchor": anchor, **st.as_dict()}
-            else:
-                interleaved_rounds(samplers, rounds)
+            interleaved_rounds(samplers, rounds)
+            if paired:
+                by_name = {srv.spec.name: srv for srv in servers}
+                _paired_phase(paired, by_name, mode, rounds, sampler, results[mode])
             for name, smp in samplers.items():
                 results[mode][name]["discarded_samples"] = smp.discarded
         for srv in servers:
             if srv.proc.poll() is not None:
                 raise RuntimeError(f"{srv.spec.name} died during the run:\n{srv.log_tail()}")
     return summarize(results)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Servers measured against an anchor server, each between two of its samples."""
+
+    anchor: str
+    names: tuple[str, ...]
+    duration_s: float
+
+    @property
+    def anchor_key(self) -> str:
+        return f"{self.anchor} (paired)"
+
+
+def _paired_phase(
+    paired: Paired,
+    servers: dict[str, peers.Server],
+    mode: str,
+    rounds: int,
+    sampler: Any,
+    results: dict[str, Any],
+) -> None:
+    """The anchored blocks of :func:`run_handoff` into ``results``."""
+    names = [n for n in paired.names if n in servers]
+    fns = {paired.anchor_key: sampler(servers[paired.anchor], mode, paired.duration_s)}
+    fns |= {n: sampler(servers[n], mode, paired.duration_s) for n in names}
+    for name, smp in fns.items():
+        results[name] = {"runs": smp.runs}
+
+    def warm(name: str) -> None:
+        smp = fns[name]
+        warm_up(
+            [smp.url], smp.load["threads"], smp.load["connections"], paired.duration_s, smp.close
+        )
+
+    _, ratios = anchored_rounds(fns, paired.anchor_key, rounds, warm)
+    for name, st in ratios.items():
+        results[name]["paired"] = {"anchor": paired.anchor_key, **st.as_dict()}
+    for name, smp in fns.items():
+        results[name]["discarded_samples"] = smp.discarded
 
 
 def warm_up(

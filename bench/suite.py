@@ -64,7 +64,7 @@ from typing import Any
 
 from bench import ipc, node_micro, peers, report, respawn
 from bench import policies as policy_rows
-from bench.handoff import run_handoff, summarize, target_from_template
+from bench.handoff import Paired, run_handoff, summarize, target_from_template
 from bench.wrk import Stats, interleaved_rounds, run_wrk
 from clusterlab import available_parallelism
 from clusterlab.lab.running import phases as lab_phases
@@ -101,6 +101,14 @@ RSS_FLAT_MIB_PER_MIN = 0.2
 FLAT_JUDGED_S = 290.0
 SCALING_EFFICIENCY = 0.9
 _BASE_ROW = "RR hand-off vs the commit before schedulers"
+#: The servers compared with clusterlab's rr alone, each measured between two of its samples
+#: (ANCHOR_KEY holds rr's samples of that phase).
+ANCHOR = "clusterlab-rr"
+ANCHOR_KEY = Paired(ANCHOR, (), 0).anchor_key
+PAIRED_WITH_RR = frozenset(
+    {"clusterlab-rr-metrics", "clusterlab-rr-base"}
+    | {f"clusterlab-{name}" for name in policy_rows.SCHEDULERS}
+)
 HANDOFF_ROWS = {
     "rr": "RR hand-off, new connection per request",
     "none": "SCHED_NONE, same load",
@@ -420,8 +428,8 @@ class Settings:
     scaling_ms: float = 2.0
     scaling_policy: str = "rr"
     primary_seconds: float = 300.0
-    #: Seconds per wrk run of the hand-off step when it is anchored on rr (rr with its peers,
-    #: metrics on, the old tree and the schedulers, each between two rr samples).
+    #: Seconds per wrk run of the servers compared with rr alone (metrics on, the old tree, the
+    #: schedulers), each measured between two rr samples.
     paired_duration_s: float = 1.0
     rr_base: str | None = None
     lab_runs: int = 1
@@ -485,16 +493,21 @@ class Suite:
         specs: Sequence[peers.ServerSpec],
         mode: str,
         connections: int | None = None,
-        anchor: str | None = None,
+        paired: Paired | None = None,
     ) -> dict[str, Any]:
-        """wrk over rounds; with ``anchor``, each other server between two samples of it, for
-        ``paired_duration_s`` each (every result gets ``paired``: its ratios to the anchor)."""
+        """wrk over rotated rounds; the servers ``paired`` names apart, each between two
+        samples of its anchor (their results get ``paired``: their ratios to the anchor)."""
         s = self.settings
-        duration = s.paired_duration_s if anchor else s.duration_s
-        layout = f"each between two {anchor} samples" if anchor else "rotated"
+        rotated = [sp.name for sp in specs if not paired or sp.name not in paired.names]
         print(
-            f"{key}: {', '.join(sp.name for sp in specs)}; {s.rounds} rounds ({layout}) of "
-            f"{duration:g} s, {'new connection per request' if mode == 'close' else mode}",
+            f"{key}: {', '.join(rotated)}: {s.rounds} rotated rounds of {s.duration_s:g} s; "
+            + (
+                f"{', '.join(paired.names)}: {s.rounds} rounds of {paired.duration_s:g} s each, "
+                f"each between two {paired.anchor} samples; "
+                if paired
+                else ""
+            )
+            + ("new connection per request" if mode == "close" else mode),
             flush=True,
         )
         results: dict[str, Any] = {}
@@ -504,11 +517,11 @@ class Suite:
                 specs,
                 (mode,),
                 s.rounds,
-                duration,
+                s.duration_s,
                 connections or s.connections,
                 quiet=s.quiet,
                 results=results,
-                anchor=anchor,
+                paired=paired,
             )
         except (KeyboardInterrupt, SystemExit) as exc:  # rows from what was measured, then stop
             summarize(results)
@@ -538,8 +551,7 @@ class Suite:
             base = self._rr_base(stack) if "rr" in policies else None
             if base is not None:  # today's RR beside the old tree's, in the same rounds
                 specs.append(policy_rows.base_spec(self.settings.workers, base[1]))
-            anchor = "clusterlab-rr" if "rr" in policies else None
-            res = self._wrk_rounds("handoff", specs, "close", anchor=anchor)
+            res = self._wrk_rounds("handoff", specs, "close", paired=self._paired(specs))
         self._node_rows(policies, res, skipped)
         if base is not None:
             self._rr_base_row(res, base[0])
@@ -593,15 +605,24 @@ class Suite:
         if self._wrk_missing(*POLICY_ROWS):
             return
         specs = policy_rows.scheduler_specs(self.settings.workers)
-        res = self._wrk_rounds("policies", specs, "close", anchor="clusterlab-rr")
+        res = self._wrk_rounds("policies", specs, "close", paired=self._paired(specs))
         self._policy_rows(res)
+
+    def _paired(self, specs: Sequence[peers.ServerSpec]) -> Paired | None:
+        """What compares with clusterlab's rr alone (metrics on, the old tree, the schedulers):
+        measured between two rr samples each; None without rr."""
+        names = [sp.name for sp in specs]
+        if ANCHOR not in names:
+            return None
+        apart = tuple(n for n in names if n in PAIRED_WITH_RR)
+        return Paired(ANCHOR, apart, self.settings.paired_duration_s)
 
     def _policy_rows(self, res: dict[str, Any]) -> None:
         """A row per built-in scheduler against clusterlab-rr of the same rounds (``res``)."""
-        rr = res.get("clusterlab-rr")
+        rr = res.get(ANCHOR_KEY)
         for name, what in zip(policy_rows.SCHEDULERS, POLICY_ROWS, strict=True):
             figure = res.get(f"clusterlab-{name}")
-            paired = paired_ratio(res, f"clusterlab-{name}", "clusterlab-rr")
+            paired = paired_ratio(res, f"clusterlab-{name}", ANCHOR_KEY)
             notes = (paired_note(paired), policy_rows.NOTES.get(name, ""))
             self.rows.append(
                 Row(
@@ -628,8 +649,8 @@ class Suite:
     def _rr_base_row(self, res: dict[str, Any], base: str) -> None:
         """Today's RR against the old tree's, per round (the old tree between two rr samples):
         met when its paired ratios reach 1 (no slower beyond their spread)."""
-        rr, old = res.get("clusterlab-rr"), res.get("clusterlab-rr-base")
-        paired = paired_ratio(res, "clusterlab-rr", "clusterlab-rr-base")
+        rr, old = res.get(ANCHOR_KEY), res.get("clusterlab-rr-base")
+        paired = paired_ratio(res, ANCHOR_KEY, "clusterlab-rr-base")
         self.rows.append(
             Row(
                 _BASE_ROW,
@@ -647,8 +668,8 @@ class Suite:
         """RR with the primary's /metrics on against off, per round (metrics on between two
         samples with them off): met when its paired ratios reach 1 (no slower beyond their
         spread)."""
-        rr, on = res.get("clusterlab-rr"), res.get("clusterlab-rr-metrics")
-        paired = paired_ratio(res, "clusterlab-rr-metrics", "clusterlab-rr")
+        rr, on = res.get(ANCHOR_KEY), res.get("clusterlab-rr-metrics")
+        paired = paired_ratio(res, "clusterlab-rr-metrics", ANCHOR_KEY)
         self.rows.append(
             Row(
                 "RR hand-off, metrics on (docs/metrics.md)",
@@ -1304,8 +1325,8 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
         "--paired-duration",
         dest="paired_duration_s",
         type=float,
-        help="seconds per wrk run of the rows paired with rr: rr, its peers, metrics on, the old "
-        "tree, the policies (1; whole seconds)",
+        help="seconds per wrk run of the rows paired with rr (metrics on, the old tree, the "
+        "policies), each between two rr samples (1; whole seconds)",
     )
     ap.add_argument(
         "--rr-base", metavar="REV", help="rr's baseline commit (default: the one before schedulers)"
