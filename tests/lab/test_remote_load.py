@@ -181,8 +181,7 @@ def run(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         )
         killer.start()
         done = subprocess.run(
-            [sys.executable, "-m", "clusterlab", "run", str(folder / "s.toml"), "--out", str(out)]
-            + ["-q"],
+            [sys.executable, "-m", "clusterlab", "run", str(folder / "s.toml"), "--out", str(out)],
             capture_output=True,
             text=True,
             timeout=100,
@@ -231,6 +230,9 @@ def test_a_remote_worker_killed_mid_window_marks_its_point(run: Run):
     assert second["load_workers_lost"] == "1"
     assert "process gone: killed by SIGKILL" in second["load_lost"]
     assert f"pid {run.killed['pid']}" in second["load_lost"]
+    # and the run's progress says so on that point's line
+    lines = [line for line in run.done.stderr.splitlines() if "LOAD WORKER LOST" in line]
+    assert len(lines) == 1 and lines[0].startswith("point 2/2")
 
 
 def test_a_worker_without_the_token_is_refused_and_the_point_runs_without_it(run: Run):

@@ -140,9 +140,9 @@ def start_load(
     out_dir.mkdir(parents=True, exist_ok=True)
     if engine == "wrk":
         return _start_wrk(load, workload, url, out_dir, header, cpus)
-    # The locustfile ends the run itself (exact window); -t only bounds a run that hangs. A master
-    # waits for its workers (``wait``), and at the stop for their results (``grace``).
-    grace = 0.0 if processes == 1 and remote is None else 5.0
+    # The locustfile ends the run itself; -t bounds a hung run. A master waits for its workers
+    # (``wait``), and at the stop for their results or word of their end (``grace``).
+    grace = 0.0 if processes == 1 and remote is None else 5.0 if remote is None else 8.0
     wait = remote.wait if remote is not None else 30.0
     run_time = math.ceil(wait + load.warmup + load.duration + grace) + 15
     config = {

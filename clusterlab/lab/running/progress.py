@@ -74,6 +74,8 @@ class ConsoleProgress:
             verdict, _ = point_verdict(row, self.generator_bound_cpu, os.cpu_count() or 1)
             if verdict is not None:
                 result += f" [{verdict}-bound]" if verdict != "unsaturated" else " [unsaturated]"
+            if row.get("load_lost"):  # a load worker vanished mid-window: the point is marked
+                result += f"; LOAD WORKER LOST: {row['load_lost']}"
         else:
             result = f"FAILED: {row.get('error')}"
         self._write(
