@@ -107,13 +107,6 @@ def internal_frame(message: dict[str, Any], nfds: int = 0) -> bytes:
     return frame(INTERNAL, orjson.dumps(message), nfds)
 
 
-def send_some(sock: socket.socket, data: bytes | memoryview, fds: list[int]) -> int:
-    """One send (a sendmsg carrying `fds` when there are any); the bytes sent."""
-    if fds:
-        return socket.send_fds(sock, [data], fds)
-    return sock.send(data)
-
-
 def recv_some(sock: socket.socket) -> tuple[bytes, list[int]]:
     """One recvmsg: the bytes and the descriptors that came with them (close-on-exec)."""
     data, fds, flags, _ = socket.recv_fds(sock, _RECV_SIZE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
@@ -283,27 +276,30 @@ class Channel:
         return True
 
     def _flush(self) -> None:
-        out = self._out
+        out, sock = self._out, self.sock
         while out:
             if not out[0][1] and len(out) > 1 and not out[1][1]:
                 self._coalesce()
             view, fds, callback = out[0]
             try:
-                sent = send_some(self.sock, view, fds)
+                sent = socket.send_fds(sock, [view], fds) if fds else sock.send(view)
             except BlockingIOError:
                 break
             except OSError as exc:
                 self.fail_writes(exc)
                 return
-            for fd in fds:
-                os.close(fd)
-            out[0] = (view[sent:], [], callback)
+            if fds:
+                for fd in fds:
+                    os.close(fd)
+                fds = []
             if sent < len(view):
+                out[0] = (view[sent:], fds, callback)
                 break
             out.pop(0)
             if callback is not None:
                 self._loop.call_soon(self._guard(callback), None)
-        self._want_writable(bool(out))
+        if bool(out) != self._writing:
+            self._want_writable(bool(out))
 
     def _want_writable(self, want: bool) -> None:
         if want != self._writing:

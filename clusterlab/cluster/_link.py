@@ -91,7 +91,7 @@ class Link:
     ) -> bool:
         kind, payload = _channel.encode_user(message, self.serialization)
         fds = [os.dup(_channel.handle_fd(handle))] if handle is not None else []
-        return self.write(_channel.frame(kind, payload, len(fds)), fds, callback)
+        return self.channel.write(_channel.frame(kind, payload, len(fds)), fds, callback)
 
     def kill(self, sig: str | int) -> None:
         number = signal_number(sig)
