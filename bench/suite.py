@@ -14,9 +14,11 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport; without it, eve
 * ``keepalive``: the same with keep-alive; clusterlab's fastest worker server (uvicorn with
   uvloop and httptools through ``serve_asgi``, SCHED_NONE) vs ``uvicorn --workers 2`` and Node.js;
 * ``policies``: each built-in scheduler (least-conn, p2c, jiq, hash, weighted, random) with a new
-  connection per request, against clusterlab's ``rr`` in the same rounds (:mod:`bench.policies`;
-  in the hand-off rows' rounds when ``rr`` runs too and ``--policy-duration`` equals
-  ``--duration``);
+  connection per request, against clusterlab's ``rr`` (:mod:`bench.policies`; in the hand-off
+  rows' run when ``rr`` runs too). Each is warmed up, then measured 3 times, each time between
+  two ``rr`` samples (``--paired-duration``, 1 s); its ratio is the median of those per-round
+  ratios, shown with their min–max. The rr rows with metrics on and with the old tree are
+  measured the same way;
 * ``ipc``: round trips and one-way messages, primary ↔ one worker (``bench/ipc.py`` vs
   ``node/ipc.js``), alternating runs;
 * ``respawn``: SIGKILL of a worker → replacement ``'listening'``, median of 20, per start method
