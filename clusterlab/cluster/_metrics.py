@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping
@@ -17,10 +18,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .._parallelism import available_parallelism
 from ._counts import COUNTS
 from ._round_robin import HANDOFF_FIELDS
 
@@ -58,6 +61,10 @@ class Snapshot:
     supervisor: Mapping[str, int]
     workers: Mapping[int, Mapping[str, int | None]]
     endpoints: Mapping[tuple[str, str], Mapping[str, int]]
+    #: CPU seconds (user + system) of the primary and of each live worker: what a lab on
+    #: another host needs to tell a target-bound run from one its load limited
+    primary_cpu_s: float = 0.0
+    worker_cpu_s: Mapping[int, float] | None = None
 
 
 def take_snapshot(primary: Primary) -> Snapshot:
@@ -73,7 +80,28 @@ def take_snapshot(primary: Primary) -> Snapshot:
         },
         workers=primary.handles.worker_stats(),
         endpoints=primary.handles.endpoint_stats(),
+        primary_cpu_s=_own_cpu_seconds(),
+        worker_cpu_s=_worker_cpu_seconds(primary),
     )
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _worker_cpu_seconds(primary: Primary) -> dict[int, float]:
+    """Each live worker's CPU seconds so far (a worker that ended meanwhile is left out)."""
+    seconds = {}
+    for worker_id, link in list(primary._links.items()):
+        if link.dead:
+            continue
+        try:
+            cpu = psutil.Process(link.proc.pid).cpu_times()
+        except psutil.Error:
+            continue
+        seconds[worker_id] = cpu.user + cpu.system
+    return seconds
 
 
 def families(snap: Snapshot) -> Iterator[Metric]:
@@ -98,6 +126,24 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         yield CounterMetricFamily(f"clusterlab_supervisor_{name}", text, snap.supervisor[key])
     yield from _worker_families(snap.workers)
     yield from _endpoint_families(snap.endpoints)
+    yield from _cpu_families(snap)
+
+
+def _cpu_families(snap: Snapshot) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "clusterlab_host_cpus",
+        "CPUs this primary may use (available_parallelism())",
+        available_parallelism(),
+    )
+    yield CounterMetricFamily(
+        "clusterlab_primary_cpu_seconds", "CPU seconds of the primary process", snap.primary_cpu_s
+    )
+    family = CounterMetricFamily(
+        "clusterlab_worker_cpu_seconds", "CPU seconds of each live worker", labels=["worker"]
+    )
+    for worker_id, seconds in sorted((snap.worker_cpu_s or {}).items()):
+        family.add_metric([str(worker_id)], seconds)
+    yield family
 
 
 def _worker_families(workers: Mapping[int, Mapping[str, int | None]]) -> Iterator[Metric]:

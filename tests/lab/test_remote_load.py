@@ -113,6 +113,19 @@ def _scrape(url: str) -> dict[str, int]:
     return {w: int(c["requests"]) for w, c in scrape(url).workers.items()}
 
 
+def _workers_cpu(metrics: str, primary_pid: int) -> tuple[float, float]:
+    """The idle target's workers' CPU seconds: from its endpoint, and from psutil (the
+    namespace shares this machine's processes)."""
+    from clusterlab.lab.running.metrics_scrape import scrape
+
+    endpoint = sum(v for (role, _), v in scrape(metrics).cpu_s.items() if role == "worker")
+    seen = 0.0
+    for child in psutil.Process(primary_pid).children():
+        times = child.cpu_times()
+        seen += times.user + times.system
+    return endpoint, seen
+
+
 def _kill_one_worker_mid_window(loadgen: subprocess.Popen[str], out: Path) -> dict[str, int]:
     """When the second point's window has run 0.5 s: SIGKILL one of the loadgen's workers."""
     killed: dict[str, int] = {}
@@ -136,6 +149,9 @@ class Run:
     after: dict[str, int]
     killed: dict[str, int]
     rogue_exit: int | None
+    #: after the run: the workers' CPU seconds as the endpoint says and as psutil sees them
+    cpu_endpoint_s: float = 0.0
+    cpu_psutil_s: float = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +203,8 @@ def run(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             timeout=100,
         )
         killer.join()
-        yield Run(out, done, before, _scrape(metrics), killed, rogue.poll())
+        cpu = _workers_cpu(metrics, target.pid)
+        yield Run(out, done, before, _scrape(metrics), killed, rogue.poll(), *cpu)
     finally:
         for proc in (rogue, loadgen, target):
             _stop(proc)
@@ -210,6 +227,21 @@ def test_a_run_with_remote_workers_and_a_remote_target_writes_every_output(run: 
     # the load machine reported its own CPU, and the verdict's generator figure includes it
     assert float(first["remote_gen_cpu_max_pct"]) > 0
     assert float(first["gen_cpu_max_pct"]) >= float(first["remote_gen_cpu_max_pct"])
+
+
+def test_a_remote_targets_cpu_comes_from_its_endpoint_and_feeds_the_verdict(run: Run):
+    # the endpoint's figure is the workers' own CPU time, as the OS counts it
+    assert run.cpu_endpoint_s > 0.1
+    assert run.cpu_endpoint_s == pytest.approx(run.cpu_psutil_s, abs=0.05)
+    first = _rows(run.out / "results.csv")[0]
+    # the target's host's CPUs (the namespace is on this machine: the same CPUs)
+    assert int(first["target_cpus"]) == len(os.sched_getaffinity(0))
+    assert float(first["workers_cpu_pct"]) > 0 and float(first["primary_cpu_pct"]) >= 0
+    rows = [r for r in _rows(run.out / "workers.csv") if r["point"] == "0"]
+    assert all(float(r["cpu_s"]) > 0 for r in rows), rows
+    # the verdict weighed the target's CPU ("target –" without a figure)
+    point = json.loads((run.out / "summary.json").read_text())["points"][0]
+    assert re.search(r"\btarget (used )?\d+% of", point["verdict_reason"]), point
 
 
 def test_per_worker_counts_equal_the_targets_own_once_the_load_stopped(run: Run):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,6 +26,10 @@ class Scrape:
 
     workers: dict[str, dict[str, Any]]
     handoff: dict[str, int] | None
+    #: CPU seconds so far by (role, key): ("primary", "0") and ("worker", worker id)
+    cpu_s: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: CPUs the target's primary may use on its host (None: an endpoint without the figure)
+    host_cpus: int | None = None
 
 
 def scrape(url: str) -> Scrape:
@@ -41,7 +45,25 @@ def scrape(url: str) -> Scrape:
     for family in families:
         for s in family.samples:
             samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return Scrape(_workers(samples, at), _handoff(samples))
+    return Scrape(_workers(samples, at), _handoff(samples), _cpu(samples), _host_cpus(samples))
+
+
+def _cpu(
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]],
+) -> dict[tuple[str, str], float]:
+    found = {
+        ("worker", dict(labels)["worker"]): value
+        for labels, value in samples.get("clusterlab_worker_cpu_seconds_total", {}).items()
+        if "worker" in dict(labels)
+    }
+    for value in samples.get("clusterlab_primary_cpu_seconds_total", {}).values():
+        found[("primary", "0")] = value
+    return found
+
+
+def _host_cpus(samples: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> int | None:
+    values = list(samples.get("clusterlab_host_cpus", {}).values())
+    return int(values[0]) if values else None
 
 
 def _workers(

@@ -30,7 +30,7 @@ from clusterlab.lab.running.load import (
     wait_load,
 )
 from clusterlab.lab.running.sampler import Sampler
-from clusterlab.lab.running.targets import ClusterTarget, TargetError, TargetHandle
+from clusterlab.lab.running.targets import ClusterTarget, TargetError, TargetHandle, UrlTarget
 
 Snapshot = dict[str, dict[str, Any]]
 
@@ -69,6 +69,8 @@ class Observation:
     outcome: LoadOutcome | None = None
     error: str = ""
     skipped: list[SkippedFault] = field(default_factory=list)
+    #: the CPUs of the target's own host when it runs on another one (None: on this machine)
+    target_host_cpus: int | None = None
 
 
 def observe_point(
@@ -97,7 +99,7 @@ def observe_point(
     injector = _injector(scenario, point, target, out, skipped)
     outcome, error = None, ""
     try:
-        with Sampler(lambda: {**_sources(target), **run.pids()}) as sampler, injector:
+        with _sampler(target, run) as sampler, injector:
             wait_load(run)
         stop_load(run)
         _load_phases(run, point.index, launched)
@@ -126,6 +128,7 @@ def observe_point(
         outcome=outcome,
         error=error,
         skipped=skipped,
+        target_host_cpus=target.host_cpus() if isinstance(target, UrlTarget) else None,
     )
 
 
@@ -213,6 +216,15 @@ def _sources(target: TargetHandle) -> dict[tuple[str, str], int]:
     if target.primary_pid is not None:
         found[("primary", "0")] = target.primary_pid
     return found
+
+
+def _sampler(target: TargetHandle, run: LoadRun) -> Sampler:
+    """The target's processes and the load's, sampled; a url target's CPU from its metrics
+    endpoint when psutil cannot see its processes."""
+    reported = (
+        target.reported_cpu if isinstance(target, UrlTarget) and target.reports_cpu() else None
+    )
+    return Sampler(lambda: {**_sources(target), **run.pids()}, reported=reported)
 
 
 def _fault_sender(target: TargetHandle) -> Callable[[FaultCommand], None]:

@@ -117,9 +117,11 @@ def result_row(
     workers: list[dict[str, Any]],
     usage: pd.DataFrame,
     counts_source: str,
+    elsewhere: bool = False,
 ) -> dict[str, Any]:
     """The point's row in results.csv: what was measured, nothing derived (fairness and the
-    verdict are the analysis's)."""
+    verdict are the analysis's). ``elsewhere``: the target ran on another host (its CPU, as its
+    endpoint reported it, is not this machine's)."""
     stats = outcome.stats
     window = outcome.window_s
     ok = stats["requests"] - stats["failures"]
@@ -132,6 +134,8 @@ def result_row(
     cpus = os.cpu_count() or 1
     machine = role_cpu_pct(usage, "machine")
     ours = {role: role_cpu_pct(usage, role) for role in ("primary", "worker", "generator")}
+    # a target on another host used none of this machine's CPUs
+    here = {role: ours[role] for role in (("generator",) if elsewhere else ours)}
     return {
         **keys,
         "window_s": window,
@@ -156,7 +160,7 @@ def result_row(
         # machine's and the processes' samples are taken apart, so a quiet machine can come out
         # a little below zero: that is none
         "other_cpu_pct": _not_below_zero(
-            machine - sum(_zero(v) for v in ours.values()) - _zero(role_cpu_pct(usage, "runner"))
+            machine - sum(_zero(v) for v in here.values()) - _zero(role_cpu_pct(usage, "runner"))
         ),
         **remote,
     }
@@ -341,9 +345,10 @@ def point_rows(scenario: Scenario, seen: Observation, cpus: CpuPlan) -> PointRow
         return PointRows(failed_row(scenario, point, seen.error), events=events)
     placement = {
         "cpus": os.cpu_count() or 1,
-        "target_cpus": len(cpus.target),
+        "target_cpus": seen.target_host_cpus or len(cpus.target),
         "load_cpus": len(cpus.load),
-        "cpu_shared": cpus.shared,
+        # a target on another host shares no CPU with this machine's load
+        "cpu_shared": cpus.shared and seen.target_host_cpus is None,
     }
     outcome = seen.outcome
     usage = window_usage(seen.samples, outcome.measure_start, outcome.measure_end)
@@ -352,7 +357,7 @@ def point_rows(scenario: Scenario, seen: Observation, cpus: CpuPlan) -> PointRow
     counted = "metrics" if scenario.target.kind == "url" else "channel"
     source = counted if seen.before else ("header" if outcome.tally else "none")
     result = {
-        **result_row(keys, outcome, workers, usage, source),
+        **result_row(keys, outcome, workers, usage, source, seen.target_host_cpus is not None),
         "status": "ok",
         "error": "",
         "started": seen.started,

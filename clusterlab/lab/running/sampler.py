@@ -15,14 +15,22 @@ import pandas as pd
 import psutil
 
 Sources = Callable[[], dict[tuple[str, str], int]]
+#: CPU seconds by (role, key) that a target reports itself (its metrics endpoint), for targets
+#: whose processes psutil cannot see (another host, no pid given)
+Reported = Callable[[], dict[tuple[str, str], float]]
 COLUMNS = ["t", "role", "key", "pid", "cpu_s", "rss_mb"]
+#: The pid of a sample the target reported itself (no RSS: the endpoint has none)
+REPORTED_PID = 0
 
 
 class Sampler:
     """Samples every process that ``sources()`` names, as (role, key) → pid, until stopped."""
 
-    def __init__(self, sources: Sources, interval: float = 0.5) -> None:
+    def __init__(
+        self, sources: Sources, interval: float = 0.5, reported: Reported | None = None
+    ) -> None:
         self._sources = sources
+        self._reported = reported
         self._interval = interval
         self._rows: list[tuple[float, str, str, int, float, float]] = []
         self._procs: dict[int, psutil.Process] = {}
@@ -57,6 +65,9 @@ class Sampler:
             except psutil.Error:
                 continue
             self._rows.append((now, role, key, pid, cpu.user + cpu.system, rss / 2**20))
+        if self._reported is not None:
+            for (role, key), cpu_s in self._reported().items():
+                self._rows.append((now, role, key, REPORTED_PID, cpu_s, math.nan))
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self._rows, columns=COLUMNS)

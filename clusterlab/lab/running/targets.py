@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from clusterlab.lab.config.scenario import Respawn, Target, url_host
+from clusterlab.lab.config.scenario import LOOPBACK_HOSTS, Respawn, Target, url_host
 from clusterlab.lab.protocol import CLOSED, Command, Event, FaultCommand, Supervision
 from clusterlab.lab.running.cpus import pinned
 from clusterlab.lab.running.processes import alive_since, free_port, stop_all, stop_process
@@ -327,6 +327,27 @@ class UrlTarget:
         from clusterlab.lab.running.metrics_scrape import scrape
 
         return scrape(self.config.target.metrics or "")
+
+    def reports_cpu(self) -> bool:
+        """Its CPU comes from its metrics endpoint: psutil has no process of it to sample."""
+        return bool(self.config.target.metrics) and self.primary_pid is None
+
+    def elsewhere(self) -> bool:
+        """Its metrics endpoint, so its processes, are on another host (not this machine's)."""
+        metrics = self.config.target.metrics or ""
+        return bool(metrics) and url_host(metrics).strip("[]") not in LOOPBACK_HOSTS
+
+    def reported_cpu(self) -> dict[tuple[str, str], float]:
+        """The primary's and each worker's CPU seconds as its endpoint reports them (none when
+        it does not answer: the sampler's next try may)."""
+        try:
+            return dict(self._scrape().cpu_s)
+        except TargetError:
+            return {}
+
+    def host_cpus(self) -> int | None:
+        """The CPUs its primary may use on its host, when it is elsewhere and says so."""
+        return self._scrape().host_cpus if self.elsewhere() and self.reports_cpu() else None
 
     def stop(self) -> None:
         return None
