@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ class _Sampler:
     server_pids: list[int]
     quiet: tuple[float, float]
     pid: int = 0
+    env: Mapping[str, str] | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     discarded: int = 0
 
@@ -72,7 +74,7 @@ class _Sampler:
             meter = report.ForeignCpu(self.server_pids)
             cost = report.ServerCost(self.pid) if self.pid else None
             t0 = time.monotonic()
-            r = run_wrk(self.url, close=self.close, **self.load)
+            r = run_wrk(self.url, close=self.close, env=self.env, **self.load)
             foreign = meter.pct()
             report.QUIET.saw(foreign)
             if foreign < max_pct or attempt == 3 or not wait_s or not report.may_retake(t0):
@@ -153,6 +155,9 @@ class Paired:
     anchor: str
     names: tuple[str, ...]
     duration_s: float
+    #: wrk's extra environment in this phase, every server alike (bench/sources.py: many client
+    #: addresses, so the hash scheduler sees many clients)
+    env: Mapping[str, str] | None = None
 
     @property
     def anchor_key(self) -> str:
@@ -171,13 +176,16 @@ def _paired_phase(
     names = [n for n in paired.names if n in servers]
     fns = {paired.anchor_key: sampler(servers[paired.anchor], mode, paired.duration_s)}
     fns |= {n: sampler(servers[n], mode, paired.duration_s) for n in names}
+    for smp in fns.values():
+        smp.env = paired.env
     for name, smp in fns.items():
         results[name] = {"runs": smp.runs}
 
     def warm(name: str) -> None:
         smp = fns[name]
+        load = smp.load
         warm_up(
-            [smp.url], smp.load["threads"], smp.load["connections"], paired.duration_s, smp.close
+            [smp.url], load["threads"], load["connections"], paired.duration_s, smp.close, smp.env
         )
 
     _, ratios = anchored_rounds(fns, paired.anchor_key, rounds, warm)
@@ -188,7 +196,12 @@ def _paired_phase(
 
 
 def warm_up(
-    urls: Sequence[str], threads: int, connections: int, seconds: float, close: bool
+    urls: Sequence[str],
+    threads: int,
+    connections: int,
+    seconds: float,
+    close: bool,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """One wrk run per URL, all at once (the servers' first connections and code paths before
     any sample; nothing is measured); each wrk is killed if it outlives its run by 15 s."""
@@ -197,6 +210,7 @@ def warm_up(
             wrk_argv(url, threads, connections, seconds, close),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
         )
         for url in urls
     ]

@@ -14,13 +14,26 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import peers
+from bench import peers, sources
 from bench.handoff import target_from_template
 
 #: The built-in schedulers measured against rr (Node's round robin, inline).
 SCHEDULERS = ("least-conn", "p2c", "jiq", "hash", "weighted", "random")
-#: What a row's figure means beyond the hand-off rate.
-NOTES = {"hash": "wrk's one client address (127.0.0.1) sticks to one worker: it serves everything"}
+#: What a row's figure means beyond the hand-off rate, by whether wrk connected from many
+#: addresses (bench/sources.py) or from its one.
+NOTES = {
+    ("hash", True): f"wrk connects from {sources.COUNT} loopback addresses in turn (every server "
+    "of the paired phase alike): hash spreads them over the workers",
+    ("hash", False): "no C compiler for bench/sources.c: wrk's one client address (127.0.0.1) "
+    "sticks to one worker, which serves everything",
+}
+
+
+def note(name: str, many_sources: bool) -> str:
+    """The row's note for scheduler ``name`` ("" when there is nothing to add)."""
+    return NOTES.get((name, many_sources), "")
+
+
 #: The file whose first commit brought schedulers: the commit before it is rr's baseline.
 _FIRST_OF_SCHEDULERS = "clusterlab/cluster/_scheduler.py"
 _HELLO = "{python} bench/clusterlab_hello.py --workers {workers} --port {port} --policy "

@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ipc, node_micro, peers, report, respawn
+from bench import ipc, node_micro, peers, report, respawn, sources
 from bench import policies as policy_rows
 from bench.handoff import Paired, run_handoff, summarize, target_from_template
 from bench.wrk import Stats, interleaved_rounds, run_wrk
@@ -465,6 +465,8 @@ class Suite:
     interrupted: BaseException | None = None
     #: Wall seconds of each step run so far, in run order (the raw results' ``row_seconds``).
     row_seconds: dict[str, float] = field(default_factory=dict)
+    #: The paired phase's wrk connected from many addresses (bench/sources.py)
+    many_sources: bool = False
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -617,7 +619,10 @@ class Suite:
         if ANCHOR not in names:
             return None
         apart = tuple(n for n in names if n in PAIRED_WITH_RR)
-        return Paired(ANCHOR, apart, self.settings.paired_duration_s)
+        # hash keys on the client's address: every server of the phase loaded from many
+        env = sources.preload_env() if "clusterlab-hash" in apart else None
+        self.many_sources = env is not None
+        return Paired(ANCHOR, apart, self.settings.paired_duration_s, env)
 
     def _policy_rows(self, res: dict[str, Any]) -> None:
         """A row per built-in scheduler against clusterlab-rr of the same rounds (``res``)."""
@@ -625,7 +630,7 @@ class Suite:
         for name, what in zip(policy_rows.SCHEDULERS, POLICY_ROWS, strict=True):
             figure = res.get(f"clusterlab-{name}")
             paired = paired_ratio(res, f"clusterlab-{name}", ANCHOR_KEY)
-            notes = (paired_note(paired), policy_rows.NOTES.get(name, ""))
+            notes = (paired_note(paired), policy_rows.note(name, self.many_sources))
             self.rows.append(
                 Row(
                     what,

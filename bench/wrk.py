@@ -9,6 +9,7 @@ machine the generator took.
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import shutil
@@ -82,19 +83,31 @@ def _children_cpu_s() -> float:
 
 
 def run_wrk(
-    url: str, threads: int = 1, connections: int = 50, duration_s: float = 5, close: bool = False
+    url: str,
+    threads: int = 1,
+    connections: int = 50,
+    duration_s: float = 5,
+    close: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> WrkResult:
     """Run wrk once (bounded: killed ``duration_s + 15`` s after start) and parse it.
 
     wrk's CPU time is the growth of this process's reaped-children rusage over the run: exact
     for wrk as long as no other child of ours is reaped meanwhile (the benchmarks run one thing
     at a time; servers are reaped only when stopped), and unlike polling wrk's pid it includes
-    wrk's last moments."""
+    wrk's last moments. ``env``: added to wrk's environment (bench/sources.py's preload)."""
     if not shutil.which("wrk"):
         raise RuntimeError("wrk not on PATH (apt-get install -y wrk)")
     argv = wrk_argv(url, threads, connections, duration_s, close)
     cpu0 = _children_cpu_s()
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 15, check=True)
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 15,
+        check=True,
+        env={**os.environ, **env} if env else None,
+    )
     cpu_s = _children_cpu_s() - cpu0
     cmd = " ".join(f"'{a}'" if " " in a else a for a in argv)
     return replace(parse_wrk(out.stdout, cmd), cpu_s=round(cpu_s, 3))
