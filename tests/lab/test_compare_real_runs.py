@@ -16,7 +16,10 @@ any run the suite has seen.
 
 The A/B check fails, rather than skips, when the 30 % is not flagged, whatever the reason (an
 interval across the threshold, points untrusted because other processes took the CPU): a
-machine too busy to tell 30 % apart is a result to see, not to hide. The failure says why.
+machine too busy to tell 30 % apart is a result to see, not to hide. The failure says why. One
+exception, not a skip: when every untrusted point was disturbed from outside the run (the lab
+measured other processes above its limit: the VM's neighbours reached 29–56 % of a core in one
+clean-clone pass here), the run is made once more and judged; a second disturbed run fails.
 """
 
 import json
@@ -74,9 +77,8 @@ def noise(summary: dict) -> str:
     return f"processes outside the run used up to {max(other, default=0):.0f} % of a core"
 
 
-@pytest.fixture(scope="module")
-def ab_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ab")
+def lab_run(root):
+    """The scenario run once into ``root``: the command's result and its summary."""
     (root / "ab.toml").write_text(SCENARIO)
     done = subprocess.run(
         [
@@ -97,6 +99,19 @@ def ab_run(tmp_path_factory):
     for name, picks in SIDES.items():
         (root / f"{name}.json").write_text(json.dumps(side(summary, picks)))
     return done, root, summary
+
+
+@pytest.fixture(scope="module")
+def ab_run(tmp_path_factory):
+    return lab_run(tmp_path_factory.mktemp("ab"))
+
+
+def disturbed_only(result) -> bool:
+    """Every untrusted point was disturbed from outside the run (the lab measured other
+    processes above its limit there): the machine, not the code, kept compare from judging."""
+    return bool(result.untrusted) and all(
+        any(reason.startswith("outside CPU") for reason in d.reasons) for d in result.untrusted
+    )
 
 
 def test_run_exits_1_when_a_gate_fails_and_writes_the_gate_outputs(ab_run):
@@ -122,14 +137,23 @@ def test_a_a_shows_no_regression(ab_run):
     assert result.regressions == [] and result.outcome != "regression"
 
 
-def test_a_b_with_30_percent_more_cpu_per_request_is_flagged(ab_run, capsys):
+def test_a_b_with_30_percent_more_cpu_per_request_is_flagged(ab_run, tmp_path, capsys):
     _, root, summary = ab_run
     result = compare(side(summary, SIDES["A"]), side(summary, SIDES["B"]))
     (row,) = [r for r in result.rows if r.metric == "rps"]
+    if row.verdict == "untrusted" and disturbed_only(result):
+        # The lab saw other processes take the CPU and refused to judge: right, and no answer.
+        # Once more (a machine that stays that busy fails the test below, with both runs' noise).
+        first = noise(summary)
+        _, root, summary = lab_run(tmp_path)
+        result = compare(side(summary, SIDES["A"]), side(summary, SIDES["B"]))
+        (row,) = [r for r in result.rows if r.metric == "rps"]
+        summary["first_run_noise"] = first
     assert (row.verdict, row.regressed) == ("worse", True), (
         f"30 % more CPU per request not flagged: rps {row.baseline} vs {row.current}, "
         f"verdict {row.verdict} ({row.note}), interval {row.interval}; untrusted points: "
-        f"{[(d.run, d.repeat, d.reasons) for d in result.untrusted]} ({noise(summary)})"
+        f"{[(d.run, d.repeat, d.reasons) for d in result.untrusted]} ({noise(summary)}"
+        f"{'; a first run too: ' + summary['first_run_noise'] if 'first_run_noise' in summary else ''})"
     )
     assert row.interval[1] < 1 / 1.1  # the whole interval beyond the 10 % threshold
     assert result.outcome == "regression"

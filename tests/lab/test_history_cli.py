@@ -252,3 +252,18 @@ def test_bad_options_and_runs_are_one_line_and_exit_2(db, tmp_path, capsys):
     assert "--alpha" in err[0] and "expected a clusterlab summary.json" in err[1]
     assert "expected a metric of this series" in err[2]
     assert runs_in(db) == 3
+
+
+def test_a_history_of_one_untrusted_run_is_inconclusive_and_still_drawn(db, tmp_path, capsys):
+    # a CI job's first run on a busy machine: the history's only run is untrusted
+    burner = tmp_path / "burner.json"
+    burner.write_text(json.dumps(scaled(recorded("burner-1"), 1, 1.0)))
+    assert main(["history", "add", str(burner), "--db", str(db)]) == 0
+    capsys.readouterr()
+
+    plots = tmp_path / "plots"
+    status = main(["history", "check", "--db", str(db), "-q", "--plot-dir", str(plots)])
+
+    assert status == 3, capsys.readouterr().out
+    drawn = sorted(plots.glob("*.png"))
+    assert drawn and all(p.stat().st_size > 0 for p in drawn)

@@ -201,7 +201,9 @@ def _panel(ax: Any, s: SeriesCheck, rows: pd.DataFrame, order: dict[int, int]) -
     ax.plot([order[r] for r in bad["run"]], bad["value"], "o", mfc="white", color="tab:gray")
     edges = [0, *(c.point.index for c in s.changes), len(s.values)]
     for a, b in zip(edges, edges[1:], strict=False):
-        level = sum(s.values[a:b]) / max(b - a, 1)
+        if b <= a:  # no trusted run in the segment (a history of untrusted runs only)
+            continue
+        level = sum(s.values[a:b]) / (b - a)
         ax.hlines(level, x[a], x[b - 1], colors="black", lw=1.5, alpha=0.6)
     for c in s.changes:
         color = "tab:red" if c.kind == "regression" else "tab:green"
