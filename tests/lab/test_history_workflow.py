@@ -112,7 +112,9 @@ def test_every_run_step_in_order_for_a_push_to_main_then_a_pull_request(tmp_path
     assert history_runs(tmp_path) == [(1, "aaa1111", "main", "short")]
     assert (tmp_path / ".clusterlab" / "baselines" / "main" / "summary.json").is_file()
     summary = (tmp_path / "step-summary.md").read_text()
-    assert "### clusterlab history: inconclusive" in summary and "too short" in summary
+    # one run: too short to judge, or (on a machine busy from outside) its only run untrusted
+    assert "### clusterlab history: inconclusive" in summary
+    assert "too short" in summary or "newest untrusted" in summary, summary
     assert "# " in summary.split("clusterlab history", 1)[1]  # the run's report.md follows
 
     shutil.rmtree(tmp_path / "reports")  # a new checkout; .clusterlab comes back from the cache
