@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _channel
 from ._channel import Channel, ChannelClosed, ChannelError
-from ._forkserver import TemplateChild
+from ._forkclient import TemplateChild
 from ._worker import Worker
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._forkserver import (
+from ._forkclient import (
     BASE_PRELOAD,
     ForkServer,
     ForkServerError,

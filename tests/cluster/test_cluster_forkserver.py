@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from clusterlab.cluster import _settings
-from clusterlab.cluster._forkserver import program_imports
+from clusterlab.cluster._forkclient import program_imports
 
 pytestmark = pytest.mark.timeout(30)
 
