@@ -118,7 +118,7 @@ class JoinIdleQueue(_InTurn):
 class RendezvousHash(Scheduler):
     """Sticky by client address: highest-random-weight (rendezvous) hashing over the workers of
     the endpoint, so a worker that leaves moves only its own clients. A client whose worker's
-    window is full waits for it."""
+    window is full waits for it, in that worker's own queue (the others are served meanwhile)."""
 
     name = "hash"
 

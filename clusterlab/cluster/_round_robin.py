@@ -8,6 +8,12 @@ byte back, so the primary knows exactly how many are handed but untaken (never m
 never took (it died, or closed its listener) are read back from that end and given to another
 worker, never dropped. Under a scheduler, a page of shared memory per worker (`_load`) carries
 its closes and requests in flight to the scheduler without a message.
+
+Under a scheduler, a connection picked for a worker whose window is full waits in that worker's
+own queue (`_Slot.waiting`) while the primary goes on accepting and handing connections to the
+others: a sticky policy (hash) waiting for one worker does not hold up the rest. At most
+`WAITING` connections wait so per endpoint; then the primary stops accepting until a worker
+takes one (a stalled worker cannot make the primary accept without bound).
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ from ._scheduler import Scheduler, SchedulerError, WorkerState, scheduler_name
 
 #: Most connections handed to one worker and not yet taken by it.
 WINDOW = max(1, int(os.environ.get("CLUSTERLAB_RR_WINDOW", "4")))
+#: Most accepted connections waiting for their own worker (full window), per endpoint, before
+#: the primary stops accepting: 16 windows by default. Enough that the other workers go on
+#: being fed while one is slow (with 2 workers, a stalled one's share of ~130 arrivals); small
+#: beside the primary's descriptor limit (1024 by default; each waiting connection holds one), so
+#: a stalled worker cannot push the primary into EMFILE. Beyond it, clients wait in the kernel's
+#: backlog as they would without the queue.
+WAITING = max(1, int(os.environ.get("CLUSTERLAB_RR_WAITING", str(16 * WINDOW))))
 #: Counters of a hand-off handle (see `HandleRegistry.stats`).
 HANDOFF_FIELDS = ("accepted", "handed", "requeued", "dropped", "policy_errors")
 _ONE = [b"\x01"]
@@ -42,7 +55,7 @@ _RETRY = 0.01
 class _Slot(WorkerState):
     """One worker's hand-off pair for this endpoint (and what its scheduler sees of it)."""
 
-    __slots__ = ("handle", "ours", "theirs", "sendmsg", "memfd")
+    __slots__ = ("handle", "ours", "theirs", "sendmsg", "memfd", "waiting")
 
     def __init__(self, handle: RoundRobinHandle, link: Any, shared: bool) -> None:
         load: LoadCounters | None = None
@@ -55,6 +68,8 @@ class _Slot(WorkerState):
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ours.setblocking(False)
         self.sendmsg = self.ours.sendmsg
+        # accepted for this worker (its scheduler's pick) while its window was full
+        self.waiting: deque[int] = deque()
 
     def fds(self) -> list[int]:
         return [self.theirs.fileno()] + ([self.memfd] if self.memfd >= 0 else [])
@@ -92,6 +107,7 @@ class RoundRobinHandle:
         self._slots: list[_Slot] = []
         self._next = 0
         self._queue: deque[int] = deque()  # accepted, waiting for a worker with room
+        self._waiting = 0  # accepted, waiting in their own worker's queue (`_Slot.waiting`)
         self._peers: dict[int, Any] = {}  # queued descriptor -> client address (schedulers)
         self._reading = False
         self._resume_timer: asyncio.TimerHandle | None = None
@@ -103,6 +119,8 @@ class RoundRobinHandle:
         # metrics endpoint (under Node's round robin, only when it is served).
         self._count = scheduler is not None or count
         self._on_readable = self._accept_in_turn if scheduler is None else self._accept_picked
+        self._pump = self._pump_in_turn if scheduler is None else self._pump_picked
+        self._on_taken = self._taken_in_turn if scheduler is None else self._taken_picked
         self._on_error = on_error
         self._on_retire = on_retire
         self._error_types: set[type[BaseException]] = set()
@@ -166,7 +184,10 @@ class RoundRobinHandle:
                 slot.closing = True
                 if self._scheduler is not None:
                     self._call_scheduler(self._scheduler.leave, slot)
+                    self._rechoose(slot)
         if any(not slot.closing for slot in self._slots):
+            if self._queue:
+                self._pump()
             return False
         self._close_listener()
         return True
@@ -191,7 +212,7 @@ class RoundRobinHandle:
                 _unlink(self.endpoint.path)
 
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + self._waiting
 
     # --- the hot path ---------------------------------------------------------------------
 
@@ -221,18 +242,15 @@ class RoundRobinHandle:
         self.handed += 1
         return True
 
-    def _pump(self) -> None:
+    def _pump_in_turn(self) -> None:
         queue = self._queue
         while queue:
-            picked = self._scheduler is not None
-            slot = self._choose(self._peer(queue[0])) if picked else self._pick()
+            slot = self._pick()
             if slot is None:
                 self._stop_reading()
                 return
             fd = queue.popleft()
-            if self._hand(slot, fd):
-                self._peers.pop(fd, None)
-            else:
+            if not self._hand(slot, fd):
                 queue.appendleft(fd)
         if self._slots:
             self._start_reading()
@@ -274,12 +292,21 @@ class RoundRobinHandle:
                 continue
             self.accepted += 1
             slot = self._choose(client)
-            if slot is None or not self._hand(slot, fd):
+            if slot is None:  # offered again on a retry: it waits first in line
                 self._queue.append(fd)
                 self._peers[fd] = client
-                if slot is None:  # it waits for the worker it was meant for, or a retry
+                self._stop_reading()
+                return
+            if slot.pending >= WINDOW:  # its worker is full: it waits for that one alone
+                slot.waiting.append(fd)
+                self._peers[fd] = client
+                self._waiting += 1
+                if self._waiting >= WAITING:
                     self._stop_reading()
                     return
+            elif not self._hand(slot, fd):
+                self._queue.append(fd)
+                self._peers[fd] = client
 
     def _accept_failed(self, exc: OSError) -> bool:
         """True when accepting must pause (out of descriptors or memory)."""
@@ -289,7 +316,7 @@ class RoundRobinHandle:
             return True
         return False
 
-    def _on_taken(self, slot: _Slot) -> None:
+    def _taken_in_turn(self, slot: _Slot) -> None:
         try:
             taken = len(slot.ours.recv(4096))
         except BlockingIOError:
@@ -317,8 +344,62 @@ class RoundRobinHandle:
 
     # --- the scheduler --------------------------------------------------------------------
 
+    def _pump_picked(self) -> None:
+        """Offer the queued connections to the scheduler again (a pick of a full worker waits
+        in that worker's queue); then accept again, unless the waiting connections are at their
+        bound."""
+        queue = self._queue
+        while queue:
+            fd = queue[0]
+            slot = self._choose(self._peer(fd))
+            if slot is None:
+                self._stop_reading()
+                return
+            queue.popleft()
+            if slot.pending >= WINDOW:
+                slot.waiting.append(fd)
+                self._waiting += 1
+            elif self._hand(slot, fd):
+                self._peers.pop(fd, None)
+            else:
+                queue.appendleft(fd)
+        if self._slots and self._waiting < WAITING:
+            self._start_reading()
+            self._on_readable()
+
+    def _taken_picked(self, slot: _Slot) -> None:
+        """As `_taken_in_turn`; the worker's own waiting connections go first to its room."""
+        try:
+            taken = len(slot.ours.recv(4096))
+        except BlockingIOError:
+            return
+        except OSError:
+            taken = 0
+        slot.pending = max(0, slot.pending - taken)
+        slot.taken += taken
+        waiting = slot.waiting
+        while waiting and slot.pending < WINDOW:
+            fd = waiting.popleft()
+            if not self._hand(slot, fd):
+                waiting.appendleft(fd)  # broken: its removal offers them to the others
+                break
+            self._waiting -= 1
+            self._peers.pop(fd, None)
+        if not self._reading or self._queue:
+            self._pump()
+
+    def _rechoose(self, slot: _Slot) -> None:
+        """The connections waiting for `slot` (it is leaving) are offered to the scheduler
+        again, ahead of the queue: they were accepted before anything queued later."""
+        waiting = slot.waiting
+        if waiting:
+            self._waiting -= len(waiting)
+            self._queue.extendleft(reversed(waiting))
+            waiting.clear()
+
     def _choose(self, client: Any) -> _Slot | None:
-        """The worker the scheduler picks for `client`; None: the connection waits.
+        """The worker the scheduler picks for `client`, perhaps one whose window is full (the
+        connection waits for it); None: no worker has room, or the scheduler said to retry.
 
         A scheduler that fails costs no connection: it goes to the next worker in turn.
         """
@@ -335,7 +416,7 @@ class RoundRobinHandle:
             self._retry_soon()
             return None
         if isinstance(choice, _Slot) and choice.handle is self and not choice.closing:
-            return choice if choice.pending < WINDOW else None  # full: it waits for that one
+            return choice  # full: the connection waits for that one (`_Slot.waiting`)
         self._failed(
             SchedulerError(
                 f"scheduler {scheduler_name(self._scheduler)!r} picked {choice!r}, which cannot "
@@ -394,6 +475,7 @@ class RoundRobinHandle:
             self._call_scheduler(self._scheduler.leave, slot)
         slot.live = False
         slot.closing = True
+        self._rechoose(slot)
         untaken = _drain(slot.theirs)
         self.requeued += len(untaken)
         self._queue.extend(untaken)

@@ -93,7 +93,7 @@ class Scheduler:
 
         `workers`: those that can take one now (never empty; in the order they joined). Return
         one of them; or another worker of this endpoint whose window is full (the connection
-        waits for it); or None (it waits in the primary's queue and is offered again when a
+        waits for it in its own queue, the others being served meanwhile); or None (it waits in the primary's queue and is offered again when a
         worker takes a connection, joins or leaves, or after 10 ms). Raising, or returning a
         worker that is unknown, gone or leaving, hands the connection to the next worker in
         turn and emits 'error' on the cluster (once per endpoint and exception type).
