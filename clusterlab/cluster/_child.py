@@ -21,7 +21,8 @@ from typing import Any
 from . import _acts, _channel
 from ._channel import ChannelError, FrameReader, read_frames
 from ._endpoint import Endpoint, bind, resolve
-from ._listeners import ClusterSocket, ListenerClosedError, RoundRobinSocket
+from ._listeners import ClusterSocket, RoundRobinSocket, closed_listener
+from ._listeners import ListenerClosedError as ListenerClosedError  # _boot's, the servers'
 from ._load import LoadCounters
 from ._worker import CurrentProcess, Worker
 
@@ -166,21 +167,21 @@ class ChildRuntime:
             sock = bind(endpoint)
             self._report_listening(endpoint, sock.getsockname())
             return sock
+        kind = socket.SOCK_DGRAM if endpoint.udp else socket.SOCK_STREAM
         if self._disconnecting or not self.connected:
-            # As Node, a disconnecting worker gets no new servers; its program ends normally.
-            raise ListenerClosedError("this worker is disconnecting: no new cluster listeners")
+            # As Node: a disconnecting worker's server never listens (no error, no
+            # 'listening'); its program ends normally.
+            return closed_listener(endpoint.family, kind)
         base = endpoint.base_key
         index = self._indexes.acquire(base)
         try:
             reply, fds = self.request(
                 {"act": "queryServer", "index": index, **endpoint.to_message()}
             )
-        except (OSError, ConnectionError) as exc:
+        except (OSError, ConnectionError):
             self._indexes.release(base, index)
             if self._disconnecting or not self.connected:
-                raise ListenerClosedError(
-                    "this worker is disconnecting: no new cluster listeners"
-                ) from exc
+                return closed_listener(endpoint.family, kind)
             raise
         except BaseException:
             self._indexes.release(base, index)

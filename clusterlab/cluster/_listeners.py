@@ -1,5 +1,6 @@
 """A worker's cluster listeners: the sockets `cluster.listen` returns. Closing one tells the
-primary; a graceful disconnect closes them, releasing a thread blocked in `accept()`."""
+primary; a graceful disconnect closes them, releasing a thread blocked in `accept()`. A worker
+that already disconnected gets a listener that is closed from the start (`closed_listener`)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ class ClusterSocket(socket.socket):
         return True
 
     def accept(self) -> tuple[socket.socket, Any]:
+        if self.fileno() < 0:  # closed (by a disconnect, or never opened): as while waiting
+            raise ListenerClosedError("this cluster listener was closed")
         while True:
             waited = self._cluster_wait()
             try:
@@ -84,6 +87,26 @@ class ClusterSocket(socket.socket):
                 os.close(wake[1])
             if runtime is not None:
                 runtime.listener_closed(self)
+
+
+def closed_listener(family: int, kind: int) -> ClusterSocket:
+    """What `cluster.listen` gives a worker that is disconnecting or disconnected: a listener
+    closed from the start, no error.
+
+    Node's `server.listen()` in such a worker asks the primary over a channel that is gone, so
+    the server never listens: no error, no 'listening', and the worker ends with its program.
+    Here the listener is closed: `fileno()` is -1, `accept()` raises ListenerClosedError (as
+    after a disconnect while accepting, which ends the program normally), and the servers in
+    `clusterlab.servers` return from serving at once. The primary is told nothing.
+    """
+    sock = ClusterSocket(family, kind)
+    sock.close()
+    return sock
+
+
+def is_closed_listener(sock: socket.socket) -> bool:
+    """True for a cluster listener that is closed (from the start, or by a disconnect)."""
+    return isinstance(sock, ClusterSocket) and sock.fileno() < 0
 
 
 class RoundRobinSocket(ClusterSocket):

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import cluster
 from ..cluster._child import RoundRobinSocket
+from ..cluster._listeners import is_closed_listener
 from ..cluster._load import LoadCounters, counters_of
 from ._asyncio import HandoffServer, _is_stdlib_loop
 
@@ -97,6 +98,8 @@ def serve_asgi(
     config = uv.Config(app, backlog=backlog, **uvicorn_kwargs)
     server = _server_class()(config)
     sock = cluster.listen(port=port, host=host or None, backlog=backlog)
+    if is_closed_listener(sock):
+        return  # the worker had disconnected: a server that never serves, as Node's
     finished = threading.Event()
     loop_box: list[asyncio.AbstractEventLoop] = []
 

@@ -4,6 +4,8 @@ With the default loop the cluster's socket goes straight to `loop.create_server(
 A round-robin listener is not a kernel listening socket, so on other loops (uvloop) connections
 are taken from it with `add_reader` and handed to `loop.connect_accepted_socket`.
 On disconnect the server stops accepting and waits until its open connections have closed.
+A server created in a worker that already disconnected is closed from the start (Node's
+`server.listen()` there never listens): `serve_forever()` returns at once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from .. import cluster
 from ..cluster._child import RoundRobinSocket
+from ..cluster._listeners import is_closed_listener
 
 
 class _Tracker:
@@ -141,6 +144,29 @@ class HandoffServer:
         await self.wait_closed()
 
 
+class _NeverListened:
+    """The inner server for a listener closed from the start (the worker had disconnected)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return ()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return False
+
+    async def start_serving(self) -> None:
+        """Nothing to serve."""
+
+    def close(self) -> None:
+        """Closed already."""
+
+
 def _is_stdlib_loop(loop: asyncio.AbstractEventLoop) -> bool:
     return isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
 
@@ -223,6 +249,10 @@ async def create_server(
     tracker = _Tracker()
     factory = tracker.wrap_factory(protocol_factory)
     inner: Any
+    if is_closed_listener(sock):
+        server = ClusterServer(_NeverListened(loop), tracker)
+        server.close()
+        return server
     try:
         if isinstance(sock, RoundRobinSocket) and not _is_stdlib_loop(loop):
             inner = HandoffServer(loop, factory, sock, kw)

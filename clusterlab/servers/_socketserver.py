@@ -1,7 +1,9 @@
 """`socketserver`/`http.server` classes whose listening socket is shared through the cluster.
 
 On disconnect the server stops accepting, lets in-flight requests finish (threads are joined),
-and `serve_forever()` returns, so the worker's main code ends and the worker exits 0.
+and `serve_forever()` returns, so the worker's main code ends and the worker exits 0. A server
+built in a worker that already disconnected (or while it disconnects) is closed from the start,
+as Node's `server.listen()` there never listens: `serve_forever()` returns at once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 from typing import Any
 
 from .. import cluster
-from ..cluster._child import ListenerClosedError
+from ..cluster._listeners import is_closed_listener
 from ..cluster._load import LoadCounters, counters_of
 
 
@@ -51,20 +53,22 @@ class _ClusterServerMixin:
         sock = cluster.listen(port=port, host=host or None, backlog=self.request_queue_size)
         with self._state_lock:
             self.socket = sock
-            closed = self._closed
-        try:
-            if closed:
-                raise OSError("closed")
-            self.address_family = sock.family
-            self.server_address = sock.getsockname()
-            self._load = counters_of(sock)
-            if self._load is not None:
-                self._load.count_requests()
-        except OSError:
+            closed = self._closed or is_closed_listener(sock)
+            self._closing = self._closing or closed
+        if not closed:
+            try:
+                self.address_family = sock.family
+                self.server_address = sock.getsockname()
+            except OSError:  # closed by a disconnect that landed just now
+                closed = self._closing = True
+        if closed:
+            # The worker disconnected before or while this server was built: a server that
+            # never serves, as Node's; serve_forever() returns at once.
             sock.close()
-            raise ListenerClosedError(
-                "the worker disconnected while this server was starting"
-            ) from None
+            return
+        self._load = counters_of(sock)
+        if self._load is not None:
+            self._load.count_requests()
 
     def server_activate(self) -> None:
         """The socket is already listening (in the worker or in the primary)."""

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from .. import cluster
+from ..cluster._listeners import is_closed_listener
 from ..cluster._load import LoadCounters, counters_of
 
 try:
@@ -74,6 +75,8 @@ def serve_wsgi(
     if waitress is None:
         raise ImportError("serve_wsgi needs waitress: pip install 'clusterlab[servers]'")
     sock = cluster.listen(port=port, host=host or None, backlog=backlog)
+    if is_closed_listener(sock):
+        return  # the worker had disconnected: a server that never serves, as Node's
     waitress_kwargs.setdefault("ident", "clusterlab")
     load = counters_of(sock)
     if load is not None:

@@ -77,7 +77,7 @@ def worker_main():
         server.serve_forever(poll_interval=0.05)
     finally:
         # Ignores the disconnect, whenever it lands (even while the server is still being
-        # built, when the constructor raises ListenerClosedError): its main code never returns.
+        # built, when it is closed from the start): its main code never returns.
         while mode == "stubborn":
             time.sleep(0.1)
 
