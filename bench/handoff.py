@@ -101,7 +101,7 @@ def run_handoff(
     warmup_s: float = 1,
     quiet: tuple[float, float] = (5.0, 0.0),
     results: dict[str, Any] | None = None,
-    paired: Paired | None = None,
+    paired: Paired | Sequence[Paired] | None = None,
 ) -> dict[str, Any]:
     """Start every server (at once), warm each up (at once), measure each mode over rotated
     rounds, stop everything.
@@ -110,13 +110,15 @@ def run_handoff(
     anchor instead (:func:`bench.wrk.anchored_rounds`): each warmed up, then measured
     ``rounds`` times, each between two samples of the anchor, for ``paired.duration_s`` each;
     each gets ``paired`` (its per-round ratios to the anchor samples around it: median,
-    min–max), and the anchor's samples of that phase are kept as ``paired.anchor_key``.
+    min–max), and the anchor's samples of that phase are kept as ``paired.anchor_key``. A
+    sequence of them runs one such phase per anchor, in turn.
 
     ``quiet = (max foreign CPU %, max wait s)``: before each sample wait until other processes
     use less than that share of the CPUs (no wait when max wait is 0); each run records the
     foreign CPU % during it. ``results`` (filled sample by sample) keeps what was
     measured if the run is interrupted."""
     results = {} if results is None else results
+    groups = [paired] if isinstance(paired, Paired) else list(paired or ())
     with contextlib.ExitStack() as stack:
         servers = peers.start_all(specs)  # their start-ups overlap
         stack.callback(peers.stop_all, servers)  # and their shutdowns
@@ -128,7 +130,7 @@ def run_handoff(
             load = {"threads": threads, "connections": connections, "duration_s": seconds}
             return _Sampler(srv.spec.url, MODES[mode], load, pids, quiet, srv.pid)
 
-        apart = set(paired.names) if paired else set()
+        apart = {name for group in groups for name in group.names}
         for mode in modes:
             samplers = {
                 srv.spec.name: sampler(srv, mode, duration_s)
@@ -137,9 +139,9 @@ def run_handoff(
             }
             results[mode] = {name: {"runs": smp.runs} for name, smp in samplers.items()}
             interleaved_rounds(samplers, rounds)
-            if paired:
-                by_name = {srv.spec.name: srv for srv in servers}
-                _paired_phase(paired, by_name, mode, rounds, sampler, results[mode])
+            by_name = {srv.spec.name: srv for srv in servers}
+            for group in groups:
+                _paired_phase(group, by_name, mode, rounds, sampler, results[mode])
             for name, smp in samplers.items():
                 results[mode][name]["discarded_samples"] = smp.discarded
         for srv in servers:
@@ -158,6 +160,8 @@ class Paired:
     #: wrk's extra environment in this phase, every server alike (bench/sources.py: many client
     #: addresses, so the hash scheduler sees many clients)
     env: Mapping[str, str] | None = None
+    #: Warm the anchor up first (unmeasured): for an anchor that idled while other phases ran
+    warm_anchor: bool = False
 
     @property
     def anchor_key(self) -> str:
@@ -188,6 +192,8 @@ def _paired_phase(
             [smp.url], load["threads"], load["connections"], paired.duration_s, smp.close, smp.env
         )
 
+    if paired.warm_anchor:
+        warm(paired.anchor_key)
     _, ratios = anchored_rounds(fns, paired.anchor_key, rounds, warm)
     for name, st in ratios.items():
         results[name]["paired"] = {"anchor": paired.anchor_key, **st.as_dict()}

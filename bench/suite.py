@@ -19,9 +19,15 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport; without it, eve
   two ``rr`` samples (``--paired-duration``, 1 s); its ratio is the median of those per-round
   ratios, shown with their min–max. The rr rows with metrics on and with the old tree are
   measured the same way;
+* the hot-path rows (``rr``, ``none``, ``ipc``, ``respawn``) also meet the tree before issue 15's
+  refactor (``--refactor-base``, default ``dc97950``; :mod:`bench.refactor_base`), one ``git
+  worktree`` of it for the whole run: its RR and SCHED_NONE servers each measured between two
+  samples of today's (a paired phase per anchor), its ``bench/ipc.py`` and ``bench/respawn.py``
+  alternated run by run with today's; met when the per-round ratios reach 1 (no slower beyond
+  their spread);
 * ``ipc``: round trips and one-way messages, primary ↔ one worker (``bench/ipc.py`` vs
   ``node/ipc.js``), alternating runs;
-* ``respawn``: SIGKILL of a worker → replacement ``'listening'``, median of 20, per start method
+* ``respawn``: SIGKILL of a worker → replacement ``'listening'``, median of 8, per start method
   (``--respawn-start-methods``), vs Node.js ``fork()`` → ``'listening'`` (``bench/respawn.py`` vs
   ``node/respawn.js``), alternating runs;
 * ``scaling``: ``/cpu?ms=2`` of the lab's built-in target (``python -m clusterlab.lab.spawned.target``),
@@ -64,7 +70,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ipc, node_micro, peers, report, respawn, sources
+from bench import ipc, node_micro, peers, refactor_base, report, respawn, sources
 from bench import policies as policy_rows
 from bench.handoff import Paired, run_handoff, summarize, target_from_template
 from bench.wrk import Stats, interleaved_rounds, run_wrk
@@ -108,13 +114,21 @@ _BASE_ROW = "RR hand-off vs the commit before schedulers"
 ANCHOR = "clusterlab-rr"
 ANCHOR_KEY = Paired(ANCHOR, (), 0).anchor_key
 PAIRED_WITH_RR = frozenset(
-    {"clusterlab-rr-metrics", "clusterlab-rr-base"}
+    {"clusterlab-rr-metrics", "clusterlab-rr-base", refactor_base.name("rr")}
     | {f"clusterlab-{name}" for name in policy_rows.SCHEDULERS}
 )
 HANDOFF_ROWS = {
     "rr": "RR hand-off, new connection per request",
     "none": "SCHED_NONE, same load",
     "reuseport": "SCHED_REUSEPORT, same load",
+}
+#: What each hot-path row is called where it meets the tree before issue 15's refactor.
+REFACTOR_ROWS = {
+    "rr": "RR hand-off",
+    "none": "SCHED_NONE hand-off",
+    "roundtrips_per_s": "IPC round trips",
+    "w2p_msgs_per_s": "IPC one-way worker → primary",
+    "p2w_msgs_per_s": "IPC one-way primary → worker",
 }
 POLICY_ROWS = tuple(f"{n} hand-off, new connection per request" for n in policy_rows.SCHEDULERS)
 
@@ -263,8 +277,8 @@ def _per_round(res: dict[str, Any], name: str) -> list[float] | None:
     entry = res.get(name) or {}
     if entry.get("paired"):
         return [float(x) for x in entry["paired"]["samples"]]
-    others = [r["paired"] for r in res.values() if r.get("paired")]
-    if entry.get("samples") and others and all(p["anchor"] == name for p in others):
+    others = [r["paired"] for r in res.values() if r.get("paired", {}).get("anchor") == name]
+    if entry.get("samples") and others:
         return [1.0] * max(len(p["samples"]) for p in others)
     return None
 
@@ -280,6 +294,20 @@ def paired_note(paired: dict[str, Any] | None) -> str:
 def within_spread(paired: dict[str, Any] | None) -> bool | None:
     """No slower beyond the spread: the per-round ratios reach 1 (None without them)."""
     return None if not paired else paired["max"] >= 1.0
+
+
+def round_ratios(mine: Sequence[float], theirs: Sequence[float]) -> dict[str, Any] | None:
+    """``mine`` over ``theirs`` run by run (the runs of one round side by side): median,
+    min–max and the ratios; None when either has no runs."""
+    return stats([a / b for a, b in zip(mine, theirs, strict=False) if b])
+
+
+def no_slower(paired: dict[str, Any] | None, lower_is_better: bool = False) -> bool | None:
+    """No slower beyond the spread: a rate's per-round ratios reach 1 (a time's, with
+    ``lower_is_better``, come down to 1); None without them."""
+    if not paired:
+        return None
+    return paired["min"] <= 1.0 if lower_is_better else paired["max"] >= 1.0
 
 
 def render_text(rows: Sequence[Row]) -> str:
@@ -420,9 +448,10 @@ class Settings:
     duration_s: float = 2.0
     connections: int = 50
     workers: int = 2
-    ipc_seconds: float = 1.0
+    #: 0.5 and 8 (were 1 and 20): the time for the old tree's IPC and respawn runs
+    ipc_seconds: float = 0.5
     micro_rounds: int = 3
-    forks: int = 20
+    forks: int = 8
     respawn_start_methods: tuple[str, ...] = RESPAWN_START_METHODS
     #: Peers with a target; gunicorn-gthread (none) by --keepalive-peers.
     keepalive_peers: tuple[str, ...] = ("uvicorn", "node-rr")
@@ -434,6 +463,8 @@ class Settings:
     #: schedulers), each measured between two rr samples.
     paired_duration_s: float = 1.0
     rr_base: str | None = None
+    #: The hot-path rows' old tree (RR and NONE hand-off, IPC, respawn); "" leaves it out.
+    refactor_base: str = refactor_base.REFACTOR_BASE
     lab_runs: int = 1
     #: Repeats of each engine's point (the engines rows; their spread allows 2, docs/benchmarks.md).
     engine_repeats: int = 3
@@ -448,7 +479,7 @@ class Settings:
 
 QUICK = {
     "duration_s": 1.0,
-    "ipc_seconds": 1.0,
+    "ipc_seconds": 0.5,
     "micro_rounds": 2,
     "primary_seconds": 20.0,
 }
@@ -467,6 +498,9 @@ class Suite:
     row_seconds: dict[str, float] = field(default_factory=dict)
     #: The paired phase's wrk connected from many addresses (bench/sources.py)
     many_sources: bool = False
+    #: Worktrees kept for the whole run (the tree before issue 15's refactor), and that tree.
+    _trees: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    _refactor: tuple[str, Path | None] | None = None
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -497,19 +531,19 @@ class Suite:
         specs: Sequence[peers.ServerSpec],
         mode: str,
         connections: int | None = None,
-        paired: Paired | None = None,
+        paired: Sequence[Paired] = (),
     ) -> dict[str, Any]:
-        """wrk over rotated rounds; the servers ``paired`` names apart, each between two
+        """wrk over rotated rounds; the servers each of ``paired`` names apart, each between two
         samples of its anchor (their results get ``paired``: their ratios to the anchor)."""
         s = self.settings
-        rotated = [sp.name for sp in specs if not paired or sp.name not in paired.names]
+        apart = {name for group in paired for name in group.names}
+        rotated = [sp.name for sp in specs if sp.name not in apart]
         print(
             f"{key}: {', '.join(rotated)}: {s.rounds} rotated rounds of {s.duration_s:g} s; "
-            + (
-                f"{', '.join(paired.names)}: {s.rounds} rounds of {paired.duration_s:g} s each, "
-                f"each between two {paired.anchor} samples; "
-                if paired
-                else ""
+            + "".join(
+                f"{', '.join(group.names)}: {s.rounds} rounds of {group.duration_s:g} s each, "
+                f"each between two {group.anchor} samples; "
+                for group in paired
             )
             + ("new connection per request" if mode == "close" else mode),
             flush=True,
@@ -551,14 +585,20 @@ class Suite:
             )
         if schedulers:
             specs += policy_rows.scheduler_specs(self.settings.workers, with_rr=False)
+        old = self.refactor_tree()
+        for p in ("rr", "none"):  # today's beside the tree before issue 15's refactor
+            if old is not None and p in policies:
+                specs.append(refactor_base.hello_spec(self.settings.workers, old[1], p))
         with contextlib.ExitStack() as stack:
             base = self._rr_base(stack) if "rr" in policies else None
             if base is not None:  # today's RR beside the old tree's, in the same rounds
                 specs.append(policy_rows.base_spec(self.settings.workers, base[1]))
-            res = self._wrk_rounds("handoff", specs, "close", paired=self._paired(specs))
+            res = self._wrk_rounds("handoff", specs, "close", paired=self._paired_groups(specs))
         self._node_rows(policies, res, skipped)
         if base is not None:
             self._rr_base_row(res, base[0])
+        if old is not None:
+            self._refactor_handoff_rows(policies, res, old[0])
         if "rr" in policies:
             self._rr_metrics_row(res)
         if schedulers:
@@ -609,7 +649,7 @@ class Suite:
         if self._wrk_missing(*POLICY_ROWS):
             return
         specs = policy_rows.scheduler_specs(self.settings.workers)
-        res = self._wrk_rounds("policies", specs, "close", paired=self._paired(specs))
+        res = self._wrk_rounds("policies", specs, "close", paired=self._paired_groups(specs))
         self._policy_rows(res)
 
     def _paired(self, specs: Sequence[peers.ServerSpec]) -> Paired | None:
@@ -623,6 +663,63 @@ class Suite:
         env = sources.preload_env() if "clusterlab-hash" in apart else None
         self.many_sources = env is not None
         return Paired(ANCHOR, apart, self.settings.paired_duration_s, env)
+
+    def _paired_groups(self, specs: Sequence[peers.ServerSpec]) -> list[Paired]:
+        """The paired phases: the one against rr (:meth:`_paired`), and today's SCHED_NONE
+        against the old tree's when both run (each between two samples of today's)."""
+        groups = [p for p in (self._paired(specs),) if p is not None]
+        names = {sp.name for sp in specs}
+        old_none = refactor_base.name("none")
+        if {"clusterlab-none", old_none} <= names:
+            env = groups[0].env if groups else None
+            # after the rr phase: today's SCHED_NONE idled through it, so it is warmed up first
+            duration = self.settings.paired_duration_s
+            groups.append(Paired("clusterlab-none", (old_none,), duration, env, warm_anchor=True))
+        return groups
+
+    def refactor_tree(self) -> tuple[str, Path] | None:
+        """The commit before issue 15's refactor and a worktree of it, made once per run
+        (removed by :meth:`close`); None when left out (``--refactor-base ''``) or when there is
+        none (noted)."""
+        if self._refactor is None:
+            rev = self.settings.refactor_base
+            self._refactor = ("", None)
+            if rev:
+                try:
+                    tree = self._trees.enter_context(policy_rows.worktree(rev))
+                    self._refactor = (rev, tree)
+                except ValueError as exc:
+                    self.note(f"no tree before issue 15's refactor ({rev}): {exc}")
+        made, path = self._refactor
+        return (made, path) if path is not None else None
+
+    def close(self) -> None:
+        """Remove the worktrees this run made."""
+        self._trees.close()
+
+    def _refactor_handoff_rows(
+        self, policies: Sequence[str], res: dict[str, Any], rev: str
+    ) -> None:
+        """Today's RR and SCHED_NONE against the old tree's, per round (the old between two
+        samples of today's): met when the paired ratios reach 1."""
+        anchors = {"rr": ANCHOR_KEY, "none": Paired("clusterlab-none", (), 0).anchor_key}
+        for p in ("rr", "none"):
+            if p not in policies:
+                continue
+            today, old = res.get(anchors[p]), res.get(refactor_base.name(p))
+            paired = paired_ratio(res, anchors[p], refactor_base.name(p))
+            self.rows.append(
+                Row(
+                    f"{REFACTOR_ROWS[p]} vs {rev} (before issue 15's refactor)",
+                    fmt_stats(today, "req/s"),
+                    f"clusterlab {rev} ({p})",
+                    fmt_stats(old),
+                    _med(paired),
+                    "no slower beyond its spread",
+                    met=within_spread(paired),
+                    note=paired_note(paired),
+                )
+            )
 
     def _policy_rows(self, res: dict[str, Any]) -> None:
         """A row per built-in scheduler against clusterlab-rr of the same rounds (``res``)."""
@@ -859,6 +956,10 @@ class Suite:
             jobs["node"] = lambda: node_micro.run_node("ipc.js", s.ipc_seconds, timeout)
         else:
             self.note("node-ipc: skipped, node not on PATH")
+        old = self.refactor_tree()
+        if old is not None:  # the tree before issue 15's refactor, alternated run by run
+            args = [f"{s.ipc_seconds:g}"]
+            jobs[f"clusterlab {old[0]}"] = refactor_base.script_job(old[1], "ipc.py", args, timeout)
         runs = self._alternate("ipc", jobs, s.micro_rounds)
         oneway = TARGETS["ipc-oneway"]
         figures = [
@@ -886,15 +987,51 @@ class Suite:
                     target,
                 )
             )
+        if old is not None:
+            for _, key, unit, _ in figures:
+                self._refactor_micro_row(REFACTOR_ROWS[key], runs, "clusterlab", old[0], key, unit)
+
+    def _refactor_micro_row(
+        self,
+        what: str,
+        runs: dict[str, list[dict[str, Any]]],
+        today: str,
+        rev: str,
+        key: str,
+        unit: str,
+        lower_is_better: bool = False,
+    ) -> None:
+        """Today's ``key`` against the old tree's, round by round (the two alternated runs of a
+        round): met when the per-round ratios reach 1 (no slower beyond their spread)."""
+        mine, theirs = runs.get(today, []), runs.get(f"{today} {rev}", [])
+        paired = round_ratios([r[key] for r in mine], [r[key] for r in theirs])
+        digits = 1 if unit == "ms" else 0
+        self.rows.append(
+            Row(
+                f"{what} vs {rev} (before issue 15's refactor)",
+                fmt_stats(stats([r[key] for r in mine]), unit, digits),
+                f"clusterlab {rev}",
+                fmt_stats(stats([r[key] for r in theirs]), unit, digits),
+                _med(paired),
+                "no slower beyond its spread",
+                met=no_slower(paired, lower_is_better),
+                note=paired_note(paired).replace("paired rounds", "alternated rounds"),
+            )
+        )
 
     def respawn(self) -> None:
         """SIGKILL → replacement 'listening' per start method, vs Node.js fork() → 'listening'."""
         s = self.settings
         jobs: dict[str, Callable[[], dict[str, Any]]] = {}
+        old = self.refactor_tree()
         for method in s.respawn_start_methods:
             jobs[f"clusterlab ({method})"] = lambda m=method: respawn.measure(
                 s.forks, start_method=m
             )
+            if old is not None:  # the tree before issue 15's refactor, alternated run by run
+                jobs[f"clusterlab ({method}) {old[0]}"] = refactor_base.script_job(
+                    old[1], "respawn.py", [str(s.forks)], 150, {"CLUSTERLAB_START_METHOD": method}
+                )
         node = shutil.which("node") is not None
         if node:
             jobs["node"] = lambda: node_micro.run_node("respawn.js", s.forks, 150)
@@ -932,6 +1069,10 @@ class Suite:
                     TARGETS["respawn"],
                 )
             )
+            if old is not None:
+                self._refactor_micro_row(
+                    f"respawn, {name}", runs, name, old[0], "kill_listening_ms", "ms", True
+                )
 
     # -- the primary's own cost --
 
@@ -1251,6 +1392,7 @@ def _settings(a: argparse.Namespace) -> Settings:
         "primary_seconds",
         "paired_duration_s",
         "rr_base",
+        "refactor_base",
         "lab_runs",
         "engine_repeats",
         "wait_quiet_s",
@@ -1301,9 +1443,9 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rounds", type=int, help="wrk A/B rounds (3)")
     ap.add_argument("--duration", dest="duration_s", type=float, help="seconds per wrk run (2)")
     ap.add_argument("--connections", type=int, help="wrk connections (50)")
-    ap.add_argument("--ipc-seconds", type=float, help="seconds per IPC phase (1)")
+    ap.add_argument("--ipc-seconds", type=float, help="seconds per IPC phase (0.5)")
     ap.add_argument("--micro-rounds", type=int, help="alternating IPC and respawn rounds (3)")
-    ap.add_argument("--forks", type=int, help="respawns per run, median of them (20)")
+    ap.add_argument("--forks", type=int, help="respawns per run, median of them (8)")
     ap.add_argument(
         "--respawn-start-methods",
         metavar="M[,M]",
@@ -1338,6 +1480,13 @@ def _add_row_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--rr-base", metavar="REV", help="rr's baseline commit (default: the one before schedulers)"
     )
+    ap.add_argument(
+        "--refactor-base",
+        metavar="REV",
+        help="the hot-path rows' old tree (RR and NONE hand-off, IPC, respawn), run from a git "
+        f"worktree in the same run (default {refactor_base.REFACTOR_BASE}, the commit before "
+        "issue 15's refactor; '' leaves it out)",
+    )
 
 
 def _add_quiet_options(ap: argparse.ArgumentParser) -> None:
@@ -1367,7 +1516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     suite = Suite(settings)
     steps = _steps(suite, selected)
     report.QUIET.budget_s = settings.quiet_budget_s
-    status = _run_steps(suite, steps)
+    try:
+        status = _run_steps(suite, steps)
+    finally:
+        suite.close()
     wall = time.monotonic() - t0
     _print_outcome(suite, wall)
     if a.no_write:
