@@ -37,8 +37,8 @@ WINDOW = max(1, int(os.environ.get("CLUSTERLAB_RR_WINDOW", "4")))
 #: Most accepted connections waiting for their own worker (full window), per endpoint, before
 #: the primary stops accepting: 16 windows by default. Enough that the other workers go on
 #: being fed while one is slow (with 2 workers, a stalled one's share of ~130 arrivals); small
-#: beside the primary's descriptor limit (1024 by default; each waiting connection holds one), so
-#: a stalled worker cannot push the primary into EMFILE. Beyond it, clients wait in the kernel's
+#: beside a primary's descriptor limit (often a soft 1024; each waiting connection holds one),
+#: so a stalled worker cannot push the primary into EMFILE. Beyond it, clients wait in the kernel's
 #: backlog as they would without the queue.
 WAITING = max(1, int(os.environ.get("CLUSTERLAB_RR_WAITING", str(16 * WINDOW))))
 #: Counters of a hand-off handle (see `HandleRegistry.stats`).
