@@ -268,12 +268,14 @@ def record(sup):
 """
 
 
-def _clean_env(extra: dict[str, str] | None) -> dict[str, str]:
+def _clean_env(extra: dict[str, str] | None, start_method: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERLAB_")}
     env.pop("PYTHONSTARTUP", None)
+    # The tests in tests/cluster run once per start method (tests/cluster/conftest.py); elsewhere
     # CLUSTERLAB_TEST_START_METHOD=forkserver runs every primary's workers through a fork server.
-    if os.environ.get("CLUSTERLAB_TEST_START_METHOD"):
-        env["CLUSTERLAB_START_METHOD"] = os.environ["CLUSTERLAB_TEST_START_METHOD"]
+    start_method = start_method or os.environ.get("CLUSTERLAB_TEST_START_METHOD")
+    if start_method:
+        env["CLUSTERLAB_START_METHOD"] = start_method
     if extra:
         env.update(extra)
     return env
@@ -511,8 +513,36 @@ def _write_script(directory: Path, source: str, prelude: bool, name: str = "prim
     return path
 
 
+#: The start methods every test of tests/cluster that starts a primary runs under: workers spawned
+#: by exec (a fresh interpreter, Node's way) and forked from the fork server's template. A test that
+#: holds for some only says so with ``@pytest.mark.start_methods("exec")``.
+START_METHODS = ("exec", "forkserver")
+_CLUSTER_TESTS = Path(__file__).parent / "cluster"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "start_method" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("start_methods")
+    if marker is None and _CLUSTER_TESTS not in metafunc.definition.path.parents:
+        return
+    methods = marker.args if marker is not None else START_METHODS
+    unknown = set(methods) - set(START_METHODS)
+    if unknown:
+        raise ValueError(f"unknown start methods {sorted(unknown)}: use {START_METHODS}")
+    metafunc.parametrize("start_method", methods, indirect=True)
+
+
 @pytest.fixture
-def start_primary(tmp_path):
+def start_method(request: pytest.FixtureRequest) -> str | None:
+    """How this test's primaries start their workers: "exec" or "forkserver" where the test is
+    parametrised over both (every test of tests/cluster that starts a primary), else None (the
+    primary's default, or CLUSTERLAB_TEST_START_METHOD)."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture
+def start_primary(tmp_path, start_method):
     """Start a primary script in the background; returns a PrimaryProcess (closed at teardown).
 
     Arguments: source (dedented; PRELUDE prepended unless prelude=False), env (added to a clean
@@ -542,7 +572,9 @@ def start_primary(tmp_path):
         else:
             script = _write_script(Path(script_dir or tmp_path), source, prelude)
             argv = [sys.executable, *python_args, str(script), *args]
-        p = PrimaryProcess(argv, env=_clean_env(env), cwd=cwd or tmp_path, input=input)
+        p = PrimaryProcess(
+            argv, env=_clean_env(env, start_method), cwd=cwd or tmp_path, input=input
+        )
         started.append(p)
         return p
 

@@ -305,10 +305,8 @@ def test_primary_sigkilled_leaves_no_worker(start_primary):
     assert alive == [], f"workers still alive 2 s after the primary was SIGKILLed: {alive}"
 
 
-@pytest.mark.skipif(
-    os.environ.get("CLUSTERLAB_TEST_START_METHOD") == "forkserver",
-    reason="a fork-server worker is the template's child, not pytest's to wait for",
-)
+# exec only: a fork-server worker is the template's child, not pytest's to wait for.
+@pytest.mark.start_methods("exec")
 def test_orphaned_worker_exits_with_status_zero(start_primary):
     # test-cluster-worker-forced-exit: an unexpected disconnect exits the worker with code 0.
     # Orphans are reparented to pytest (a subreaper), so their status is visible here.
