@@ -57,9 +57,9 @@ else:
 """
 
 
-@pytest.mark.parametrize("method", ["exec", "forkserver"])
-def test_listen_after_an_early_disconnect_gives_a_closed_listener(run_primary, method):
-    r = run_primary(EARLY, env={"CLUSTERLAB_START_METHOD": method}, timeout=15).check(0)
+def test_listen_after_an_early_disconnect_gives_a_closed_listener(run_primary):
+    # once per start method, exec and forkserver (tests/conftest.py: start_method)
+    r = run_primary(EARLY, timeout=15).check(0)
     for tag in ("disconnecting", "disconnected"):
         rec = r.one(tag)
         assert rec["fileno"] == -1, r.output()
