@@ -1,7 +1,8 @@
 """Start method "forkserver": workers forked from a pre-started template process.
 
-The whole cluster suite also runs in this mode with CLUSTERLAB_TEST_START_METHOD=forkserver;
-these tests cover what is particular to it: preloading, the template's lifetime, exit statuses
+Every cluster test that starts a primary also runs in this mode (tests/conftest.py); these
+tests, whose primaries ask for the fork server themselves, run once and cover what is particular
+to it: preloading, the template's lifetime, exit statuses
 reported through the template, stdio, settings, and a killed template.
 """
 
@@ -15,7 +16,8 @@ import pytest
 from clusterlab.cluster import _settings
 from clusterlab.cluster._forkclient import program_imports
 
-pytestmark = pytest.mark.timeout(30)
+# each primary here asks for the fork server itself: one run is enough
+pytestmark = [pytest.mark.timeout(30), pytest.mark.start_methods("forkserver")]
 
 
 def test_program_imports_lists_top_level_absolute_imports(tmp_path):
