@@ -13,6 +13,7 @@ merges them: the files are written by a lone locust or a master only.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -96,6 +97,14 @@ _outcomes: Counter[tuple[int, str]] = Counter()
 _after_stop: Counter[str] = Counter()
 _after_stop_failures: Counter[tuple[str, str, str]] = Counter()
 
+
+#: What the window waits for: "warmed" (the warm-up is over) and "spawned" (every user started).
+_gate: set[str] = set()
+#: The longest the window waits for the users past the warm-up, seconds (the load's run time
+#: allows 15 s beyond the window).
+SPAWN_WAIT_S = 10.0
+#: The environment of a lone locust or a master, set at the load's start.
+_started_by: list[Environment] = []
 
 _cpu = distributed.CpuWindow()
 #: The master's side of a distributed run (None in a lone locust and in a worker).
@@ -268,7 +277,31 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     if _master:  # before locust's spawn messages, on the same connection
         _master[0].send(LoadMessage.CONFIG, _CONFIG)
     if not _is_worker(environment):  # a worker's window comes from its master
-        gevent.spawn_later(float(_CONFIG.get("warmup", 0.0)), _end_warmup, environment)
+        _gate.clear()
+        _started_by[:] = [environment]
+        warmup = float(_CONFIG.get("warmup", 0.0))
+        gevent.spawn_later(warmup, _open_gate, environment, "warmed")
+        gevent.spawn_later(warmup + SPAWN_WAIT_S, _open_gate, environment, "spawned")
+
+
+@events.spawning_complete.add_listener
+def _on_spawning_complete(**_: Any) -> None:
+    # locust names no environment here: the one that started the load
+    if _started_by and "spawned" not in _gate:
+        _phases["spawned"] = time.time()
+        _open_gate(_started_by[0], "spawned")
+
+
+def _open_gate(environment: Environment, condition: str) -> None:
+    """The window starts once the warm-up is over and every user has started, whichever is
+    later: on a slow machine starting the users can outlast the warm-up, and a window over the
+    ramp would measure less load than was asked. Past ``SPAWN_WAIT_S`` it starts anyway."""
+    if "started" in _gate:
+        return
+    _gate.add(condition)
+    if {"warmed", "spawned"} <= _gate:
+        _gate.add("started")
+        _end_warmup(environment)
 
 
 @events.test_stop.add_listener
@@ -354,12 +387,41 @@ def _bound_tcp_socket(self: ConnectionPool, family: int, socktype: int, protocol
 _configure(json.loads(os.environ.get(LOAD_CONFIG_ENV, "{}")))
 
 
+#: The open model's grid: user n of this process sends at the anchor + (n·φ mod 1) of a period,
+#: then every period. Golden-ratio phases spread any number of users nearly evenly over the
+#: period, so the process's arrivals come at an even rate whatever the users' start times and
+#: however locust splits them among processes: a window of T s sees rate × T of them, ± a few.
+#: (Random phases would make it binomial: ± 8 % in a 1 s window of 80 req/s at 0.5 req/s a
+#: user, enough to fail a capacity probe's 90 % delivered rule at a rate easily sustained.)
+_GOLDEN = (5**0.5 - 1) / 2
+_grid: dict[str, float] = {}
+
+
+def first_send(now: float, rate_per_user: float) -> float:
+    """A newly started user's first send time on this process's grid: its slot's next
+    instant at or after ``now`` (``perf_counter`` seconds)."""
+    anchor = _grid.setdefault("anchor", now)
+    n = _grid.get("users", 0.0)
+    _grid["users"] = n + 1
+    period = 1.0 / rate_per_user
+    slot = anchor + (n * _GOLDEN % 1.0) * period
+    return slot + max(0, math.ceil((now - slot) / period)) * period
+
+
 class LabUser(FastHttpUser):
     """One simulated client: closed model (think time) or open model (paced, latency from the
     intended send time so that stalls are not hidden by coordinated omission)."""
 
     def wait_time(self) -> float:
-        return 0.0 if _RATE_PER_USER else float(_CONFIG.get("wait", 0.0))
+        # The open model's pacing is locust's wait, not a sleep inside the task: a user waiting
+        # for its next send is stopped at once at the window's end (locust waits up to its stop
+        # timeout only for users inside a task: those with a request in flight).
+        if not _RATE_PER_USER:
+            return float(_CONFIG.get("wait", 0.0))
+        delay = self._next_send - time.perf_counter()
+        if delay > 0:
+            self._paced = True
+        return max(0.0, delay)
 
     @property
     def _headers(self) -> dict[str, str]:
@@ -370,8 +432,9 @@ class LabUser(FastHttpUser):
             _sources[gevent.getcurrent()] = source_address(_process[0], _users_started[0])
             _users_started[0] += 1
         self._next_send = time.perf_counter()
+        self._paced = False  # the coming send was waited for (not late, whatever the overshoot)
         if _RATE_PER_USER:
-            self._next_send += random.random() / _RATE_PER_USER
+            self._next_send = first_send(self._next_send, _RATE_PER_USER)
 
     @task
     def request(self) -> None:
@@ -380,15 +443,15 @@ class LabUser(FastHttpUser):
             self.client.get(path, headers=self._headers)
             return
         intended = self._next_send
-        self._next_send += 1.0 / _RATE_PER_USER
-        delay = intended - time.perf_counter()
-        if delay > 0:
-            gevent.sleep(delay)
+        if intended > time.perf_counter():  # too early (the first send): wait_time waits for it
+            return
         if "stop" in _phases:  # woke after the window: this arrival is not the run's
             return
+        self._next_send += 1.0 / _RATE_PER_USER
+        late, self._paced = not self._paced, False
         measuring = "measure_start" in _phases and "stop" not in _phases
         _arrivals["arrivals"] += measuring
-        _arrivals["late"] += measuring and delay < 0
+        _arrivals["late"] += measuring and late
         sent = time.perf_counter()
         with self.client.get(path, headers=self._headers, catch_response=True) as response:
             done = time.perf_counter()
