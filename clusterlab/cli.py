@@ -15,6 +15,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from clusterlab.lab.config.scenario import Scenario
     from clusterlab.lab.running.runner import RunOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -286,23 +287,19 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _run(args: argparse.Namespace) -> int:
-    from clusterlab.lab.ci.outputs import gates_terminal
+def _run_input(args: argparse.Namespace) -> tuple[Scenario, Path] | None:
+    """The scenario and the output folder of ``clusterlab run``, or None (said why) for bad
+    input. Only the scenario's own modules are imported here: bad input is refused before
+    pandas, matplotlib and locust are loaded (≈ 2 s)."""
+    from clusterlab.lab.config.plan import default_out_dir
     from clusterlab.lab.config.scenario import ScenarioError, load_scenario, resolve_scenario
-    from clusterlab.lab.output import policies as lab_policies
-    from clusterlab.lab.output.report_tables import summary_table
-    from clusterlab.lab.output.text import markdown_table
-    from clusterlab.lab.pipeline import run_lab
     from clusterlab.lab.running.cpus import CpuSplitError, plan_cpus, usable_cpus
-    from clusterlab.lab.running.progress import ConsoleProgress
-    from clusterlab.lab.running.runner import default_out_dir
-    from clusterlab.lab.running.wrk import choose_engine
 
     try:
         scenario = load_scenario(resolve_scenario(args.scenario))
     except ScenarioError as exc:
         print(f"clusterlab: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return None
     out = args.out or (
         Path(scenario.report.out) if scenario.report.out else default_out_dir(scenario)
     )
@@ -311,14 +308,30 @@ def _run(args: argparse.Namespace) -> int:
             f"clusterlab: --out: expected a directory that does not exist yet, got {out}",
             file=sys.stderr,
         )
-        return EXIT_BAD_INPUT
+        return None
     if args.cpu_split:
         scenario = replace(scenario, cpus=replace(scenario.cpus, split=args.cpu_split))
     try:
         plan_cpus(scenario.cpus, usable_cpus())
     except CpuSplitError as exc:
         print(f"clusterlab: {scenario.path}: {exc}", file=sys.stderr)
+        return None
+    return scenario, out
+
+
+def _run(args: argparse.Namespace) -> int:
+    checked = _run_input(args)
+    if checked is None:
         return EXIT_BAD_INPUT
+    scenario, out = checked
+    from clusterlab.lab.ci.outputs import gates_terminal
+    from clusterlab.lab.output import policies as lab_policies
+    from clusterlab.lab.output.report_tables import summary_table
+    from clusterlab.lab.output.text import markdown_table
+    from clusterlab.lab.pipeline import run_lab
+    from clusterlab.lab.running.progress import ConsoleProgress
+    from clusterlab.lab.running.wrk import choose_engine
+
     _, why = choose_engine(scenario)
     if why and not args.quiet:
         print(why, file=sys.stderr)
@@ -409,9 +422,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _calibration_runs(args: argparse.Namespace) -> tuple[list[Path], bool]:
     """The A/A runs to calibrate from: recorded (--from) or run now; (dirs, all complete)."""
     from clusterlab.lab.ci.calibrate import run_pairs
+    from clusterlab.lab.config.plan import default_out_dir
     from clusterlab.lab.config.scenario import load_scenario, resolve_scenario
     from clusterlab.lab.running.progress import ConsoleProgress
-    from clusterlab.lab.running.runner import default_out_dir
     from clusterlab.lab.running.wrk import choose_engine
 
     if args.runs:

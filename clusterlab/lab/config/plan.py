@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
 
 from clusterlab.lab.config.scenario import Load, Scenario, resolve_workers
 
@@ -136,3 +138,9 @@ def estimate_seconds(scenario: Scenario, points: list[Point]) -> float:
     return (per_point * len(points) * probes + per_target * len(targets)) + (
         (per_point + per_target) * cases
     )
+
+
+def default_out_dir(scenario: Scenario, root: Path = Path("reports")) -> Path:
+    """Where a run writes when neither --out nor report.out says: reports/<name>-<time>."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return root / f"{scenario.name}-{stamp}"

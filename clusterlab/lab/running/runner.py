@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,11 +64,6 @@ class RunOutcome:
     interrupted: bool
     #: Why points failed: (the points' numbers, 1-based, the reason), one entry per reason.
     failures: tuple[tuple[tuple[int, ...], str], ...] = ()
-
-
-def default_out_dir(scenario: Scenario, root: Path = Path("reports")) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return root / f"{scenario.name}-{stamp}"
 
 
 def run_scenario(
