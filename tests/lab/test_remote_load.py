@@ -265,6 +265,12 @@ def test_a_remote_worker_killed_mid_window_marks_its_point(run: Run):
     # and the run's progress says so on that point's line
     lines = [line for line in run.done.stderr.splitlines() if "LOAD WORKER LOST" in line]
     assert len(lines) == 1 and lines[0].startswith("point 2/2")
+    # and the report names it, in both forms
+    for report in ("report.md", "report.html"):
+        text = (run.out / report).read_text()
+        note = text.split("Load workers lost mid-window:")[1].split("Each such point")[0]
+        assert "point 2: " in note[:20] and "point 1:" not in note
+        assert "process gone: killed by SIGKILL" in note and f"pid {run.killed['pid']}" in note
 
 
 def test_a_worker_without_the_token_is_refused_and_the_point_runs_without_it(run: Run):

@@ -100,6 +100,7 @@ def report_blocks(analysis: Analysis, drawn: dict[str, str]) -> list[Block]:
         *_conclusions(analysis),
         *policies.blocks(analysis, Block),
         *_noisy(analysis),
+        *_load_lost(analysis),
         *_scalability(analysis),
         *capacity_report.capacity_blocks(analysis, Block),
         Block("h2", "Plots"),
@@ -309,6 +310,26 @@ def _noisy(analysis: Analysis) -> list[Block]:
             f"{NOISY_OTHER_CPU:g}% of a core (column 'other CPU %'); treat those numbers with "
             "care or run again on a quiet machine.",
             lead="Noisy machine:",
+        )
+    ]
+
+
+def _load_lost(analysis: Analysis) -> list[Block]:
+    """Points where a load worker vanished mid-window (results.csv's ``load_lost``): their load
+    was less than asked from that moment."""
+    points = analysis.points
+    if points.empty or "load_lost" not in points:
+        return []
+    lost = points[points["load_lost"].fillna("").astype(str) != ""]
+    if lost.empty:
+        return []
+    listed = "; ".join(f"point {int(p['point']) + 1}: {p['load_lost']}" for _, p in lost.iterrows())
+    return [
+        Block(
+            "p",
+            f"{listed}. Each such point sent less load than asked from that moment (columns "
+            "'load_workers_lost' and 'load_lost' of results.csv).",
+            lead="Load workers lost mid-window:",
         )
     ]
 
