@@ -11,6 +11,7 @@ import ctypes
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -618,6 +619,23 @@ def free_port(
             continue
         return port
     raise RuntimeError("no free port found")
+
+
+def quiet_port() -> int:
+    """A port free a moment ago for TCP on IPv4 and IPv6 alike, below the kernel's ephemeral
+    range: no other test's ``bind(('', 0))`` or outgoing connection can be given it, even in a
+    parallel run (an IPv6-only listener leaves its port free for anyone's IPv4 bind)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(50):
+        port = random.randrange(max(1024, low - 12_000), low)
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind(("::", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port found below the ephemeral range")
 
 
 def has_ipv6() -> bool:

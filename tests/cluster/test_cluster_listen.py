@@ -7,7 +7,7 @@ import signal
 import socket
 
 import pytest
-from conftest import free_port, has_ipv6
+from conftest import free_port, has_ipv6, quiet_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -554,9 +554,12 @@ def test_disconnect_releases_a_worker_blocked_in_accept(start_primary, policy):
 @pytest.mark.parametrize("policy", ["rr", "none"])
 def test_ipv6_only_leaves_ipv4_port_free(run_primary, policy):
     # test-cluster-net-listen-ipv6only-rr / -none: ipv6_only on '::' -> addressType 6, same
-    # port for all workers, and the primary can still bind 0.0.0.0 on that port.
+    # port for all workers, and the primary can still bind 0.0.0.0 on that port. The port is
+    # chosen below the ephemeral range: another test running beside this one could be given
+    # the same number for an IPv4 listener of its own.
     if not has_ipv6():
         pytest.skip("no IPv6")
+    chosen = quiet_port()
     r = run_primary(
         """
         if cluster.is_primary:
@@ -580,14 +583,14 @@ def test_ipv6_only_leaves_ipv4_port_free(run_primary, policy):
             cluster.on("listening", on_listening)
             cluster.fork(); cluster.fork()
         else:
-            s = cluster.listen(port=0, host="::", ipv6_only=True)
+            s = cluster.listen(port=PORT, host="::", ipv6_only=True)
             wait_disconnect()
-    """,
+    """.replace("PORT", str(chosen)),
         env=policy_env(policy),
     ).check()
     rec = r.one("result")
     (p1, t1), (p2, t2) = rec["ports"]
-    assert p1 == p2 and t1 == t2 == 6
+    assert p1 == p2 == chosen and t1 == t2 == 6
     assert rec["v4"] is True
 
 

@@ -166,6 +166,11 @@ def test_least_conn_sends_new_connections_away_from_a_worker_holding_many(start_
 def test_idle_worker_is_chosen_while_one_exists(start_primary, tmp_path, policy):
     release = tmp_path / "release"
     p, port, pids = start(start_primary, policy, HTTP.format(release=str(release)), workers=3)
+    # a server says it counts its requests just after its listen ('listening'): wait for all
+    deadline = time.monotonic() + 10
+    while any(s["in_flight"] is None for s in worker_stats(p).values()):
+        assert time.monotonic() < deadline, "a worker's server never said it counts requests"
+        time.sleep(0.05)
     slow = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
         slow.sendall(b"GET /slow HTTP/1.0\r\n\r\n")

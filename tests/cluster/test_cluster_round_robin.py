@@ -190,7 +190,10 @@ def test_rr_last_worker_leaving_closes_queued_connections_and_the_socket(start_p
         if cluster.is_primary:
             cluster.on("listening", lambda w, a: out("listening", port=a.port))
             cluster.on("exit", lambda w, c, s: out("exit", signal=s, rr=cluster.round_robin_stats()))
+            import signal
             cluster.fork()
+            cluster._primary.loop.add_signal_handler(
+                signal.SIGUSR2, lambda: out("rr", rr=cluster.round_robin_stats()))
         else:
             s = cluster.listen(port=0, host="127.0.0.1")
             out("worker")
@@ -202,6 +205,17 @@ def test_rr_last_worker_leaving_closes_queued_connections_and_the_socket(start_p
     port = p.wait_for("listening", timeout=15)[0]["port"]
     pid = p.wait_for("worker")[0]["pid"]
     clients = Clients(port, 5, timeout=10)
+    # the kill comes once the worker's window is full (4 handed, not taken): on a busy machine
+    # the primary may not have accepted any of them yet when the clients' connects return
+    deadline = time.monotonic() + 10
+    while True:
+        before = len(p.records("rr"))
+        p.send_signal(signal.SIGUSR2)
+        asked = p.wait_for("rr", count=before + 1, timeout=10)[-1]["rr"]
+        if asked["handed"] >= 4:
+            break
+        assert time.monotonic() < deadline, asked
+        time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     rr = p.wait_for("exit")[0]["rr"]
     t0 = time.monotonic()
