@@ -71,6 +71,7 @@ def wrap(name: str, returns: str) -> str:
 
 
 PRIMARY = "clusterlab/cluster/_primary.py"
+LOOP = "clusterlab/cluster/_loop.py"
 RR = "clusterlab/cluster/_round_robin.py"
 SUPERVISOR = "clusterlab/supervisor/_supervisor.py"
 LAB = "clusterlab/lab/**.py"  # the lab's modules move: found by their text
@@ -80,7 +81,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "grace ignored (a fixed 10 s)",
         (
             one(
-                PRIMARY,
+                LOOP,
                 'SHUTDOWN_GRACE = float(os.environ.get("CLUSTERLAB_SHUTDOWN_GRACE", "10"))',
                 "SHUTDOWN_GRACE = 10.0",
             ),

@@ -171,7 +171,7 @@ def disconnect(callback: Callable[[], Any] | None = None) -> None:
 
 def run() -> None:
     """Run the primary's loop until no worker is alive and nothing is pending."""
-    _need_primary("run").run()
+    _need_primary("run").life.run()
 
 
 def ref() -> None:
@@ -179,12 +179,12 @@ def ref() -> None:
     main script wait), until a matching `unref()`: libuv's ref, for a primary that will fork
     again later (a supervisor waiting out a restart's backoff). A SIGINT/SIGTERM shutdown of
     the cluster does not wait for it."""
-    _need_primary("ref").ref()
+    _need_primary("ref").life.ref()
 
 
 def unref() -> None:
     """Undo one `ref()`; RuntimeError when there is none to undo."""
-    _need_primary("unref").unref()
+    _need_primary("unref").life.unref()
 
 
 def round_robin_stats() -> dict[str, int]:

@@ -59,7 +59,7 @@ class Link:
         self.channel = Channel(
             sock,
             primary.loop,
-            primary.guard,
+            primary.life.guard,
             lambda kind, payload, fds: primary.dispatch(self, kind, payload, fds),
             lambda exc: primary.channel_error(self, exc, fatal=True),
             self.channel_ended,
@@ -72,7 +72,7 @@ class Link:
         if isinstance(proc, TemplateChild):
             # The fork server is its parent: it reaps it and reports the status (a pidfd, if
             # there is one, only signals it safely).
-            proc.on_exit = primary.guard(self.check_exit)
+            proc.on_exit = primary.life.guard(self.check_exit)
             with contextlib.suppress(AttributeError, OSError):
                 self.pidfd = os.pidfd_open(proc.pid)
             if proc.finished:
@@ -80,9 +80,9 @@ class Link:
             return
         try:
             self.pidfd = os.pidfd_open(proc.pid)
-            loop.add_reader(self.pidfd, primary.guard(self.check_exit))
+            loop.add_reader(self.pidfd, primary.life.guard(self.check_exit))
         except (AttributeError, OSError):  # no pidfd: poll for the exit instead
-            primary.poll_exit(self)
+            primary.life.poll_exit(self)
 
     # --- Worker methods (primary side) -----------------------------------------------------
 

@@ -1,24 +1,15 @@
-"""The primary's side: its loop and signals, settings and policy, forking workers, their
-messages, disconnect and exit bookkeeping. A worker's process and channel are its `Link`
-(`_link`), start methods are `_spawn`'s, the acts' checks `_acts`'.
-
-Everything runs on one asyncio loop in one thread: the caller's running loop when `fork()` is
-called from asyncio code, otherwise a private loop that runs when the main script ends (or in
-`cluster.run()`). Signal handlers only schedule work on that loop.
+"""The primary's side: settings and policy, forking workers, their messages, disconnect and
+exit bookkeeping. Its loop and signals are `_loop`'s, a worker's process and channel its `Link`
+(`_link`), start methods `_spawn`'s, the acts' checks `_acts`'. Everything runs on that one loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import errno as errno_mod
 import os
-import signal as signal_mod
 import socket
 import sys
-import threading
-import time
-import traceback
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -28,9 +19,9 @@ from ._channel import ChannelError
 from ._counts import COUNTS
 from ._endpoint import Address
 from ._events import EventEmitter
-from ._forkserver import flush_stdio
 from ._handles import HandleRegistry
 from ._link import Link
+from ._loop import PrimaryLoop
 from ._policies import SCHED_NONE, SCHED_REUSEPORT, SCHED_RR, Policy
 from ._policies import from_env as policy_from_env
 from ._policies import resolve as resolve_policy
@@ -43,8 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["SCHED_NONE", "SCHED_REUSEPORT", "SCHED_RR", "Primary"]
 
 _WORKER_ID_VAR = "CLUSTERLAB_WORKER_ID"
-#: Seconds a worker gets to finish after SIGINT/SIGTERM to the primary before it is killed.
-SHUTDOWN_GRACE = float(os.environ.get("CLUSTERLAB_SHUTDOWN_GRACE", "10"))
 
 
 class Primary:
@@ -61,146 +50,25 @@ class Primary:
         self.handles = HandleRegistry(
             lambda: self.loop, lambda: self.policy_choice, self._policy_error
         )
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._next_id = 0
         self._inspect_offset = 0
         self._links: dict[int, Link] = {}
-        self._pending = 0
-        self._refs = 0  # cluster.ref(): keep the loop running with no worker alive
-        self._idle: asyncio.Future[None] | None = None
+        self.life = PrimaryLoop(self._live_links, self._abandon)
         self._disconnect_callbacks: list[Callable[[], Any]] = []
-        self._stopping: int | None = None
-        self._signals_installed = False
-        self._exit_hook = False
-        self._in_exit_hook = False
-        self._shutdown_started = False
-        self._shutdown_started_at = 0.0
         self._spawners: dict[str, Spawner] = {
             "exec": ExecSpawner(),
-            "forkserver": ForkServerSpawner(lambda: self.loop, self.guard),
+            "forkserver": ForkServerSpawner(lambda: self.loop, self.life.guard),
         }
         self.metrics: MetricsServer | None = None  # setup_primary(metrics=...)
 
-    # --- the loop --------------------------------------------------------------------------
+    # --- the loop (`_loop`) ---------------------------------------------------------------
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if self.loop is None or (self.loop.is_closed() and not self._links):
-            if running is not None:
-                self.loop = running
-            else:
-                self.loop = asyncio.new_event_loop()
-                if not self._exit_hook:
-                    _register_exit_hook(self._at_exit)
-                    self._exit_hook = True
-        elif running is not None and running is not self.loop:
-            raise RuntimeError(
-                "the cluster is bound to another event loop: fork() from one loop only"
-            )
-        return self.loop
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.life.loop
 
-    def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap a loop callback: an exception escaping it is the primary's uncaught exception."""
-
-        def guarded(*args: Any) -> Any:
-            try:
-                return fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - Node's uncaught-exception semantics
-                self.fatal(exc)
-
-        return guarded
-
-    def later(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run `fn(*args)` on the loop soon; the loop counts it as pending work."""
-        self._pending += 1
-
-        def run() -> None:
-            self._pending -= 1
-            try:
-                fn(*args)
-            finally:
-                self._check_idle()
-
-        self.loop.call_soon(self.guard(run))
-
-    def fatal(self, exc: BaseException) -> None:
-        if isinstance(exc, SystemExit | KeyboardInterrupt):
-            code = exc.code if isinstance(exc, SystemExit) else 130
-            self._hard_exit(code if isinstance(code, int) else 1)
-        traceback.print_exception(exc)
-        self._hard_exit(1)
-
-    def _hard_exit(self, code: int) -> None:
-        """Close every channel (workers exit when theirs closes) and leave now."""
-        self._abandon()
-        flush_stdio()
-        os._exit(code)
-
-    def run(self) -> None:
-        """Run the loop until no worker is alive and nothing is pending."""
-        if self.loop is None:
-            return
-        if self.loop.is_running():
-            raise RuntimeError("cluster.run() cannot be called while the cluster's loop is running")
-        self._install_signals()
-        self.loop.run_until_complete(self._until_idle())
-
-    async def _until_idle(self) -> None:
-        self._idle = self.loop.create_future()
-        self._check_idle()
-        try:
-            await self._idle
-        finally:
-            self._idle = None
-        if self._stopping is not None:
-            flush_stdio()
-            os._exit(self._stopping)
-
-    def _check_idle(self) -> None:
-        if (
-            self._idle is not None
-            and not self._idle.done()
-            and not self._links
-            and self._pending == 0
-            and (self._refs == 0 or self._stopping is not None)
-        ):
-            self._idle.set_result(None)
-
-    def ref(self) -> None:
-        """Keep the loop running while no worker is alive, until `unref()` (libuv's ref)."""
-        self._ensure_loop()
-        self._refs += 1
-
-    def unref(self) -> None:
-        """Undo one `ref()`: the loop may end once no worker is alive and nothing is pending."""
-        if self._refs == 0:
-            raise RuntimeError("cluster.unref() without a cluster.ref() to undo")
-        self._refs -= 1
-        self._check_idle()
-
-    def _at_exit(self) -> None:
-        """The main script ended: keep serving the workers, as Node's primary does."""
-        self._in_exit_hook = True
-        if not self._links and self._pending == 0 and not self._refs:
-            if self._stopping is not None:
-                flush_stdio()
-                os._exit(self._stopping)
-            return
-        last = getattr(sys, "last_value", None)
-        if last is not None and not isinstance(last, KeyboardInterrupt):
-            self._abandon()  # the main script died: take the workers down with it
-            return
-        if isinstance(last, KeyboardInterrupt):
-            self._stopping = 130
-        if self.loop.is_closed() or self.loop.is_running():
-            self._abandon()  # the caller's own loop is gone: nothing can serve the workers
-            return
-        if self._stopping is not None:
-            self.loop.call_soon(self._begin_shutdown, self._stopping)
-        self.run()
+    def _live_links(self) -> list[Link]:
+        return list(self._links.values())
 
     def _abandon(self) -> None:
         """Close every channel and handle; each worker exits when its channel closes."""
@@ -208,71 +76,6 @@ class Primary:
             link.close_channel()
         self.handles.close_all()
         self.close_forkserver()
-
-    # --- signals ---------------------------------------------------------------------------
-
-    def _install_signals(self) -> None:
-        if self._signals_installed or threading.current_thread() is not threading.main_thread():
-            return
-        self._signals_installed = True
-        for signum, code in ((signal_mod.SIGINT, 130), (signal_mod.SIGTERM, 143)):
-            current = signal_mod.getsignal(signum)
-            if current in (signal_mod.SIG_DFL, signal_mod.default_int_handler):
-                signal_mod.signal(signum, self._make_handler(code))
-
-    def _make_handler(self, code: int) -> Callable[[int, Any], None]:
-        def handler(signum: int, frame: Any) -> None:
-            loop = self.loop
-            if (
-                loop is not None
-                and not loop.is_closed()
-                and (loop.is_running() or self._in_exit_hook)
-            ):
-                # Running, or about to run from the exit hook: raising there would be lost.
-                self._stopping = code
-                loop.call_soon_threadsafe(self._begin_shutdown, code)
-                return
-            # The main script is still running: stop it; the exit hook shuts the cluster down.
-            self._stopping = code
-            if signum == signal_mod.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(code)
-
-        return handler
-
-    def _begin_shutdown(self, code: int) -> None:
-        """SIGINT/SIGTERM: disconnect every worker, kill stragglers after the grace period.
-
-        A second signal (a second later or more: tools like `timeout` signal the process and
-        its group at once) kills the remaining workers at once.
-        """
-        now = time.monotonic()
-        if self._stopping is not None and self._shutdown_started:
-            if now - self._shutdown_started_at >= 1.0:
-                self._kill_stragglers()
-            return
-        self._stopping = code
-        self._shutdown_started = True
-        self._shutdown_started_at = now
-        for link in list(self._links.values()):
-            link.disconnect()
-        self.loop.call_later(SHUTDOWN_GRACE, self.guard(self._kill_stragglers))
-        if self._idle is None:
-            self.loop.create_task(self._until_idle())
-        self._check_idle()
-
-    def _kill_stragglers(self) -> None:
-        for link in list(self._links.values()):
-            link.kill("SIGKILL")
-
-    def poll_exit(self, link: Link) -> None:
-        def check() -> None:
-            if link.proc.poll() is not None:
-                link.check_exit()
-            else:
-                self.loop.call_later(0.05, self.guard(check))
-
-        self.loop.call_later(0.05, self.guard(check))
 
     # --- settings and policy ---------------------------------------------------------------
 
@@ -305,7 +108,7 @@ class Primary:
             else:
                 print(f"clusterlab: scheduler error: {exc!r}", file=sys.stderr)
 
-        self.later(report)
+        self.life.later(report)
 
     def setup_primary(self, given: dict[str, Any]) -> None:
         policy = None
@@ -316,7 +119,7 @@ class Primary:
             policy = resolve_policy(given.pop("scheduler"))
         metrics = given.pop("metrics", None)
         merged = _settings.merge(self.settings, given)
-        self._ensure_loop()
+        self.life.ensure()
         if metrics is not None:
             self.serve_metrics(metrics)
         if policy is not None:
@@ -325,7 +128,7 @@ class Primary:
         self.config = _settings.Settings.of(merged)
         self.frozen = True
         snapshot = MappingProxyType(dict(merged))
-        self.later(self.events.emit, "setup", snapshot)
+        self.life.later(self.events.emit, "setup", snapshot)
 
     def serve_metrics(self, address: str) -> None:
         """`setup_primary(metrics=)`: serve GET /metrics on "HOST:PORT" from now on; before the
@@ -372,8 +175,8 @@ class Primary:
         self._links[worker_id] = link
         self.workers[worker_id] = worker
         COUNTS.forks += 1
-        self._install_signals()
-        self.later(self.events.emit, "fork", worker)
+        self.life.install_signals()
+        self.life.later(self.events.emit, "fork", worker)
         return worker
 
     def _spawn(
@@ -549,18 +352,18 @@ class Primary:
         if not self._links and self._disconnect_callbacks:
             callbacks, self._disconnect_callbacks = self._disconnect_callbacks, []
             for cb in callbacks:
-                self.later(cb)
-        self._check_idle()
+                self.life.later(cb)
+        self.life.check_idle()
 
     def disconnect_all(self, callback: Callable[[], Any] | None) -> None:
-        self._ensure_loop()
+        self.life.ensure()
         links = [link for link in self._links.values() if link.connected]
         for link in links:
             link.disconnect()
         if callback is None:
             return
         if not self._links:
-            self.later(callback)
+            self.life.later(callback)
         else:
             self._disconnect_callbacks.append(callback)
 
@@ -574,18 +377,3 @@ _ACTS: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], _Handler]] = 
     "close": (_acts.close, Primary._on_close),
     "exitedAfterDisconnect": (_acts.no_fields, Primary._on_exited_after_disconnect),
 }
-
-
-def _register_exit_hook(hook: Callable[[], None]) -> None:
-    """Run `hook` when the main script ends, before non-daemon threads are joined.
-
-    A thread of the primary may be waiting for a worker's event: the loop must run meanwhile.
-    """
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:
-        atexit.register(hook)
-        return
-    try:
-        register(hook)
-    except RuntimeError:  # already shutting down
-        atexit.register(hook)
