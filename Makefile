@@ -22,15 +22,15 @@ wrk:
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| echo "wrk could not be installed: the lab will load with locust only"
 
-# The suite in two parts, both always run. Tests that only wait on processes (the cluster under
-# both start methods, the supervisor, reliability, the bench's units) run 3 at a time (xdist);
-# the rest, the lab's above all (its trust checks read the whole machine's CPU, and a busy machine
-# is a verdict there), run alone after them. A new test folder runs alone unless listed here.
-PARALLEL_TESTS := tests/cluster tests/supervisor tests/reliability tests/bench
+# The suite in two parts, both always run. Tests that only wait on their own processes (the
+# cluster under both start methods, the supervisor, reliability, the bench's units, and lab tests
+# marked parallel_ok: they start no load) run 3 at a time (xdist); the rest, the lab's runs above
+# all (their trust checks read the whole machine's CPU, and a busy machine is a verdict there),
+# run alone after them. tests/conftest.py marks which (PARALLEL_FOLDERS); a new test runs alone.
 test: install wrk
 	@rc=0; \
-	$(PY) -m pytest -q -n 3 $(PARALLEL_TESTS) || rc=$$?; \
-	$(PY) -m pytest -q tests $(addprefix --ignore=,$(PARALLEL_TESTS)) || rc=$$?; \
+	$(PY) -m pytest -q -n 3 -m "not alone" tests || rc=$$?; \
+	$(PY) -m pytest -q -m alone tests || rc=$$?; \
 	exit $$rc
 
 # ruff (lint and format), mypy, and no function outside the tests over 60 lines.

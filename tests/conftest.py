@@ -514,6 +514,22 @@ def _write_script(directory: Path, source: str, prelude: bool, name: str = "prim
     return path
 
 
+#: Folders whose tests only wait on their own processes: `make test` runs them 3 at a time.
+#: Every other test runs alone afterwards (marked ``alone`` here) unless its module says
+#: ``pytestmark = pytest.mark.parallel_ok``: the lab's trust checks read the whole machine's CPU,
+#: and a busy machine is a verdict there, so a lab test is alone unless it starts no load (it
+#: reads recorded runs, refuses bad input, renders reports).
+PARALLEL_FOLDERS = ("cluster", "supervisor", "reliability", "bench")
+_TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(_TESTS).parts[0]
+        if folder not in PARALLEL_FOLDERS and item.get_closest_marker("parallel_ok") is None:
+            item.add_marker(pytest.mark.alone)
+
+
 #: The start methods every test of tests/cluster that starts a primary runs under: workers spawned
 #: by exec (a fresh interpreter, Node's way) and forked from the fork server's template. A test that
 #: holds for some only says so with ``@pytest.mark.start_methods("exec")``.

@@ -18,6 +18,8 @@ from clusterlab.lab.analysis.verdicts import (
     point_verdict,
 )
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 LIMIT = 85.0
 
 

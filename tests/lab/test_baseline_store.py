@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
 from compare_fixtures import summary
 
 from clusterlab.cli import main
+
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
 
 RPS = {("cpu", "rr", 1): [500, 510, 490, 505, 495]}
 

@@ -14,6 +14,8 @@ from clusterlab.cli import main
 from clusterlab.lab.ci import calibrate
 from clusterlab.lab.ci.compare import CompareInputError, bootstrap_interval
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 A1 = {("cpu", "rr", 1): [500, 510, 490, 505, 495], ("cpu", "rr", 2): [900, 910, 890, 905, 895]}
 A2 = {("cpu", "rr", 1): [502, 498, 507, 493, 500], ("cpu", "rr", 2): [904, 896, 911, 889, 900]}
 A3 = {("cpu", "rr", 1): [480, 520, 470, 530, 500], ("cpu", "rr", 2): [900, 905, 895, 902, 898]}

@@ -23,6 +23,8 @@ from clusterlab.lab.analysis.recommend import recommend_slo, recommend_throughpu
 from clusterlab.lab.analysis.usl import capped_usl, fit_with_confidence
 from clusterlab.lab.config.slo import parse_slo
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 COUNTS = np.array([1, 2, 3, 4, 6, 8] * 3, dtype=float)
 
 

@@ -13,6 +13,8 @@ import pytest
 from clusterlab.lab.config.plan import build_plan, point_load
 from clusterlab.lab.config.scenario import ScenarioError, load_scenario, parse_scenario
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 BASE = """
 [target]
 kind = "builtin"

@@ -13,6 +13,8 @@ from clusterlab.lab.analysis.capacity import capacities, capacity_table, probe_m
 from clusterlab.lab.config.slo import Search, parse_slo
 from clusterlab.lab.running.search import BISECT, CONFIRM, RAMP, Probe, search
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 def queue(capacity: float, service_ms: float, slo_ms: float):
     """A target whose p99 is an M/M/1 queue's, service / (1 − ρ) × ln 100: it meets ``slo_ms``

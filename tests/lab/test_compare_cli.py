@@ -11,6 +11,8 @@ from compare_fixtures import edit_points, summary
 
 from clusterlab.cli import main
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 BASE = {("cpu", "rr", 1): [500, 510, 490, 505, 495], ("cpu", "rr", 2): [900, 910, 890, 905, 895]}
 SLOW = {("cpu", "rr", 1): [400, 408, 392, 404, 396], ("cpu", "rr", 2): [720, 728, 712, 724, 716]}
 

@@ -12,6 +12,8 @@ from compare_fixtures import edit_points, summary
 from clusterlab.lab.ci import outputs
 from clusterlab.lab.ci.compare import compare, load_summary, point_distrust
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 BASE = {("cpu", "rr", 1): [500, 510, 490, 505, 495], ("cpu", "rr", 2): [900, 910, 890, 905, 895]}
 SLOW = {("cpu", "rr", 1): [400, 408, 392, 404, 396], ("cpu", "rr", 2): [720, 728, 712, 724, 716]}
 RECORDED = Path(__file__).parent / "data" / "compare"

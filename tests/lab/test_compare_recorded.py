@@ -14,6 +14,8 @@ from clusterlab.cli import main
 from clusterlab.lab.ci import calibrate, outputs
 from clusterlab.lab.ci.compare import compare, load_summary
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 DATA = Path(__file__).parent / "data" / "compare" / "trust-quick"
 
 

@@ -18,6 +18,8 @@ from clusterlab.lab.ci.compare import (
     metric_samples,
 )
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 BASE = [100, 101, 99, 100, 102]
 
 

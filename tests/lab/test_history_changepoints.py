@@ -9,6 +9,8 @@ import pytest
 
 from clusterlab.lab.ci import changepoints as cp
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 def noisy(levels: list[tuple[int, float]], noise: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)

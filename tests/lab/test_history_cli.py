@@ -12,6 +12,8 @@ from history_fixtures import factors, recorded, scaled, write_runs
 from clusterlab.cli import main
 from clusterlab.lab.ci import history
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 @pytest.fixture
 def db(tmp_path):

@@ -13,6 +13,8 @@ from history_fixtures import recorded, scaled
 
 from clusterlab.lab.ci import fingerprint, history
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 def add(db, summary, source="run"):
     return history.add(db, history.record(summary, source))

@@ -15,6 +15,8 @@ from clusterlab.lab.running.rows import (
     worker_rows,
 )
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 def test_count_at_interpolates_between_reports_and_holds_at_the_ends():
     samples = [(10.0, 100.0), (11.0, 300.0)]

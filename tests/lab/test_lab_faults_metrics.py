@@ -12,6 +12,8 @@ from clusterlab.lab.analysis import recovery
 from clusterlab.lab.analysis.tables import COLUMNS
 from clusterlab.lab.output import plots
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 KEYS = {"point": 0, "repeat": 0, "workload": "w", "policy": "rr", "workers": 2}
 
 

@@ -19,6 +19,8 @@ from clusterlab.lab.config.scenario import (
     schema,
 )
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE = """
 [target]

@@ -16,6 +16,8 @@ from clusterlab.lab.config.scenario import Fault
 from clusterlab.lab.running.faults import FaultInjector, PlannedFault, fault_times, schedule
 from clusterlab.lab.running.targets import TargetError
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 def test_interval_faults_start_one_interval_in_and_stop_before_the_end():
     rng = random.Random(0)

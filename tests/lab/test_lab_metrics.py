@@ -15,6 +15,8 @@ from clusterlab.lab.analysis.metrics import (
     usl_fit,
 )
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 def test_jain_index_of_equal_work_is_one():
     assert jain_index([5, 5, 5, 5]) == pytest.approx(1.0)

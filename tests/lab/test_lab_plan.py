@@ -7,6 +7,8 @@ import pytest
 from clusterlab.lab.config.plan import build_plan, group_by_target, load_processes, resolve_workers
 from clusterlab.lab.config.scenario import Load, parse_scenario
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 def _scenario(**sweep):
     data = {

@@ -10,6 +10,8 @@ import pytest
 
 from clusterlab.lab.config.scenario import ScenarioError, load_scenario, schema
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = sorted((ROOT / "scenarios").glob("*.toml"))
 VALID = """

@@ -2,8 +2,11 @@
 the repeats' ranges do not overlap, and never from one repeat."""
 
 import pandas as pd
+import pytest
 
 from clusterlab.lab.output.conclusions import policy_lines, worker_lines
+
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
 
 
 def group(policy, workers, rps, low, high, repeats=3):

@@ -18,6 +18,8 @@ from clusterlab.lab.running.faults import PlannedFault
 from clusterlab.lab.spawned import endpoints
 from clusterlab.lab.spawned.endpoints import MAX_MS, BadQuery, draw_ms
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 BASE = """
 [target]
 kind = "builtin"

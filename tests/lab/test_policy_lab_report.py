@@ -3,9 +3,12 @@ workers, fault and policy; the lowest p99 per case; the call against queueing th
 contradicts, tie, untrusted); the section appears only when a scheduler beyond Node's is swept."""
 
 import pandas as pd
+import pytest
 
 from clusterlab.lab.analysis.policies import cases, compares_policies, fault_label, policy_table
 from clusterlab.lab.output.policies import case_line, comparison_table
+
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
 
 SLOW = {"kind": "slow", "factor": 4.0, "length": 5.0, "target": "slot:1", "workloads": ["slowed"]}
 

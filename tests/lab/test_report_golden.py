@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 GOLDEN = Path(__file__).parent / "data" / "golden"
 TABLES = ("results.csv", "workers.csv", "timeseries.csv", "events.csv", "failures.csv")
 

@@ -12,6 +12,8 @@ import pytest
 from clusterlab.lab.config.scenario import Cpus
 from clusterlab.lab.running.cpus import CpuSplitError, pinned, plan_cpus
 
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
+
 
 @pytest.mark.parametrize(
     "cpus, load, target",

@@ -7,11 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from compare_fixtures import edit_points, summary
 
 from clusterlab.lab.ci import outputs
 from clusterlab.lab.ci.compare import compare
 from clusterlab.lab.config.scenario import load_scenario
+
+pytestmark = pytest.mark.parallel_ok  # starts no load: runs beside the cluster tests
 
 TOOL = Path(__file__).parents[2] / "tools" / "trust_compare.py"
 spec = importlib.util.spec_from_file_location("trust_compare", TOOL)
