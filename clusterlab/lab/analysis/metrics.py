@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import curve_fit
 
 
 @dataclass(frozen=True)
@@ -125,6 +124,8 @@ def usl_fit(workers: Sequence[float], rps: Sequence[float]) -> UslFit | None:
     x = np.asarray(rps, dtype=float)
     if np.unique(n).size < 3 or not np.all(np.isfinite(x)):
         return None
+    from scipy.optimize import curve_fit  # here: ~0.5 s to import, and most runs fit nothing
+
     lam0 = float(np.max(x / n))
     try:
         params, _ = curve_fit(

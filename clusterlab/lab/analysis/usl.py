@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import OptimizeWarning, curve_fit
 
 #: Resamples of the residual bootstrap (seeded: the same data give the same intervals).
 RESAMPLES = 200
@@ -77,6 +76,8 @@ def capped_usl(n: np.ndarray, lam: float, sigma: float, kappa: float, cpus: floa
 def _fit(n: np.ndarray, x: np.ndarray, cpus: int) -> tuple[float, float, float] | None:
     def model(n: np.ndarray, lam: float, sigma: float, kappa: float) -> np.ndarray:
         return capped_usl(n, lam, sigma, kappa, cpus)
+
+    from scipy.optimize import OptimizeWarning, curve_fit  # here: ~0.5 s to import, rarely used
 
     lam0 = float(np.max(x / np.minimum(n, cpus)))
     try:

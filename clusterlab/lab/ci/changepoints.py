@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 DEFAULT_ALPHA = 0.01
 DEFAULT_MIN_SIZE = 3
@@ -99,6 +98,8 @@ def best_split(
     if len(values) < 2 * min_size or np.ptp(values) == 0:
         return 0, 1.0
     k = int(np.argmax(_split_statistic(values, min_size))) + min_size
+    from scipy import stats  # here, not at the top: 1-2 s to import, needed past 2 x min_size runs
+
     result = stats.permutation_test(
         (values,),
         lambda v, axis: _split_statistic(v, min_size, axis).max(axis=-1),

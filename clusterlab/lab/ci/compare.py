@@ -63,7 +63,6 @@ from typing import Any
 
 import jsonschema
 import numpy as np
-from scipy import stats
 
 from clusterlab.lab.analysis.summary import NOISY_OTHER_CPU
 from clusterlab.lab.analysis.summary import schema as summary_schema
@@ -263,6 +262,8 @@ def mann_whitney_p(baseline: list[float], current: list[float]) -> float:
     p99 values are whole milliseconds); above 20 000 arrangements a seeded Monte Carlo one."""
     if baseline == current or (len(set(baseline)) == 1 and set(baseline) == set(current)):
         return 1.0
+    from scipy import stats  # here, not at the top: 1-2 s to import, and most commands never test
+
     method = stats.PermutationMethod(n_resamples=20_000, rng=0)
     return float(
         stats.mannwhitneyu(baseline, current, alternative="two-sided", method=method).pvalue
