@@ -133,14 +133,15 @@ def knees(points: pd.DataFrame) -> pd.DataFrame:
     """Per mix × policy × workers with at least KNEE_MIN_LEVELS load levels (median over
     repeats): Kneedle's (``kneed``) knee of p99 against the load level, given as the req/s
     achieved there and its p99; NaN when Kneedle finds none."""
-    from kneed import KneeLocator  # imported here: only runs with load levels need it
-
     done = points[(points["status"] == "ok") & points["level"].notna()]
     rows = []
     for key, group in done.groupby(GROUP, sort=True):
         curve = group.groupby("level", sort=True)[["rps", "p99_ms"]].median()
         if len(curve) < KNEE_MIN_LEVELS:
             continue
+        # imported here, once a curve has the levels: kneed imports scipy.stats (~1 s)
+        from kneed import KneeLocator
+
         levels = curve.index.to_numpy(float)
         knee = KneeLocator(
             levels, curve["p99_ms"].to_numpy(float), curve="convex", direction="increasing"
