@@ -18,7 +18,7 @@ from bench import peers, sources
 from bench.handoff import target_from_template
 
 #: The built-in schedulers measured against rr (Node's round robin, inline).
-SCHEDULERS = ("least-conn", "p2c", "jiq", "hash", "weighted", "random")
+SCHEDULERS = ("least-conn", "p2c", "jiq", "hash", "hash-bounded", "weighted", "random")
 #: What a row's figure means beyond the hand-off rate, by whether wrk connected from many
 #: addresses (bench/sources.py) or from its one.
 NOTES = {
@@ -26,6 +26,10 @@ NOTES = {
     "of the paired phase alike): hash spreads them over the workers",
     ("hash", False): "no C compiler for bench/sources.c: wrk's one client address (127.0.0.1) "
     "sticks to one worker, which serves everything",
+    ("hash-bounded", True): f"wrk connects from {sources.COUNT} loopback addresses in turn: "
+    "sticky while a worker carries under 1.25 x the mean load",
+    ("hash-bounded", False): "no C compiler for bench/sources.c: wrk's one client address; "
+    "its worker keeps it until it carries 1.25 x the mean load",
 }
 
 

@@ -13,7 +13,7 @@ Rows (``--only``, a comma list; ``handoff`` = rr,none,reuseport; without it, eve
   met when today's median is at least the old tree's slowest run);
 * ``keepalive``: the same with keep-alive; clusterlab's fastest worker server (uvicorn with
   uvloop and httptools through ``serve_asgi``, SCHED_NONE) vs ``uvicorn --workers 2`` and Node.js;
-* ``policies``: each built-in scheduler (least-conn, p2c, jiq, hash, weighted, random) with a new
+* ``policies``: each built-in scheduler (least-conn, p2c, jiq, hash, hash-bounded, weighted, random) with a new
   connection per request, against clusterlab's ``rr`` (:mod:`bench.policies`; in the hand-off
   rows' run when ``rr`` runs too). Each is warmed up, then measured 3 times, each time between
   two ``rr`` samples (``--paired-duration``, 1 s); its ratio is the median of those per-round

@@ -149,7 +149,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--policy",
         default="rr",
         help="scheduling policy: rr, none, reuseport, or a built-in scheduler (least-conn, p2c, "
-        "jiq, hash, weighted, random; docs/policies.md)",
+        "jiq, hash, hash-bounded, weighted, random; docs/policies.md)",
     )
     serve.add_argument("--port", type=int, default=8000, help="port, 0 to 65535 (0: any free)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")

@@ -19,6 +19,7 @@ from . import _child
 from ._endpoint import Address, resolve
 from ._events import EventEmitter
 from ._listeners import ListenerClosedError
+from ._policies import RendezvousHash
 from ._primary import SCHED_NONE, SCHED_REUSEPORT, SCHED_RR, Primary
 from ._scheduler import Scheduler, SchedulerError, WorkerState
 from ._worker import Worker
@@ -30,6 +31,7 @@ __all__ = [
     "Address",
     "EventEmitter",
     "ListenerClosedError",
+    "RendezvousHash",
     "Scheduler",
     "SchedulerError",
     "Worker",
@@ -139,7 +141,8 @@ def setup_primary(settings: Mapping[str, Any] | None = None, **kw: Any) -> None:
 
     ``scheduler=`` (an addition to Node, not kept in `settings`): how primary-distributed
     handles pick a worker: a built-in name ("rr", "least-conn", "p2c", "jiq", "hash",
-    "weighted", "random"; also "none" or "reuseport"), a `Scheduler` subclass or instance, or
+    "hash-bounded", "weighted", "random"; also "none" or "reuseport"), a `Scheduler` subclass or
+    instance, or
     "package.module:Name". ValueError for an unknown name, ImportError for a "module:Name" that
     does not import; frozen after the first fork().
 

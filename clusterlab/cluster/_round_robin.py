@@ -71,6 +71,10 @@ class _Slot(WorkerState):
         # accepted for this worker (its scheduler's pick) while its window was full
         self.waiting: deque[int] = deque()
 
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
     def fds(self) -> list[int]:
         return [self.theirs.fileno()] + ([self.memfd] if self.memfd >= 0 else [])
 

@@ -20,7 +20,8 @@ class WorkerState:
     """One worker as a handle's scheduler sees it (per endpoint); read-only for schedulers.
 
     Every figure is kept by the primary without asking the worker: ``pending`` (handed, not yet
-    taken), ``handed`` and ``taken`` (totals), ``open`` (handed and not yet closed: the
+    taken), ``queued`` (accepted for it and waiting for room in its window), ``handed`` and
+    ``taken`` (totals), ``open`` (handed and not yet closed: the
     worker's cluster sockets count their closes in memory shared with the primary), ``weight``
     (`cluster.fork(weight=...)`), and ``in_flight`` (requests being served, counted by the
     servers of `clusterlab.servers` in the same shared memory; None when the worker's server
@@ -58,6 +59,12 @@ class WorkerState:
         return self.handed - (load.closed if load is not None else 0)
 
     @property
+    def queued(self) -> int:
+        """Connections accepted for this worker and waiting for room in its window (a pick of
+        a worker whose window was full: what keeps `hash` sticky)."""
+        return 0
+
+    @property
     def in_flight(self) -> int | None:
         load = self.load
         return load.in_flight if load is not None else None
@@ -81,6 +88,9 @@ class Scheduler:
 
     #: What `cluster.scheduling_policy` returns; defaults to the class's name.
     name: ClassVar[str] = ""
+    #: True when `pick` keys on the client's address (`hash`): loads from a single address
+    #: put every connection on one worker, so the lab spreads its clients over many.
+    keys_on_client: ClassVar[bool] = False
 
     def join(self, worker: WorkerState) -> None:
         """`worker` started taking connections on an endpoint."""

@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(30)
 
-BUILTIN = ["rr", "least-conn", "p2c", "jiq", "hash", "weighted", "random"]
+BUILTIN = ["rr", "least-conn", "p2c", "jiq", "hash", "hash-bounded", "weighted", "random"]
 
 
 def pid_of(port: int, timeout: float = 10.0) -> int:
@@ -69,6 +69,9 @@ attempt("instance", lambda: cluster.setup_primary(scheduler=Last()))
 attempt("rr", lambda: cluster.setup_primary(scheduler="rr"))
 attempt("none", lambda: cluster.setup_primary(scheduler="none"))
 attempt("weight", lambda: cluster.fork(weight=0))
+attempt("bounded", lambda: cluster.setup_primary(scheduler=cluster.RendezvousHash(balance=1.5)))
+attempt("balance-low", lambda: cluster.RendezvousHash(balance=1))
+attempt("balance-type", lambda: cluster.RendezvousHash(balance="2"))
 """
 
 
@@ -84,7 +87,18 @@ def test_setup_primary_scheduler_accepts_names_classes_instances_and_refuses_oth
     assert raised["not-a-scheduler"]["type"] == "TypeError"
     assert raised["bad-type"]["type"] == "TypeError"
     assert raised["weight"]["type"] == "ValueError"
-    assert ok == {"name": "p2c", "class": "last", "instance": "last", "rr": 2, "none": 1}
+    assert (
+        raised["balance-low"]["type"] == "ValueError" and "above 1" in raised["balance-low"]["msg"]
+    )
+    assert raised["balance-type"]["type"] == "TypeError"
+    assert ok == {
+        "name": "p2c",
+        "class": "last",
+        "instance": "last",
+        "rr": 2,
+        "none": 1,
+        "bounded": "hash",
+    }
 
 
 def test_scheduling_policy_property_takes_names_until_frozen(run_primary):

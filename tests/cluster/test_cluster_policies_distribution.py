@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(40)
 
-BUILTIN = ["rr", "least-conn", "p2c", "jiq", "hash", "weighted", "random"]
+BUILTIN = ["rr", "least-conn", "p2c", "jiq", "hash", "hash-bounded", "weighted", "random"]
 
 PRIMARY = """
         import signal
@@ -217,6 +217,67 @@ def test_hash_keeps_each_client_address_on_one_worker_and_moves_only_a_leavers(s
             else:
                 assert now == before[src], (src, before, after, leaver_id)
     finally:
+        stop(p)
+
+
+def test_hash_spreads_many_client_addresses_evenly_over_the_workers(start_primary):
+    """Rendezvous scores must be independent per worker: Python's tuple `hash` of (address,
+    worker id) gave 4 workers 19/24/27/30 % of 20,000 addresses, whatever the seed."""
+    p, port, pids = start(start_primary, "hash", SIMPLE, workers=4)
+    try:
+        total = 2000
+        got = collections.Counter(
+            pid_of(port, f"127.1.{i >> 8}.{i & 255}") for i in range(1, total + 1)
+        )
+        expected = total / 4
+        sigma = (total * 0.25 * 0.75) ** 0.5
+        for wid in pids:  # within 4 standard deviations of the binomial share
+            assert abs(got[pids[wid]] - expected) <= 4 * sigma, (got, pids)
+    finally:
+        stop(p)
+
+
+def nothing_open(p) -> None:
+    """Wait until the primary has counted every connection closed (a worker counts its close
+    a moment after the client read its answer)."""
+    deadline = time.monotonic() + 10
+    while sum(s["open"] for s in worker_stats(p).values()) > 0:
+        assert time.monotonic() < deadline, worker_stats(p)
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("policy", ["hash", "hash-bounded"])
+def test_a_busy_clients_connections_stay_on_its_worker_unless_the_load_is_bounded(
+    start_primary, policy
+):
+    """Ten connections held open from one address: `hash` keeps them all on the client's
+    worker; `hash-bounded` keeps that worker under 1.25 x the mean load (ceil(1.25 * 10 / 2) =
+    7 of them), the rest on the other, and sends the client home once nothing is held."""
+    p, port, pids = start(start_primary, policy, HOLDING, workers=2)
+    held: list[socket.socket] = []
+    try:
+        home = pid_of(port, "127.0.0.9")
+        nothing_open(p)
+        got = collections.Counter()
+        for _ in range(10):
+            c = socket.create_connection(
+                ("127.0.0.1", port), timeout=10, source_address=("127.0.0.9", 0)
+            )
+            held.append(c)
+            got[int(read_line(c))] += 1
+        if policy == "hash":
+            assert got == {home: 10}, (got, home)
+        else:
+            assert got[home] == 7 and sum(got.values()) == 10, (got, home)
+        for c in held:
+            c.close()
+        held.clear()
+        for _ in range(3):
+            nothing_open(p)
+            assert pid_of(port, "127.0.0.9") == home
+    finally:
+        for c in held:
+            c.close()
         stop(p)
 
 

@@ -89,7 +89,7 @@ CASES = [
         'policies = ["rr", "none"]',
         'policies = ["rr", "fifo"]',
         'sweep.policies[1]: expected one of "rr", "none", "reuseport", "least-conn", '
-        '"p2c", "jiq", "hash", "weighted", "random" or "module:Name", got "fifo"',
+        '"p2c", "jiq", "hash", "hash-bounded", "weighted", "random" or "module:Name", got "fifo"',
     ),
     (
         'policies = ["rr", "none"]',

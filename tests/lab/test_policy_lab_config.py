@@ -12,8 +12,15 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from clusterlab.cluster import _policies as policies
 from clusterlab.cluster._policies import NAMES
-from clusterlab.lab.config.scenario import ScenarioError, load_scenario, schema, wrk_refusal
+from clusterlab.lab.config.scenario import (
+    CLIENT_KEYED,
+    ScenarioError,
+    load_scenario,
+    schema,
+    wrk_refusal,
+)
 from clusterlab.lab.running.faults import PlannedFault
 from clusterlab.lab.spawned import endpoints
 from clusterlab.lab.spawned.endpoints import MAX_MS, BadQuery, draw_ms
@@ -93,10 +100,15 @@ def test_a_bad_policy_exits_two_from_the_command_line_and_writes_nothing(tmp_pat
     assert not out.exists()
 
 
-def test_hash_is_refused_for_wrk_and_runs_on_locust(tmp_path):
-    assert "'hash'" in refused(tmp_path, '["rr", "hash"]', 'engine = "wrk"')
-    scenario = load_scenario(write(tmp_path, '["rr", "hash"]'))
+@pytest.mark.parametrize("keyed", ["hash", "hash-bounded"])
+def test_hash_is_refused_for_wrk_and_runs_on_locust(tmp_path, keyed):
+    assert f"'{keyed}'" in refused(tmp_path, f'["rr", "{keyed}"]', 'engine = "wrk"')
+    scenario = load_scenario(write(tmp_path, f'["rr", "{keyed}"]'))
     assert "wrk connects from a single address" in (wrk_refusal(scenario) or "")
+
+
+def test_the_lab_knows_every_built_in_policy_that_keys_on_the_client():
+    assert CLIENT_KEYED == policies.CLIENT_KEYED  # the lab's copy, kept without importing
 
 
 SLOW = """

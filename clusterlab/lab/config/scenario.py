@@ -556,12 +556,18 @@ def _check_readiness(target: Target, where: str) -> None:
             ) from None
 
 
+#: The built-in policies that key on the client's address (`Scheduler.keys_on_client`; named
+#: here so that reading a scenario does not import the cluster): locust spreads its users over
+#: 127.0.0.0/8 for them, and wrk, from one address, cannot measure them.
+CLIENT_KEYED = frozenset({"hash", "hash-bounded"})
+
+
 def wrk_refusal(scenario: Scenario) -> str | None:
     """Why wrk cannot measure this scenario faithfully (naming the field), or None."""
     load = scenario.load
     if scenario.remote is not None:
         return "remote: the load runs on remote locust workers"
-    if hashed := [p for p in scenario.sweep.policies if p == "hash"]:
+    if hashed := [p for p in scenario.sweep.policies if p in CLIENT_KEYED]:
         return (
             f"sweep.policies: {hashed[0]!r} keeps each client address on one worker and wrk "
             "connects from a single address (locust spreads its users over 127.0.0.0/8)"

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from clusterlab.lab.config.plan import Point, point_load
-from clusterlab.lab.config.scenario import Scenario
+from clusterlab.lab.config.scenario import CLIENT_KEYED, Scenario
 from clusterlab.lab.protocol import Event, FaultCommand
 from clusterlab.lab.running import phases
 from clusterlab.lab.running.cpus import CpuPlan
@@ -174,7 +174,7 @@ def _start_load(
         count_every_failure=bool(scenario.faults),
         cpus=None if cpus.shared else cpus.load,
         engine=engine,
-        spread_sources="hash" in scenario.sweep.policies,
+        spread_sources=any(p in CLIENT_KEYED for p in scenario.sweep.policies),
         allowed=scenario.network.allow,
         remote=scenario.remote,
     )
