@@ -8,6 +8,8 @@ from clusterlab.lab.ci.gates import check_gates
 from clusterlab.lab.config.gates import parse_gates
 from clusterlab.lab.config.scenario import ScenarioError, parse_scenario
 
+pytestmark = pytest.mark.parallel_ok  # parsing and recorded summaries: starts no process
+
 RUN = summary(
     {
         ("cpu", "rr", 1): [500, 510, 490],
