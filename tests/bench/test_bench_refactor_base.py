@@ -10,9 +10,10 @@ import pytest
 from bench import peers, policies, refactor_base, suite
 
 
-def test_option_defaults_to_the_commit_before_the_refactor_and_can_leave_it_out() -> None:
+def test_option_is_left_out_by_default_and_takes_a_commit() -> None:
     parse = suite._parser().parse_args
-    assert suite._settings(parse([])).refactor_base == refactor_base.REFACTOR_BASE == "dc97950"
+    assert suite._settings(parse([])).refactor_base == ""
+    assert refactor_base.REFACTOR_BASE == "dc97950"
     assert suite._settings(parse(["--refactor-base", "abc123"])).refactor_base == "abc123"
     left_out = suite.Suite(suite._settings(parse(["--refactor-base", ""])))
     assert left_out.refactor_tree() is None and left_out.notes == []
@@ -32,7 +33,7 @@ def test_the_old_tree_is_one_worktree_for_the_run_removed_at_its_end() -> None:
     ok = subprocess.run(["git", "cat-file", "-e", rev], cwd=peers.ROOT, capture_output=True)
     if ok.returncode != 0:
         pytest.skip(f"{rev} is not in this clone's history")
-    run = suite.Suite(suite.Settings())
+    run = suite.Suite(suite.Settings(refactor_base=rev))
     got = run.refactor_tree()
     assert got is not None and got[0] == rev
     tree = got[1]
