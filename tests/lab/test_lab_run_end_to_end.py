@@ -1,7 +1,10 @@
 """A whole lab run through the CLI: real cluster, real locust, every output file and its
-content; the report rebuilt from the tables alone; Ctrl-C keeps finished points; a target that
-cannot start fails cleanly. Each run's processes are all gone afterwards."""
+content; where its wall time went (phases.csv: every phase of its points, adding up to the wall
+time measured from outside; the first target gone before the second point's load starts); the
+report rebuilt from the tables alone; Ctrl-C keeps finished points; a target that cannot start
+fails cleanly. Each run's processes are all gone afterwards."""
 
+import csv
 import json
 import re
 import shutil
@@ -16,6 +19,7 @@ import psutil
 import pytest
 
 from clusterlab.lab import analyze, load_results
+from clusterlab.lab.running.phases import PHASES, totals
 
 TINY = """
 name = "tiny"
@@ -68,11 +72,18 @@ def assert_all_stopped(directory):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_timed(tmp_path_factory):
+    """The tiny run (two points, two targets) and its wall time measured from outside."""
     root = tmp_path_factory.mktemp("lab")
     (root / "tiny.toml").write_text(TINY.format(duration=2))
+    started = time.monotonic()
     done = clusterlab("run", root / "tiny.toml", "--out", root / "out")
-    return done, root / "out"
+    return done, root / "out", time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_timed):
+    return tiny_timed[:2]
 
 
 def test_run_exits_zero_and_prints_the_summary_and_where_the_report_is(tiny_run):
@@ -194,6 +205,45 @@ def test_report_rebuilds_from_the_tables_alone(tiny_run, tmp_path):
 
 def test_every_process_the_run_started_is_gone(tiny_run):
     assert_all_stopped(tiny_run[1])
+
+
+# Where the run's wall time went (phases.csv; the timeline itself: test_lab_phases.py)
+
+
+def test_a_run_records_every_phase_of_its_points_and_they_add_up_to_its_wall_time(tiny_timed):
+    done, out, wall = tiny_timed
+    assert done.returncode == 0, done.stderr
+    with (out / "phases.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    names = {r["phase"] for r in rows}
+    assert names <= set(PHASES)
+    expected = {"start-up", "target start", "counts", "locust start", "warm-up", "window"}
+    assert expected | {"drain", "collect", "target stop", "report"} <= names
+    assert all(float(r["seconds"]) >= 0 for r in rows)
+    assert {r["point"] for r in rows if r["phase"] in ("window", "drain")} == {"0", "1"}
+    # contiguous from the process's start: each phase starts where the one before ended
+    for before, after in zip(rows, rows[1:], strict=False):
+        assert float(after["start_s"]) == pytest.approx(float(before["end_s"]), abs=1e-3)
+    recorded = sum(totals(out / "phases.csv").values())
+    # all but the process's exit after phases.csv was written (and its launch) is accounted for
+    assert recorded <= wall
+    assert wall - recorded <= 1.5 + 0.1 * wall
+
+
+def test_the_window_phases_are_the_windows_locust_measured(tiny_run):
+    _, out = tiny_run
+    points = json.loads((out / "summary.json").read_text())["points"]
+    window = totals(out / "phases.csv")["window"]
+    assert window == pytest.approx(sum(p["window_s"] for p in points), abs=0.1)
+
+
+def test_the_first_target_has_stopped_before_the_second_points_load_starts(tiny_run):
+    _, out = tiny_run
+    lines = (out / "raw" / "target-000" / "events.jsonl").read_text().splitlines()
+    stopped = [e["t"] for e in map(json.loads, lines) if e["event"] == "stopped"]
+    load_start = json.loads((out / "raw" / "point-001" / "phases.json").read_text())["start"]
+    assert stopped and stopped[0] < load_start
+    assert (out / "raw" / "target-001" / "events.jsonl").exists()
 
 
 def test_ctrl_c_stops_everything_and_keeps_a_partial_report(tmp_path):
