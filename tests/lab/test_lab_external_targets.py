@@ -89,7 +89,7 @@ def test_a_command_that_never_prints_its_ready_lines_fails_with_the_count(tmp_pa
 kind = "command"
 command = {command}
 ready_line = "never printed"
-ready_timeout = 2
+ready_timeout = 1
 [sweep]
 workers = [1]
 [workloads]
@@ -115,7 +115,7 @@ duration = 1
     )
     assert done.returncode == 1
     error = load_results(tmp_path / "o").results["error"].iloc[0]
-    assert "printed 0 of 1 lines matching ready_line 'never printed' within 2 s" in error
+    assert "printed 0 of 1 lines matching ready_line 'never printed' within 1 s" in error
 
 
 def test_a_url_target_with_a_pid_file_has_its_cpu_measured(tmp_path):
