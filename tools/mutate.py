@@ -73,6 +73,7 @@ def wrap(name: str, returns: str) -> str:
 PRIMARY = "clusterlab/cluster/_primary.py"
 LOOP = "clusterlab/cluster/_loop.py"
 RR = "clusterlab/cluster/_round_robin.py"
+POLICIES = "clusterlab/cluster/_policies.py"
 SUPERVISOR = "clusterlab/supervisor/_supervisor.py"
 LAB = "clusterlab/lab/**.py"  # the lab's modules move: found by their text
 
@@ -235,6 +236,25 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             "tests/lab/test_lab_faults_schedule.py"
             "::test_the_injector_waits_for_the_measured_window_then_sends_each_fault_on_time",
+        ),
+    ),
+    Mutation(
+        "hash scores by Python's tuple hash of (host, worker id)",
+        (
+            one(POLICIES, "score = (key * salt) & _MASK64", "score = hash((key, salt & 0xFF))"),
+            one(POLICIES, "return _host_key(str(host))", "return hash(str(host))"),
+        ),
+        (
+            "tests/cluster/test_cluster_policies_distribution.py"
+            "::test_hash_spreads_many_client_addresses_evenly_over_the_workers",
+        ),
+    ),
+    Mutation(
+        "hash-bounded ignores its bound",
+        (one(POLICIES, "        if best_load < bound:\n", "        if True:\n"),),
+        (
+            "tests/cluster/test_cluster_policies_distribution.py"
+            "::test_a_busy_clients_connections_stay_on_its_worker_unless_the_load_is_bounded",
         ),
     ),
 )
